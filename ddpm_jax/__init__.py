@@ -1,0 +1,1 @@
+"""ddpm-jax: Denoising Diffusion Probabilistic Models (Ho, Jain & Abbeel 2020) in JAX/Flax."""

@@ -1,0 +1,82 @@
+"""Everything built from a config before a train or sample job runs.
+
+`Experiment` bundles the model, the schedule, the optimizer, the mesh and the train state's
+layout, so that training, sampling and evaluation build them one way.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import logging
+
+import jax
+import optax
+
+from ddpm_jax import config_checks, sharding
+from ddpm_jax.checkpointing import Checkpointer
+from ddpm_jax.models import count_params, create_model
+from ddpm_jax.optim import make_optimizer
+from ddpm_jax.schedules import Schedule, schedule_from_config
+from ddpm_jax.train_step import TrainState, init_train_state, make_train_step
+
+
+@dataclasses.dataclass
+class Experiment:
+  config: object
+  model: object
+  schedule: Schedule
+  tx: optax.GradientTransformation
+  mesh: jax.sharding.Mesh
+
+  @classmethod
+  def from_config(cls, config, mesh=None) -> 'Experiment':
+    config_checks.validate(config)
+    mesh = sharding.make_mesh() if mesh is None else mesh
+    return cls(config=config, model=create_model(config),
+               schedule=schedule_from_config(config.diffusion),
+               tx=make_optimizer(config.optim), mesh=mesh)
+
+  @property
+  def image_shape(self) -> tuple[int, int, int]:
+    d = self.config.data
+    return (d.image_size, d.image_size, d.channels)
+
+  def _init_fn(self):
+    return functools.partial(init_train_state, self.model, self.tx, image_shape=self.image_shape)
+
+  def _rng(self):
+    return jax.random.PRNGKey(self.config.train.seed)
+
+  def abstract_state(self) -> TrainState:
+    """Shapes and dtypes of the train state, with its (replicated) sharding; nothing allocated."""
+    shapes = jax.eval_shape(self._init_fn(), self._rng())
+    repl = sharding.replicated(self.mesh)
+    return jax.tree.map(lambda s: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=repl), shapes)
+
+  def state_sharding(self):
+    return jax.tree.map(lambda s: s.sharding, self.abstract_state())
+
+  def init_state(self) -> TrainState:
+    """A fresh train state created directly on the devices with its final sharding."""
+    init = jax.jit(self._init_fn(), out_shardings=self.state_sharding())
+    return init(self._rng())
+
+  def restore_or_init(self, checkpointer: Checkpointer) -> tuple[TrainState, bool]:
+    """The newest readable checkpoint in the workdir, or a fresh state. Returns (state, resumed)."""
+    state, step = checkpointer.restore_latest_valid(self.abstract_state())
+    if state is None:
+      return self.init_state(), False
+    logging.info('Restored checkpoint %d from %s', step, checkpointer.directory)
+    return state, True
+
+  def jitted_train_step(self):
+    """`train_step` jitted over the mesh: batch split on `data`, state replicated and donated."""
+    state_sharding = self.state_sharding()
+    return jax.jit(make_train_step(self.model, self.tx, self.schedule, self.config),
+                   in_shardings=(state_sharding, sharding.batch_sharding(self.mesh)),
+                   out_shardings=(state_sharding, sharding.replicated(self.mesh)),
+                   donate_argnums=(0,))
+
+  def num_params(self) -> int:
+    return count_params(self.abstract_state().params)

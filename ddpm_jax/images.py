@@ -1,0 +1,59 @@
+"""Turning model outputs into images: uint8 quantisation, grids, PNG and .npz files."""
+
+from __future__ import annotations
+
+import math
+import os
+
+import numpy as np
+from PIL import Image
+
+
+def to_uint8(x) -> np.ndarray:
+  """Images in [-1, 1] to uint8 in [0, 255]: round((x + 1) * 127.5), clipped."""
+  x = np.asarray(x, dtype=np.float32)
+  return np.clip(np.round((x + 1.0) * 127.5), 0, 255).astype(np.uint8)
+
+
+def make_grid(images: np.ndarray, ncols: int | None = None, padding: int = 2,
+              pad_value: int = 255) -> np.ndarray:
+  """Tiles uint8 images (N, H, W, C) into one (rows*(H+p)+p, cols*(W+p)+p, C) image."""
+  images = np.asarray(images)
+  if images.ndim != 4:
+    raise ValueError(f'make_grid expects (N, H, W, C) images, got shape {images.shape}.')
+  n, h, w, c = images.shape
+  ncols = ncols or max(1, int(math.ceil(math.sqrt(n))))
+  nrows = int(math.ceil(n / ncols))
+  grid = np.full((nrows * (h + padding) + padding, ncols * (w + padding) + padding, c),
+                 pad_value, dtype=images.dtype)
+  for i in range(n):
+    r, col = divmod(i, ncols)
+    y, x = padding + r * (h + padding), padding + col * (w + padding)
+    grid[y:y + h, x:x + w] = images[i]
+  return grid
+
+
+def save_png(path: str, image: np.ndarray) -> str:
+  """Writes a uint8 (H, W, 1 or 3) image as PNG, creating the folder; returns the path."""
+  os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+  image = np.asarray(image)
+  if image.ndim == 3 and image.shape[-1] == 1:
+    image = image[..., 0]
+  tmp = path + '.tmp'
+  Image.fromarray(image).save(tmp, format='PNG')
+  os.replace(tmp, path)
+  return path
+
+
+def save_grid(path: str, images_uint8: np.ndarray, ncols: int | None = None) -> str:
+  """`make_grid` then `save_png`."""
+  return save_png(path, make_grid(images_uint8, ncols))
+
+
+def save_npz(path: str, images_uint8: np.ndarray, **extra) -> str:
+  """Writes uint8 samples to `path` (.npz, key `samples`) atomically."""
+  os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+  tmp = path + '.tmp.npz'
+  np.savez(tmp, samples=np.asarray(images_uint8, dtype=np.uint8), **extra)
+  os.replace(tmp, path)
+  return path

@@ -1,0 +1,167 @@
+"""Building blocks of the DDPM U-Net (Ho et al. 2020, appendix B).
+
+These follow the paper's TensorFlow code (`diffusion_tf/models/unet.py` and
+`diffusion_tf/nn.py`):
+
+* `timestep_embedding`: the Transformer sinusoidal embedding of the timestep.
+* `ResnetBlock`: GroupNorm -> swish -> conv3x3, plus a projection of the timestep
+  embedding, then GroupNorm -> swish -> dropout -> conv3x3 (zero-initialised), with a
+  1x1 ("network-in-network") shortcut when the channel count changes.
+* `AttnBlock`: single-head self-attention over all H*W positions, with a
+  zero-initialised output projection and a residual connection.
+* `Downsample` / `Upsample`: stride-2 3x3 conv (or 2x2 average pool) and nearest-neighbour
+  x2 followed by a 3x3 conv.
+
+Parameters are always float32; `dtype` is the compute dtype. GroupNorm and the attention
+softmax are always computed in float32.
+"""
+
+import math
+from typing import Any
+
+import flax.linen as nn
+import jax.numpy as jnp
+
+Dtype = Any
+
+# The paper's `default_init(scale=1.)`: variance scaling, fan_avg, uniform.
+default_init = nn.initializers.variance_scaling(1.0, 'fan_avg', 'uniform')
+# The paper uses `init_scale=0.` (i.e. a 1e-10 variance scale); we use exact zeros.
+zero_init = nn.initializers.zeros
+GROUPNORM_EPSILON = 1e-6
+
+
+def timestep_embedding(t: jnp.ndarray, dim: int) -> jnp.ndarray:
+  """Sinusoidal timestep embedding, as in the paper's `nn.get_timestep_embedding`.
+
+  With `half = dim // 2` and `freq_k = exp(-log(10000) * k / (half - 1))` for
+  k = 0 .. half-1, the embedding is `concat([sin(t * freq), cos(t * freq)])`.
+  For an odd `dim` a zero column is appended.
+
+  Args:
+    t: integer (or float) timesteps, shape (B,).
+    dim: embedding width; must be >= 4 (so that `half - 1 > 0`).
+
+  Returns:
+    float32 array of shape (B, dim).
+  """
+  if dim < 4:
+    raise ValueError(f'timestep_embedding needs dim >= 4, got {dim}.')
+  t = jnp.asarray(t)
+  if t.ndim != 1:
+    raise ValueError(f'timestep_embedding expects timesteps of shape (B,), got {t.shape}.')
+  half = dim // 2
+  freq = jnp.exp(-math.log(10000.0) * jnp.arange(half, dtype=jnp.float32) / (half - 1))
+  args = t.astype(jnp.float32)[:, None] * freq[None, :]
+  emb = jnp.concatenate([jnp.sin(args), jnp.cos(args)], axis=1)
+  if dim % 2 == 1:
+    emb = jnp.pad(emb, ((0, 0), (0, 1)))
+  return emb
+
+
+class Normalize(nn.Module):
+  """GroupNorm(num_groups, eps=1e-6) computed in float32, optionally followed by swish.
+
+  The result is cast to the compute `dtype`.
+  """
+  num_groups: int
+  swish: bool = True
+  dtype: Dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, x):
+    # Two-pass variance (like TF's `nn.moments`), robust when |mean| >> std.
+    h = nn.GroupNorm(num_groups=self.num_groups, epsilon=GROUPNORM_EPSILON,
+                     use_fast_variance=False, dtype=jnp.float32, param_dtype=jnp.float32,
+                     name='group_norm')(x.astype(jnp.float32))
+    if self.swish:
+      h = nn.swish(h)
+    return h.astype(self.dtype)
+
+
+def conv3x3(features: int, dtype: Dtype, name: str, zero: bool = False,
+            strides: int = 1) -> nn.Conv:
+  """3x3 convolution with TF-style 'SAME' padding and the paper's initialisers."""
+  return nn.Conv(features, kernel_size=(3, 3), strides=(strides, strides), padding='SAME',
+                 kernel_init=zero_init if zero else default_init, bias_init=zero_init,
+                 dtype=dtype, param_dtype=jnp.float32, name=name)
+
+
+def nin(features: int, dtype: Dtype, name: str, zero: bool = False) -> nn.Dense:
+  """1x1 convolution ("network in network", `nn.nin` in the paper) as a Dense on channels."""
+  return nn.Dense(features, kernel_init=zero_init if zero else default_init,
+                  bias_init=zero_init, dtype=dtype, param_dtype=jnp.float32, name=name)
+
+
+class ResnetBlock(nn.Module):
+  """Residual block with timestep conditioning (paper's `resnet_block`).
+
+  h = conv1(swish(norm1(x)))
+  h += temb_proj(swish(temb))[:, None, None, :]
+  h = conv2(dropout(swish(norm2(h))))       # conv2 zero-initialised
+  return nin_shortcut(x) + h                # shortcut only when in_ch != out_ch
+  """
+  out_ch: int
+  num_groups: int
+  dropout: float = 0.0
+  dtype: Dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, x, temb, *, train: bool):
+    h = Normalize(self.num_groups, dtype=self.dtype, name='norm1')(x)
+    h = conv3x3(self.out_ch, self.dtype, 'conv1')(h)
+    h = h + nin(self.out_ch, self.dtype, 'temb_proj')(nn.swish(temb))[:, None, None, :]
+    h = Normalize(self.num_groups, dtype=self.dtype, name='norm2')(h)
+    h = nn.Dropout(rate=self.dropout, deterministic=not train)(h)
+    h = conv3x3(self.out_ch, self.dtype, 'conv2', zero=True)(h)
+    if x.shape[-1] != self.out_ch:
+      x = nin(self.out_ch, self.dtype, 'nin_shortcut')(x)
+    return x + h
+
+
+class AttnBlock(nn.Module):
+  """Single-head self-attention over all spatial positions (paper's `attn_block`).
+
+  q, k, v = 1x1 projections of GroupNorm(x); w = softmax(q k^T / sqrt(C)) over the H*W
+  key positions; out = proj_out(w v) with proj_out zero-initialised; return x + out.
+  """
+  num_groups: int
+  dtype: Dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, x):
+    B, H, W, C = x.shape
+    h = Normalize(self.num_groups, swish=False, dtype=self.dtype, name='norm')(x)
+    q = nin(C, self.dtype, 'q')(h).reshape(B, H * W, C)
+    k = nin(C, self.dtype, 'k')(h).reshape(B, H * W, C)
+    v = nin(C, self.dtype, 'v')(h).reshape(B, H * W, C)
+    logits = jnp.einsum('bic,bjc->bij', q, k, preferred_element_type=jnp.float32)
+    w = nn.softmax(logits * (C ** -0.5), axis=-1)
+    h = jnp.einsum('bij,bjc->bic', w.astype(self.dtype), v).reshape(B, H, W, C)
+    h = nin(C, self.dtype, 'proj_out', zero=True)(h)
+    return x + h
+
+
+class Downsample(nn.Module):
+  """Halve the resolution: 3x3 conv with stride 2 ('SAME' padding), or 2x2 average pool."""
+  with_conv: bool = True
+  dtype: Dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, x):
+    if self.with_conv:
+      return conv3x3(x.shape[-1], self.dtype, 'conv', strides=2)(x)
+    return nn.avg_pool(x, window_shape=(2, 2), strides=(2, 2), padding='SAME')
+
+
+class Upsample(nn.Module):
+  """Double the resolution: nearest-neighbour x2, then (optionally) a 3x3 conv."""
+  with_conv: bool = True
+  dtype: Dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, x):
+    x = jnp.repeat(jnp.repeat(x, 2, axis=1), 2, axis=2)
+    if self.with_conv:
+      x = conv3x3(x.shape[-1], self.dtype, 'conv')(x)
+    return x

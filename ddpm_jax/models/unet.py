@@ -1,0 +1,172 @@
+"""The DDPM U-Net (Ho et al. 2020, appendix B; `diffusion_tf/models/unet.py`).
+
+A PixelCNN++-style Wide-ResNet U-Net:
+
+  temb = Dense(4ch)(swish(Dense(4ch)(timestep_embedding(t, ch))))
+  h = conv_in(x)                                   # 3x3 -> ch
+  down: for each level i (resolution r = image_size / 2**i):
+          num_res_blocks x [ResnetBlock(ch * ch_mult[i]) (+ AttnBlock if r in attn_resolutions)]
+          Downsample on every level but the last
+        every intermediate output (conv_in, blocks, downsamples) is kept as a skip
+  mid:  ResnetBlock, AttnBlock, ResnetBlock
+  up:   for each level i in reverse:
+          (num_res_blocks + 1) x [ResnetBlock(ch * ch_mult[i]) on concat(h, skip)
+                                  (+ AttnBlock if r in attn_resolutions)]
+          Upsample on every level but level 0
+  out:  GroupNorm -> swish -> conv_out (3x3 -> out_ch, zero-initialised)
+
+Parameter names follow the TF code (`temb_dense0`, `conv_in`, `down_0_block_1`,
+`down_2_attn_0`, `down_0_downsample`, `mid_block_1`, `mid_attn_1`, `up_3_block_2`,
+`up_1_upsample`, `norm_out`, `conv_out`, ...).
+"""
+
+from typing import Any, Sequence
+
+import flax.linen as nn
+import jax.numpy as jnp
+
+from ddpm_jax.models.layers import (AttnBlock, Downsample, Normalize, ResnetBlock, Upsample,
+                                    conv3x3, nin, timestep_embedding)
+
+Dtype = Any
+
+_DTYPES = {'float32': jnp.float32, 'bfloat16': jnp.bfloat16, 'float16': jnp.float16}
+
+
+class UNet(nn.Module):
+  """The DDPM noise-prediction network eps_theta(x_t, t).
+
+  Attributes:
+    ch: base channel count (also the timestep-embedding width; temb MLP width is 4*ch).
+    out_ch: output channels (data channels; doubled if the variance is learned).
+    ch_mult: channel multiplier per resolution level.
+    num_res_blocks: ResnetBlocks per level on the down path (the up path has one more).
+    attn_resolutions: spatial resolutions (height) at which self-attention is applied.
+    dropout: dropout rate inside the ResnetBlocks (active only with `train=True`).
+    num_groups: GroupNorm groups.
+    resamp_with_conv: use convolutions in Downsample/Upsample (else avg-pool / plain nearest).
+    dtype: compute dtype. Parameters are float32; the output is float32.
+  """
+  ch: int = 128
+  out_ch: int = 3
+  ch_mult: Sequence[int] = (1, 2, 2, 2)
+  num_res_blocks: int = 2
+  attn_resolutions: Sequence[int] = (16,)
+  dropout: float = 0.1
+  num_groups: int = 32
+  resamp_with_conv: bool = True
+  dtype: Dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, x, t, *, train: bool = False):
+    """Predict eps from x (B, H, W, C) float in [-1, 1] and integer timesteps t (B,)."""
+    B, H, W, _ = x.shape
+    num_levels = len(self.ch_mult)
+    factor = 2 ** (num_levels - 1)
+    if H % factor or W % factor:
+      raise ValueError(f'UNet input of size {H}x{W} is not divisible by 2**(len(ch_mult)-1) '
+                       f'= {factor}.')
+    t = jnp.asarray(t)
+    if t.ndim == 0:
+      t = jnp.broadcast_to(t, (B,))
+    dtype = self.dtype
+    block_kwargs = dict(num_groups=self.num_groups, dropout=self.dropout, dtype=dtype)
+
+    # Timestep embedding.
+    temb = timestep_embedding(t, self.ch)
+    temb = nin(4 * self.ch, dtype, 'temb_dense0')(temb)
+    temb = nin(4 * self.ch, dtype, 'temb_dense1')(nn.swish(temb))
+
+    # Down path.
+    hs = [conv3x3(self.ch, dtype, 'conv_in')(x.astype(dtype))]
+    for i in range(num_levels):
+      for j in range(self.num_res_blocks):
+        h = ResnetBlock(self.ch * self.ch_mult[i], name=f'down_{i}_block_{j}',
+                        **block_kwargs)(hs[-1], temb, train=train)
+        if h.shape[1] in self.attn_resolutions:
+          h = AttnBlock(self.num_groups, dtype=dtype, name=f'down_{i}_attn_{j}')(h)
+        hs.append(h)
+      if i != num_levels - 1:
+        hs.append(Downsample(self.resamp_with_conv, dtype=dtype,
+                             name=f'down_{i}_downsample')(hs[-1]))
+
+    # Middle.
+    h = hs[-1]
+    h = ResnetBlock(h.shape[-1], name='mid_block_1', **block_kwargs)(h, temb, train=train)
+    h = AttnBlock(self.num_groups, dtype=dtype, name='mid_attn_1')(h)
+    h = ResnetBlock(h.shape[-1], name='mid_block_2', **block_kwargs)(h, temb, train=train)
+
+    # Up path.
+    for i in reversed(range(num_levels)):
+      for j in range(self.num_res_blocks + 1):
+        h = jnp.concatenate([h, hs.pop()], axis=-1)
+        h = ResnetBlock(self.ch * self.ch_mult[i], name=f'up_{i}_block_{j}',
+                        **block_kwargs)(h, temb, train=train)
+        if h.shape[1] in self.attn_resolutions:
+          h = AttnBlock(self.num_groups, dtype=dtype, name=f'up_{i}_attn_{j}')(h)
+      if i != 0:
+        h = Upsample(self.resamp_with_conv, dtype=dtype, name=f'up_{i}_upsample')(h)
+    assert not hs, 'every skip connection must be consumed'
+
+    # Output.
+    h = Normalize(self.num_groups, dtype=dtype, name='norm_out')(h)
+    h = conv3x3(self.out_ch, dtype, 'conv_out', zero=True)(h)
+    return h.astype(jnp.float32)
+
+
+def _validate(config) -> None:
+  """Check the model/data config; raise ValueError naming the offending key."""
+  m, d = config.model, config.data
+  ch_mult = tuple(m.ch_mult)
+  if not ch_mult or any(int(c) != c or c < 1 for c in ch_mult):
+    raise ValueError(f'config.model.ch_mult must be a non-empty sequence of positive ints, '
+                     f'got {m.ch_mult!r}.')
+  if m.ch < 4:
+    raise ValueError(f'config.model.ch must be >= 4 (it is also the timestep-embedding '
+                     f'width), got {m.ch}.')
+  if m.num_res_blocks < 1:
+    raise ValueError(f'config.model.num_res_blocks must be >= 1, got {m.num_res_blocks}.')
+  if not 0.0 <= m.dropout < 1.0:
+    raise ValueError(f'config.model.dropout must be in [0, 1), got {m.dropout}.')
+  if d.channels < 1:
+    raise ValueError(f'config.data.channels must be >= 1, got {d.channels}.')
+  factor = 2 ** (len(ch_mult) - 1)
+  if d.image_size < factor or d.image_size % factor:
+    raise ValueError(
+        f'config.data.image_size={d.image_size} must be divisible by '
+        f'2**(len(config.model.ch_mult)-1) = {factor} (ch_mult={ch_mult}).')
+  if m.num_groups < 1:
+    raise ValueError(f'config.model.num_groups must be >= 1, got {m.num_groups}.')
+  for c in sorted({m.ch} | {m.ch * k for k in ch_mult}):
+    if c % m.num_groups:
+      raise ValueError(
+          f'config.model.num_groups={m.num_groups} must divide every channel count '
+          f'(config.model.ch * config.model.ch_mult = {sorted({m.ch * k for k in ch_mult})}, '
+          f'and config.model.ch = {m.ch}); {c} is not divisible.')
+  resolutions = [d.image_size // 2**i for i in range(len(ch_mult))]
+  bad = [r for r in m.attn_resolutions if r not in resolutions]
+  if bad:
+    raise ValueError(
+        f'config.model.attn_resolutions contains {bad}, which the network never has; '
+        f'its resolutions are {resolutions} (config.data.image_size={d.image_size}, '
+        f'len(config.model.ch_mult)={len(ch_mult)}).')
+  dtype = m.get('dtype', 'float32')
+  if dtype not in _DTYPES:
+    raise ValueError(f'config.model.dtype must be one of {sorted(_DTYPES)}, got {dtype!r}.')
+
+
+def create_model(config) -> UNet:
+  """Build the `UNet` described by `config.model` and `config.data` (validated first)."""
+  _validate(config)
+  m = config.model
+  return UNet(
+      ch=int(m.ch),
+      out_ch=int(config.data.channels),
+      ch_mult=tuple(int(c) for c in m.ch_mult),
+      num_res_blocks=int(m.num_res_blocks),
+      attn_resolutions=tuple(int(r) for r in m.attn_resolutions),
+      dropout=float(m.dropout),
+      num_groups=int(m.num_groups),
+      resamp_with_conv=bool(m.resamp_with_conv),
+      dtype=_DTYPES[m.get('dtype', 'float32')],
+  )

@@ -1,0 +1,131 @@
+"""The training loop: resume is exact, SIGTERM checkpoints, NaN stops, outputs are written."""
+
+import glob
+import json
+import os
+import signal
+
+import jax
+import numpy as np
+import pytest
+
+from conftest import make_tiny_config
+from ddpm_jax import input_pipeline, train
+from ddpm_jax.checkpointing import Checkpointer, CheckpointError
+from ddpm_jax.experiment import Experiment
+
+
+def _final_state(workdir, config):
+  exp = Experiment.from_config(config)
+  ckpt = Checkpointer(workdir)
+  state, step = ckpt.restore_latest_valid(exp.abstract_state())
+  ckpt.close()
+  return state, step
+
+
+def _assert_same_state(a, b):
+  for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)):
+    np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
+
+
+@pytest.fixture(scope='module')
+def uninterrupted(tmp_path_factory):
+  """4 steps in one go, with a sample grid at step 4."""
+  workdir = str(tmp_path_factory.mktemp('full'))
+  config = make_tiny_config()
+  config.train.sample_every = 4
+  summary = train.train_and_evaluate(config, workdir, progress=False)
+  return workdir, config, summary
+
+
+def test_uninterrupted_run_writes_checkpoints_logs_and_samples(uninterrupted):
+  workdir, config, summary = uninterrupted
+  assert summary['final_step'] == 4 and summary['stopped_by'] is None
+  state, step = _final_state(workdir, config)
+  assert step == 4 and int(state.step) == 4
+  assert sorted(os.listdir(os.path.join(workdir, 'checkpoints'))) == ['2', '4']
+  lines = [json.loads(l) for l in open(os.path.join(workdir, 'metrics.jsonl'))]
+  assert [l['step'] for l in lines] == [1, 2, 3, 4]
+  assert all(np.isfinite(l['train/loss']) for l in lines)
+  assert glob.glob(os.path.join(workdir, 'tensorboard', 'events.out.tfevents.*'))
+  from PIL import Image
+  (png,) = summary['samples']
+  img = np.asarray(Image.open(png))
+  assert img.shape == (2 + 2 * (8 + 2), 2 + 2 * (8 + 2))  # 4 grey 8x8 samples, 2x2 grid.
+  json.load(open(os.path.join(workdir, 'config.json')))
+
+
+def test_resume_reaches_the_same_state(uninterrupted, tmp_path, capsys):
+  full_dir, config, _ = uninterrupted
+  config.train.sample_every = 0
+  half = make_tiny_config()
+  half.train.num_steps = 2
+  train.train_and_evaluate(half, str(tmp_path), progress=False)
+  capsys.readouterr()
+  train.train_and_evaluate(config, str(tmp_path), progress=False)
+  assert 'Resuming from step 2' in capsys.readouterr().out
+  _assert_same_state(_final_state(str(tmp_path), config)[0], _final_state(full_dir, config)[0])
+
+
+def test_sigterm_checkpoints_and_resumes_exactly(uninterrupted, tmp_path, monkeypatch):
+  full_dir, config, _ = uninterrupted
+  config.train.sample_every = 0
+  config.train.checkpoint_every = 100  # Only the signal and the end save.
+  real = input_pipeline.create_train_iterator
+
+  def killed_after_first_batch(*args, **kwargs):
+    it = real(*args, **kwargs)
+    for i, batch in enumerate(it):
+      if i == 1:
+        os.kill(os.getpid(), signal.SIGTERM)
+      yield batch
+
+  monkeypatch.setattr(input_pipeline, 'create_train_iterator', killed_after_first_batch)
+  summary = train.train_and_evaluate(config, str(tmp_path), progress=False)
+  assert summary['stopped_by'] == 'SIGTERM' and summary['final_step'] == 2
+  assert Checkpointer(str(tmp_path)).all_steps() == [2]
+  monkeypatch.setattr(input_pipeline, 'create_train_iterator', real)
+  summary = train.train_and_evaluate(config, str(tmp_path), progress=False)
+  assert summary['start_step'] == 2 and summary['final_step'] == 4
+  _assert_same_state(_final_state(str(tmp_path), config)[0], _final_state(full_dir, config)[0])
+
+
+def test_nan_loss_stops_with_a_clear_error(tmp_path, monkeypatch):
+  config = make_tiny_config()
+  real = input_pipeline.create_train_iterator
+
+  def nan_batches(*args, **kwargs):
+    for batch in real(*args, **kwargs):
+      yield np.full_like(batch, np.nan)
+
+  monkeypatch.setattr(input_pipeline, 'create_train_iterator', nan_batches)
+  with pytest.raises(train.NonFiniteLossError, match='Loss is nan at step 1'):
+    train.train_and_evaluate(config, str(tmp_path), progress=False)
+  assert Checkpointer(str(tmp_path)).all_steps() == []
+
+
+def _corrupt(step_dir):
+  for path in glob.glob(os.path.join(step_dir, '**', '*'), recursive=True):
+    if os.path.isfile(path):
+      with open(path, 'wb') as f:
+        f.write(b'garbage')
+
+
+def test_corrupt_checkpoint_falls_back_then_fails_clearly(uninterrupted, tmp_path):
+  import shutil
+  full_dir, config, _ = uninterrupted
+  work = str(tmp_path / 'copy')
+  shutil.copytree(full_dir, work)
+  _corrupt(os.path.join(work, 'checkpoints', '4'))
+  state, step = _final_state(work, config)
+  assert step == 2 and int(state.step) == 2
+  _corrupt(os.path.join(work, 'checkpoints', '2'))
+  with pytest.raises(CheckpointError, match='could not be restored'):
+    _final_state(work, config)
+
+
+def test_indivisible_batch_is_a_clear_error(tmp_path, monkeypatch):
+  config = make_tiny_config(batch_size=6)
+  monkeypatch.setattr(jax, 'process_count', lambda: 4)
+  with pytest.raises(ValueError, match='does not divide across 4 processes'):
+    train.train_and_evaluate(config, str(tmp_path), progress=False)
