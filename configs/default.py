@@ -30,6 +30,8 @@ def get_config() -> ml_collections.ConfigDict:
   model.dropout = 0.1
   model.num_groups = 32
   model.resamp_with_conv = True
+  model.remat = False  # Recompute each ResnetBlock/AttnBlock in the backward pass (memory).
+  model.num_classes = 0  # > 0: class-conditional (label embedding + a null label for CFG).
 
   # Forward process and objective.
   config.diffusion = diffusion = ml_collections.ConfigDict()
@@ -37,9 +39,13 @@ def get_config() -> ml_collections.ConfigDict:
   diffusion.num_timesteps = 1000
   diffusion.beta_start = 1e-4
   diffusion.beta_end = 0.02
-  diffusion.mean_type = 'eps'  # eps | x0
-  diffusion.var_type = 'fixedlarge'  # fixedlarge | fixedsmall
-  diffusion.loss = 'mse'  # mse (L_simple, eq. 14)
+  diffusion.mean_type = 'eps'  # eps | x0 | mu | v (what the network predicts)
+  # fixedlarge | fixedsmall | learned | learned_range (learned: the U-Net outputs 2x channels).
+  diffusion.var_type = 'fixedlarge'
+  diffusion.loss = 'mse'  # mse (L_simple, eq. 14) | kl (L_vlb, eq. 5) | hybrid (N&D 2021)
+  diffusion.hybrid_lambda = 0.001  # lambda of L_hybrid = L_simple + lambda L_vlb.
+  diffusion.min_snr_gamma = 0.0  # > 0: min-SNR-gamma loss weighting (mse/hybrid; eps|x0|v).
+  diffusion.importance_sampling = False  # loss=kl: sample t by the loss history (N&D 3.3).
 
   # Optimiser.
   config.optim = optim = ml_collections.ConfigDict()
@@ -59,8 +65,19 @@ def get_config() -> ml_collections.ConfigDict:
   train.sample_every = 10_000
   train.checkpoint_every = 5_000
   train.keep_checkpoints = 3
+  # A second, frequent checkpoint stream (workdir/checkpoints_preempt, only the newest kept) so
+  # that a preempted or crashed run loses at most this many steps; 0 disables it. SIGTERM always
+  # saves there. Resuming picks the newest checkpoint of both streams.
+  train.preemption_every = 1_000
+  # Device mesh (data, fsdp) sizes, -1 = the remaining devices: (-1, 1) is pure data
+  # parallelism; (-1, 4) also splits parameters and optimizer state over groups of 4 devices.
+  train.mesh_shape = (-1, 1)
+  # Split each batch into this many micro-batches, averaging their gradients (lax.scan in the
+  # jitted step): the same update as the full batch with 1/grad_accum_steps of the activations.
+  train.grad_accum_steps = 1
   train.seed = 0
   train.num_sample_grid = 64  # Images in each training-time sample grid.
+  train.label_dropout = 0.1  # Class-conditional models: P(label -> null) for guidance.
 
   # Sampling (`--mode=sample`).
   config.sample = sample = ml_collections.ConfigDict()
@@ -69,5 +86,34 @@ def get_config() -> ml_collections.ConfigDict:
   sample.clip_denoised = True
   sample.seed = 0
   sample.use_ema = True
+  sample.mode = 'grid'  # grid | progressive (Fig. 6) | interpolate (Fig. 8) | reconstruct
+  sample.sampler = 'ancestral'  # ancestral (Algorithm 2) | ddim
+  sample.steps = 0  # Sampling steps, evenly respaced over T; 0 = all T.
+  sample.eta = 0.0  # DDIM stochasticity (0 = deterministic, 1 = ancestral-like).
+  sample.guidance_scale = 0.0  # Classifier-free guidance w: (1 + w) eps_cond - w eps_uncond.
+  sample.label = -1  # Class-conditional models: this class, or -1 = classes 0, 1, .. in turn.
+  sample.progressive_frames = 10  # mode=progressive: saved steps (grid columns, GIF frames).
+  sample.interp_t = 500  # mode=interpolate: timestep t of the latents (q_sample, eq. 4).
+  sample.interp_lambdas = 9  # mode=interpolate: lambda = 0, .., 1 in this many values.
+  sample.data_split = 'test'  # mode=interpolate/reconstruct: images come from this split.
+
+  # Evaluation: bits/dim (eq. 5) and sample quality, during training and in `--mode=eval`.
+  config.eval = ev = ml_collections.ConfigDict()
+  ev.eval_every = 0  # Training-time evaluation every this many steps (0 = off).
+  ev.train_bpd_examples = 64  # Test images for the training-time bits/dim.
+  ev.train_num_samples = 2_000  # Samples for the training-time quick sample-quality metric.
+  ev.bpd_num_examples = 10_000  # Test images for `--mode=eval` bits/dim (the whole test set).
+  ev.bpd_batch_size = 64
+  ev.bpd_clip_denoised = True
+  ev.split = 'test'
+  ev.num_samples = 50_000  # Samples for FID / IS / KID / FD-FMNIST in `--mode=eval`.
+  ev.inception_weights = ''  # pytorch-fid's pt_inception-2015-12-05-6726825d.pth (or .npz).
+  ev.inception_batch_size = 100
+  ev.is_splits = 10  # Inception Score splits (the DDPM paper's own code scores as 1 split).
+  ev.reference_split = 'train'  # FID reference statistics (the paper: the training set).
+  ev.reference_examples = 50_000
+  ev.poll_seconds = 60  # `--mode=eval`: how often to look for new checkpoints.
+  ev.timeout_seconds = 3_600  # `--mode=eval`: stop after this long without a new checkpoint.
+  ev.seed = 1
 
   return config

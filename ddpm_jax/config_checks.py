@@ -7,7 +7,7 @@ typed overrides); this module checks the values themselves. Model shapes are che
 
 from __future__ import annotations
 
-from ddpm_jax import diffusion, schedules
+from ddpm_jax import diffusion, samplers, schedules
 
 
 def _require(ok: bool, key: str, value, expect: str) -> None:
@@ -52,3 +52,69 @@ def validate(config) -> None:
   _require(t.sample_every >= 0, 'train.sample_every', t.sample_every, '>= 0 (0 disables)')
   _require(s.num >= 1, 'sample.num', s.num, 'a positive integer')
   _require(s.batch_size >= 1, 'sample.batch_size', s.batch_size, 'a positive integer')
+  _validate_objective_and_sampler(config)
+  _validate_parallelism(config)
+
+
+def _validate_objective_and_sampler(config) -> None:
+  """The fields of issue 5 (objectives, class conditioning, samplers); `.get` so that configs
+  saved before they existed still validate."""
+  f, s, t = config.diffusion, config.sample, config.train
+  num_classes = config.model.get('num_classes', 0)
+  _require(num_classes >= 0, 'model.num_classes', num_classes, 'an integer >= 0 (0 = none)')
+  _require(f.get('hybrid_lambda', 0.001) >= 0, 'diffusion.hybrid_lambda',
+           f.get('hybrid_lambda'), '>= 0')
+  gamma = f.get('min_snr_gamma', 0.0)
+  _require(gamma >= 0, 'diffusion.min_snr_gamma', gamma, '>= 0 (0 disables the weighting)')
+  _require(gamma == 0 or f.loss in ('mse', 'hybrid'), 'diffusion.min_snr_gamma', gamma,
+           "0 unless config.diffusion.loss is 'mse' or 'hybrid' (it weights the MSE term)")
+  _require(gamma == 0 or f.mean_type in ('eps', 'x0', 'v'), 'diffusion.min_snr_gamma', gamma,
+           "0 for mean_type 'mu' (min-SNR weighting is defined for eps, x0 and v targets)")
+  _require(not f.get('importance_sampling', False) or f.loss == 'kl',
+           'diffusion.importance_sampling', f.get('importance_sampling'),
+           "False unless config.diffusion.loss='kl' (it samples t for L_vlb)")
+  _require(0.0 <= t.get('label_dropout', 0.0) < 1.0, 'train.label_dropout',
+           t.get('label_dropout'), 'a rate in [0, 1)')
+  if 'sampler' in s:
+    _choice(config, 'sample.sampler', samplers.SAMPLERS)
+  if 'mode' in s:
+    _choice(config, 'sample.mode', SAMPLE_MODES)
+  steps = s.get('steps', 0)
+  _require(0 <= steps <= f.num_timesteps, 'sample.steps', steps,
+           f'an integer in [0, config.diffusion.num_timesteps={f.num_timesteps}] (0 = all)')
+  _require(s.get('eta', 0.0) >= 0, 'sample.eta', s.get('eta'), '>= 0 (0 = deterministic DDIM)')
+  _require(s.get('guidance_scale', 0.0) == 0 or num_classes > 0, 'sample.guidance_scale',
+           s.get('guidance_scale'), '0 for an unconditional model (config.model.num_classes=0)')
+  label = s.get('label', -1)
+  _require(-1 <= label < max(num_classes, 1), 'sample.label', label,
+           f'-1 (every class in turn) or a class in [0, config.model.num_classes={num_classes})')
+  _require(s.get('progressive_frames', 10) >= 1, 'sample.progressive_frames',
+           s.get('progressive_frames'), 'a positive integer')
+  if s.get('mode', 'grid') == 'interpolate':
+    _require(0 <= s.interp_t < f.num_timesteps, 'sample.interp_t', s.interp_t,
+             f'a timestep in [0, config.diffusion.num_timesteps={f.num_timesteps})')
+  _require(s.get('interp_lambdas', 2) >= 2, 'sample.interp_lambdas', s.get('interp_lambdas'),
+           'an integer >= 2')
+
+
+SAMPLE_MODES = ('grid', 'progressive', 'interpolate', 'reconstruct')
+
+
+def _validate_parallelism(config) -> None:
+  """The fields of issue 4 (mesh, gradient accumulation, preemption checkpoints, remat); `.get`
+  so that configs saved before they existed still validate. The mesh is checked against the
+  device count by `ddpm_jax.sharding.resolve_mesh_shape`."""
+  t = config.train
+  mesh_shape = tuple(t.get('mesh_shape', (-1, 1)))
+  _require(len(mesh_shape) in (1, 2) and mesh_shape.count(-1) <= 1
+           and all(isinstance(n, int) and (n >= 1 or n == -1) for n in mesh_shape),
+           'train.mesh_shape', mesh_shape,
+           '(data, fsdp) sizes: positive integers, one of which may be -1 ("the rest")')
+  accum = t.get('grad_accum_steps', 1)
+  _require(accum >= 1, 'train.grad_accum_steps', accum, 'an integer >= 1')
+  _require(t.batch_size % accum == 0, 'train.grad_accum_steps', accum,
+           f'a divisor of config.train.batch_size={t.batch_size}')
+  _require(t.get('preemption_every', 0) >= 0, 'train.preemption_every',
+           t.get('preemption_every'), '>= 0 (0 disables the preemption checkpoint stream)')
+  _require(isinstance(config.model.get('remat', False), bool), 'model.remat',
+           config.model.get('remat'), 'True or False')

@@ -4,25 +4,42 @@ Every function takes the precomputed `Schedule` (see `ddpm_jax.schedules`), imag
 (B, H, W, C) and integer timesteps t of shape (B,) with values in [0, T) (index t stands for the
 paper's timestep t + 1). Nothing here knows about networks, parameters or randomness sources:
 noise is passed in.
+
+Sections: forward process; parameterisations of the network's output (eps, x0, mu, v) and of
+the reverse variance (fixed or learned); the variational bound (KL terms, the discretised
+decoder, the prior term, all in bits/dim); the training objectives (L_simple, L_vlb, L_hybrid,
+min-SNR weighting); importance sampling of t for L_vlb.
+
+References: "the paper" = Ho, Jain & Abbeel (2020), Denoising Diffusion Probabilistic Models;
+"N&D" = Nichol & Dhariwal (2021), Improved DDPM; "S&H" = Salimans & Ho (2022), Progressive
+Distillation; "Hang et al." = Efficient Diffusion Training via Min-SNR Weighting (2023).
 """
 
 from __future__ import annotations
 
+import math
 from typing import NamedTuple
 
+import jax
 import jax.numpy as jnp
 
 from ddpm_jax.schedules import Schedule
 
-MEAN_TYPES = ('eps', 'x0')
-VAR_TYPES = ('fixedlarge', 'fixedsmall')
-LOSS_TYPES = ('mse',)
+MEAN_TYPES = ('eps', 'x0', 'mu', 'v')
+VAR_TYPES = ('fixedlarge', 'fixedsmall', 'learned', 'learned_range')
+LEARNED_VAR_TYPES = ('learned', 'learned_range')
+LOSS_TYPES = ('mse', 'kl', 'hybrid')
 
 
 def extract(arr: jnp.ndarray, t: jnp.ndarray, ndim: int) -> jnp.ndarray:
   """arr[t] reshaped to (B, 1, ..., 1) so that it broadcasts against a rank-`ndim` batch."""
   out = jnp.take(arr, t, axis=0)
   return out.reshape(out.shape + (1,) * (ndim - 1))
+
+
+def _check(value: str, valid, what: str) -> None:
+  if value not in valid:
+    raise ValueError(f'Unknown {what} {value!r}; valid: {", ".join(valid)}.')
 
 
 # ---------------------------------------------------------------------------------------------
@@ -55,8 +72,15 @@ def q_posterior_mean_variance(schedule: Schedule, x0, xt, t):
   return mean, variance, log_variance
 
 
+def snr(schedule: Schedule, t) -> jnp.ndarray:
+  """Signal-to-noise ratio of x_t, SNR(t) = alphabar_t / (1 - alphabar_t), shape (B,)."""
+  abar = jnp.take(schedule.alphas_cumprod, t, axis=0)
+  return abar / (1.0 - abar)
+
+
 # ---------------------------------------------------------------------------------------------
-# Parameterisations of the reverse process.
+# Parameterisations of the network's mean output. Given x_t, each of eps, x0, v and mu
+# determines the others (they are affine in each other); everything goes through x_0.
 
 
 def predict_x0_from_eps(schedule: Schedule, xt, t, eps):
@@ -71,22 +95,114 @@ def predict_eps_from_x0(schedule: Schedule, xt, t, x0):
           extract(schedule.sqrt_recipm1_alphas_cumprod, t, xt.ndim))
 
 
-def model_variance(schedule: Schedule, t, ndim: int, var_type: str):
-  """Variance sigma_t^2 of p(x_{t-1} | x_t) for the fixed choices of Sec. 3.2.
+def v_from_x0_eps(schedule: Schedule, x0, eps, t):
+  """S&H, Sec. 4 / appendix D: v = sqrt(alphabar_t) eps - sqrt(1 - alphabar_t) x_0."""
+  return (extract(schedule.sqrt_alphas_cumprod, t, x0.ndim) * eps -
+          extract(schedule.sqrt_one_minus_alphas_cumprod, t, x0.ndim) * x0)
 
-  fixedsmall: sigma_t^2 = betatilde_t (the posterior variance; exact for x_0 a point mass).
+
+def predict_x0_from_v(schedule: Schedule, xt, t, v):
+  """S&H, appendix D: x_0 = sqrt(alphabar_t) x_t - sqrt(1 - alphabar_t) v (eq. 4 and the
+  definition of v, with alphabar_t + (1 - alphabar_t) = 1)."""
+  return (extract(schedule.sqrt_alphas_cumprod, t, xt.ndim) * xt -
+          extract(schedule.sqrt_one_minus_alphas_cumprod, t, xt.ndim) * v)
+
+
+def predict_x0_from_mu(schedule: Schedule, xt, t, mu):
+  """Eq. 7 solved for x_0: x_0 = (mutilde_t - coef2_t x_t) / coef1_t (the paper's code,
+  `predict_start_from_prev` for the 'xprev' parameterisation)."""
+  return ((mu - extract(schedule.posterior_mean_coef2, t, xt.ndim) * xt) /
+          extract(schedule.posterior_mean_coef1, t, xt.ndim))
+
+
+def model_output_to_x0(schedule: Schedule, mean_out, xt, t, mean_type: str):
+  """The x_0 that the network's mean output of parameterisation `mean_type` stands for."""
+  _check(mean_type, MEAN_TYPES, 'mean_type')
+  if mean_type == 'eps':
+    return predict_x0_from_eps(schedule, xt, t, mean_out)
+  if mean_type == 'x0':
+    return mean_out
+  if mean_type == 'v':
+    return predict_x0_from_v(schedule, xt, t, mean_out)
+  return predict_x0_from_mu(schedule, xt, t, mean_out)
+
+
+def x0_to_model_output(schedule: Schedule, x0, xt, t, mean_type: str):
+  """The output of parameterisation `mean_type` that corresponds to x_0, given x_t: the
+  inverse of `model_output_to_x0`."""
+  _check(mean_type, MEAN_TYPES, 'mean_type')
+  if mean_type == 'x0':
+    return x0
+  if mean_type == 'mu':
+    return q_posterior_mean_variance(schedule, x0, xt, t)[0]
+  eps = predict_eps_from_x0(schedule, xt, t, x0)
+  return eps if mean_type == 'eps' else v_from_x0_eps(schedule, x0, eps, t)
+
+
+def convert_model_output(schedule: Schedule, mean_out, xt, t, from_type: str, to_type: str):
+  """Re-express a mean output of parameterisation `from_type` as `to_type` (x0/eps/v/mu)."""
+  if from_type == to_type:
+    return mean_out
+  return x0_to_model_output(schedule, model_output_to_x0(schedule, mean_out, xt, t, from_type),
+                            xt, t, to_type)
+
+
+def mean_target(schedule: Schedule, x0, xt, t, noise, mean_type: str):
+  """Regression target of the mean output for a training example (x_0, eps, x_t = eq. 4):
+  eps (eq. 14), x_0, v = sqrt(alphabar) eps - sqrt(1 - alphabar) x_0 (S&H), or the posterior
+  mean mutilde_t(x_t, x_0) of eq. 7 ('mu', the paper's Sec. 3.2 alternative)."""
+  _check(mean_type, MEAN_TYPES, 'mean_type')
+  if mean_type == 'eps':
+    return noise
+  if mean_type == 'x0':
+    return x0
+  if mean_type == 'v':
+    return v_from_x0_eps(schedule, x0, noise, t)
+  return q_posterior_mean_variance(schedule, x0, xt, t)[0]
+
+
+def split_model_output(model_output, var_type: str):
+  """(mean part, variance part or None): a learned-variance network outputs 2 * C channels,
+  the first C for the mean parameterisation, the last C for the variance."""
+  _check(var_type, VAR_TYPES, 'var_type')
+  if var_type in LEARNED_VAR_TYPES:
+    mean_out, var_out = jnp.split(model_output, 2, axis=-1)
+    return mean_out, var_out
+  return model_output, None
+
+
+def model_variance(schedule: Schedule, t, ndim: int, var_type: str, var_out=None):
+  """Variance sigma_t^2 of p(x_{t-1} | x_t). Returns (variance, log_variance) broadcastable
+  against a rank-`ndim` batch (per pixel for the learned types).
+
+  fixedsmall: sigma_t^2 = betatilde_t (Sec. 3.2; the posterior variance, optimal for x_0 a
+              point mass).
   fixedlarge: sigma_t^2 = beta_t (optimal for x_0 ~ N(0, I)), with the first entry replaced by
               betatilde_2 so that the log stays finite and the last step has a sensible
               variance, as in the paper's code.
-  Returns (variance, log_variance) broadcastable against a rank-`ndim` batch.
+  learned:    log sigma_t^2 = `var_out` (the network outputs the log-variance directly).
+  learned_range: N&D eq. 15, sigma_t^2 = exp(v log beta_t + (1 - v) log betatilde_t), with
+              v = (var_out + 1) / 2 so that an output in [-1, 1] spans [betatilde_t, beta_t];
+              as in N&D, v is not constrained (betatilde_1 is the clipped value).
   """
+  _check(var_type, VAR_TYPES, 'var_type')
   if var_type == 'fixedsmall':
     return (extract(schedule.posterior_variance, t, ndim),
             extract(schedule.posterior_log_variance_clipped, t, ndim))
   if var_type == 'fixedlarge':
     variance = jnp.concatenate([schedule.posterior_variance[1:2], schedule.betas[1:]])
     return extract(variance, t, ndim), extract(jnp.log(variance), t, ndim)
-  raise ValueError(f'Unknown var_type {var_type!r}; valid: {", ".join(VAR_TYPES)}.')
+  if var_out is None:
+    raise ValueError(f'var_type {var_type!r} needs the variance output of the network.')
+  var_out = var_out.astype(jnp.float32)
+  if var_type == 'learned':
+    log_variance = var_out
+  else:
+    frac = (var_out + 1.0) / 2.0
+    min_log = extract(schedule.posterior_log_variance_clipped, t, ndim)
+    max_log = extract(jnp.log(schedule.betas), t, ndim)
+    log_variance = frac * max_log + (1.0 - frac) * min_log
+  return jnp.exp(log_variance), log_variance
 
 
 class PMeanVariance(NamedTuple):
@@ -100,26 +216,28 @@ def p_mean_variance(schedule: Schedule, model_output, xt, t, var_type: str = 'fi
                     clip: bool = True, mean_type: str = 'eps') -> PMeanVariance:
   """Mean and variance of the reverse step p_theta(x_{t-1} | x_t) (eq. 1, Sec. 3.2).
 
-  The network's output is turned into a prediction of x_0 (eq. 4 inverted for `eps`, used
-  directly for `x0`), optionally clipped to the data range [-1, 1], and the mean is the
-  posterior mean of eq. 7 at that x_0. For `eps` this equals eq. 11,
-  mu = (x_t - beta_t / sqrt(1 - alphabar_t) eps) / sqrt(alpha_t), when no clipping applies.
+  For `eps`, `x0` and `v` the network's mean output is turned into a prediction of x_0,
+  optionally clipped to the data range [-1, 1], and the mean is the posterior mean of eq. 7 at
+  that x_0. For `eps` this equals eq. 11, mu = (x_t - beta_t / sqrt(1 - alphabar_t) eps) /
+  sqrt(alpha_t), when no clipping applies. For `mu` the output is the mean itself (clipping
+  then only affects the reported `pred_x0`, as in the paper's code). The variance comes from
+  `model_variance` (the last C output channels for the learned types).
   """
-  if mean_type == 'eps':
-    pred_x0 = predict_x0_from_eps(schedule, xt, t, model_output)
-  elif mean_type == 'x0':
-    pred_x0 = model_output
-  else:
-    raise ValueError(f'Unknown mean_type {mean_type!r}; valid: {", ".join(MEAN_TYPES)}.')
+  _check(mean_type, MEAN_TYPES, 'mean_type')
+  mean_out, var_out = split_model_output(model_output.astype(jnp.float32), var_type)
+  pred_x0 = model_output_to_x0(schedule, mean_out, xt, t, mean_type)
   if clip:
     pred_x0 = jnp.clip(pred_x0, -1.0, 1.0)
-  mean, _, _ = q_posterior_mean_variance(schedule, pred_x0, xt, t)
-  variance, log_variance = model_variance(schedule, t, xt.ndim, var_type)
+  if mean_type == 'mu':
+    mean = mean_out
+  else:
+    mean, _, _ = q_posterior_mean_variance(schedule, pred_x0, xt, t)
+  variance, log_variance = model_variance(schedule, t, xt.ndim, var_type, var_out)
   return PMeanVariance(mean, variance, log_variance, pred_x0)
 
 
 # ---------------------------------------------------------------------------------------------
-# Training objective.
+# The variational bound (eq. 5), in bits per dimension like the paper's code.
 
 
 def mean_flat(x):
@@ -127,16 +245,191 @@ def mean_flat(x):
   return jnp.mean(x, axis=tuple(range(1, x.ndim)))
 
 
+def normal_kl(mean1, logvar1, mean2, logvar2):
+  """KL(N(mean1, exp(logvar1)) || N(mean2, exp(logvar2))) elementwise, in nats:
+  0.5 (-1 + logvar2 - logvar1 + exp(logvar1 - logvar2) + (mean1 - mean2)^2 exp(-logvar2))."""
+  return 0.5 * (-1.0 + logvar2 - logvar1 + jnp.exp(logvar1 - logvar2) +
+                jnp.square(mean1 - mean2) * jnp.exp(-logvar2))
+
+
+def approx_standard_normal_cdf(x):
+  """The tanh approximation of the standard normal CDF used by the paper's code (and
+  PixelCNN++): 0.5 (1 + tanh(sqrt(2/pi) (x + 0.044715 x^3)))."""
+  return 0.5 * (1.0 + jnp.tanh(math.sqrt(2.0 / math.pi) * (x + 0.044715 * jnp.power(x, 3))))
+
+
+def discretized_gaussian_log_likelihood(x, means, log_scales):
+  """Eq. 13: log p(x_0 | x_1) per pixel for data on the 256 levels {-1, -1 + 2/255, .., 1}.
+
+  Each level owns the bin [x - 1/255, x + 1/255] of N(means, exp(log_scales)^2), the two edge
+  bins extend to -inf and +inf, so the probabilities of the 256 levels sum to 1. Returns log
+  probabilities in nats, shape of x.
+  """
+  centered = x - means
+  inv_stdv = jnp.exp(-log_scales)
+  cdf_plus = approx_standard_normal_cdf(inv_stdv * (centered + 1.0 / 255.0))
+  cdf_min = approx_standard_normal_cdf(inv_stdv * (centered - 1.0 / 255.0))
+  log_cdf_plus = jnp.log(jnp.maximum(cdf_plus, 1e-12))
+  log_one_minus_cdf_min = jnp.log(jnp.maximum(1.0 - cdf_min, 1e-12))
+  log_cdf_delta = jnp.log(jnp.maximum(cdf_plus - cdf_min, 1e-12))
+  return jnp.where(x < -0.999, log_cdf_plus,
+                   jnp.where(x > 0.999, log_one_minus_cdf_min, log_cdf_delta))
+
+
+class VLBTerms(NamedTuple):
+  """Per-example terms in bits/dim, shape (B,): `vlb` = L_{t-1} of eq. 5, i.e. `kl` =
+  KL(q(x_{t-1} | x_t, x_0) || p(x_{t-1} | x_t)) for t > 1 and `decoder_nll` = -log p(x_0 | x_1)
+  (eq. 13) at t = 1; `pred_x0` is the model's x_0 prediction."""
+  vlb: jnp.ndarray
+  kl: jnp.ndarray
+  decoder_nll: jnp.ndarray
+  pred_x0: jnp.ndarray
+
+
+def vlb_terms(schedule: Schedule, model_output, x0, xt, t, *, mean_type: str = 'eps',
+              var_type: str = 'fixedlarge', clip: bool = False) -> VLBTerms:
+  """The term L_{t-1} of the variational bound (eq. 5) for each example, in bits/dim.
+
+  t > 0 (the paper's t > 1): KL(q(x_{t-1} | x_t, x_0) || p_theta(x_{t-1} | x_t)) of two
+  Gaussians (eqs. 6-7 and `p_mean_variance`). t = 0: the discretised decoder -log p(x_0 | x_1)
+  of eq. 13 with p's mean and standard deviation. Averaged over the dimensions and divided by
+  log 2, as the paper's code does (`_vb_terms_bpd`). The prior term L_T is `prior_bpd`.
+  """
+  true_mean, _, true_log_var = q_posterior_mean_variance(schedule, x0, xt, t)
+  p = p_mean_variance(schedule, model_output, xt, t, var_type=var_type, clip=clip,
+                      mean_type=mean_type)
+  kl = mean_flat(normal_kl(true_mean, true_log_var, p.mean, p.log_variance)) / math.log(2.0)
+  nll = -discretized_gaussian_log_likelihood(x0, p.mean, 0.5 * p.log_variance)
+  nll = mean_flat(nll) / math.log(2.0)
+  return VLBTerms(jnp.where(t == 0, nll, kl), kl, nll, p.pred_x0)
+
+
+def prior_bpd(schedule: Schedule, x0):
+  """L_T of eq. 5: KL(q(x_T | x_0) || N(0, I)) per example in bits/dim (no parameters; ~1e-5
+  for the linear T = 1000 schedule on data in [-1, 1])."""
+  t = jnp.full((x0.shape[0],), schedule.num_timesteps - 1, jnp.int32)
+  mean, _, log_var = q_mean_variance(schedule, x0, t)
+  return mean_flat(normal_kl(mean, log_var, 0.0, 0.0)) / math.log(2.0)
+
+
+# ---------------------------------------------------------------------------------------------
+# Training objectives.
+
+
 def simple_loss(model_output, x0, noise, mean_type: str = 'eps'):
   """L_simple of eq. 14, per example: || eps - eps_theta(x_t, t) ||^2 averaged over pixels.
 
   With `mean_type='x0'` the network predicts x_0 and the target is x_0 instead (the paper's
-  Table 2 alternative). Returns shape (B,).
+  Table 2 alternative). Returns shape (B,). (`training_losses` covers every mean type.)
   """
-  if mean_type == 'eps':
-    target = noise
-  elif mean_type == 'x0':
-    target = x0
-  else:
-    raise ValueError(f'Unknown mean_type {mean_type!r}; valid: {", ".join(MEAN_TYPES)}.')
+  _check(mean_type, ('eps', 'x0'), 'mean_type for simple_loss')
+  target = noise if mean_type == 'eps' else x0
   return mean_flat(jnp.square(model_output.astype(jnp.float32) - target))
+
+
+def min_snr_weight(schedule: Schedule, t, mean_type: str, gamma: float):
+  """Hang et al. (2023), eq. 13 / Sec. 3.4: weight each example's MSE so that the loss equals
+  min(SNR(t), gamma) || x_0 - x0_theta ||^2 whatever the target: min(SNR, gamma) / SNR for eps,
+  min(SNR, gamma) for x0, min(SNR, gamma) / (SNR + 1) for v. Shape (B,)."""
+  s = snr(schedule, t)
+  clipped = jnp.minimum(s, gamma)
+  if mean_type == 'eps':
+    return clipped / s
+  if mean_type == 'x0':
+    return clipped
+  if mean_type == 'v':
+    return clipped / (s + 1.0)
+  raise ValueError(f'min-SNR weighting is defined for the eps, x0 and v targets, not '
+                   f'{mean_type!r}.')
+
+
+def training_losses(schedule: Schedule, model_output, x0, xt, t, noise, *,
+                    mean_type: str = 'eps', var_type: str = 'fixedlarge', loss_type: str = 'mse',
+                    hybrid_lambda: float = 0.001, min_snr_gamma: float = 0.0) -> dict:
+  """Per-example training losses, shape (B,) each. `loss` is what is minimised:
+
+  mse:    L_simple (eq. 14) generalised to every target (`mean_target`), optionally weighted
+          by `min_snr_weight` when min_snr_gamma > 0. A learned variance gets no gradient.
+  kl:     L_{t-1} of the true bound (eq. 5, `vlb_terms`) in bits/dim. With t uniform its
+          expectation is (L_vlb - L_T) / T; the paper's code uses the same scale.
+  hybrid: N&D Sec. 3.1, L_simple + lambda L_vlb with the mean's gradient stopped inside L_vlb
+          (so L_vlb only trains the variance). L_vlb = sum_t L_t is estimated by T L_{t-1}, so
+          the per-example loss is mse + lambda T vlb (N&D: lambda = 0.001; with a fixed
+          variance this equals mse in gradient).
+  Also returns `mse` and `vlb` where computed.
+  """
+  _check(loss_type, LOSS_TYPES, 'loss type')
+  mean_out, var_out = split_model_output(model_output.astype(jnp.float32), var_type)
+  out = {}
+  if loss_type in ('mse', 'hybrid'):
+    target = mean_target(schedule, x0, xt, t, noise, mean_type)
+    mse = mean_flat(jnp.square(mean_out - target))
+    if min_snr_gamma > 0:
+      mse = mse * min_snr_weight(schedule, t, mean_type, min_snr_gamma)
+    out['mse'] = mse
+  if loss_type in ('kl', 'hybrid'):
+    frozen = model_output.astype(jnp.float32)
+    if loss_type == 'hybrid':
+      frozen = jax.lax.stop_gradient(mean_out)
+      if var_out is not None:
+        frozen = jnp.concatenate([frozen, var_out], axis=-1)
+    out['vlb'] = vlb_terms(schedule, frozen, x0, xt, t, mean_type=mean_type, var_type=var_type,
+                           clip=False).vlb
+  if loss_type == 'mse':
+    out['loss'] = out['mse']
+  elif loss_type == 'kl':
+    out['loss'] = out['vlb']
+  else:
+    out['loss'] = out['mse'] + hybrid_lambda * schedule.num_timesteps * out['vlb']
+  return out
+
+
+# ---------------------------------------------------------------------------------------------
+# Importance sampling of t (N&D Sec. 3.3, `LossSecondMomentResampler` of improved-diffusion):
+# p_t proportional to sqrt(E[L_t^2]) over the last `history` losses seen at each t, mixed
+# with a small uniform part, used once every t has a full history; the loss at t is then
+# weighted by 1 / (T p_t) so that its expectation is unchanged.
+
+
+def init_loss_history(num_timesteps: int, history: int = 10) -> dict:
+  """An empty history: `losses` (T, history) float32 and `counts` (T,) int32."""
+  return {'losses': jnp.zeros((num_timesteps, history), jnp.float32),
+          'counts': jnp.zeros((num_timesteps,), jnp.int32)}
+
+
+def update_loss_history(loss_history: dict, t, losses) -> dict:
+  """Append each example's loss to the history of its t, in batch order; a full history drops
+  its oldest entry. Pure; `t` (B,) int, `losses` (B,)."""
+  hist, counts = loss_history['losses'], loss_history['counts']
+  size = hist.shape[1]
+
+  def body(i, carry):
+    hist, counts = carry
+    ti, li = t[i], losses[i].astype(jnp.float32)
+    row, c = hist[ti], counts[ti]
+    shifted = jnp.concatenate([row[1:], li[None]])
+    row = jnp.where(c < size, row.at[jnp.minimum(c, size - 1)].set(li), shifted)
+    return hist.at[ti].set(row), counts.at[ti].set(jnp.minimum(c + 1, size))
+
+  hist, counts = jax.lax.fori_loop(0, t.shape[0], body, (hist, counts))
+  return {'losses': hist, 'counts': counts}
+
+
+def importance_probs(loss_history: dict, uniform_prob: float = 0.001):
+  """p_t: uniform until every t has a full history, then proportional to sqrt(mean L_t^2),
+  mixed as (1 - uniform_prob) p + uniform_prob / T. Shape (T,), sums to 1."""
+  hist, counts = loss_history['losses'], loss_history['counts']
+  num_timesteps = hist.shape[0]
+  uniform = jnp.full((num_timesteps,), 1.0 / num_timesteps, jnp.float32)
+  w = jnp.sqrt(jnp.mean(jnp.square(hist), axis=-1))
+  w = w / jnp.maximum(jnp.sum(w), 1e-30)
+  p = (1.0 - uniform_prob) * w + uniform_prob / num_timesteps
+  warm = jnp.all(counts == hist.shape[1]) & (jnp.sum(w) > 0)
+  return jnp.where(warm, p, uniform)
+
+
+def sample_timesteps_importance(key, loss_history: dict, batch_size: int):
+  """t ~ p (`importance_probs`) and the loss weights 1 / (T p_t). Returns ((B,) int32, (B,))."""
+  p = importance_probs(loss_history)
+  t = jax.random.categorical(key, jnp.log(p), shape=(batch_size,)).astype(jnp.int32)
+  return t, 1.0 / (p.shape[0] * p[t])

@@ -32,7 +32,8 @@ class Experiment:
   @classmethod
   def from_config(cls, config, mesh=None) -> 'Experiment':
     config_checks.validate(config)
-    mesh = sharding.make_mesh() if mesh is None else mesh
+    if mesh is None:
+      mesh = sharding.make_mesh(mesh_shape=config.train.get('mesh_shape', (-1, 1)))
     return cls(config=config, model=create_model(config),
                schedule=schedule_from_config(config.diffusion),
                tx=make_optimizer(config.optim), mesh=mesh)
@@ -43,16 +44,20 @@ class Experiment:
     return (d.image_size, d.image_size, d.channels)
 
   def _init_fn(self):
-    return functools.partial(init_train_state, self.model, self.tx, image_shape=self.image_shape)
+    f = self.config.diffusion
+    history = f.num_timesteps if f.get('importance_sampling', False) else 0
+    return functools.partial(init_train_state, self.model, self.tx, image_shape=self.image_shape,
+                             loss_history_timesteps=history)
 
   def _rng(self):
     return jax.random.PRNGKey(self.config.train.seed)
 
   def abstract_state(self) -> TrainState:
-    """Shapes and dtypes of the train state, with its (replicated) sharding; nothing allocated."""
+    """Shapes and dtypes of the train state, with its sharding (replicated, or split over the
+    mesh's `fsdp` axis, see `ddpm_jax.sharding`); nothing allocated."""
     shapes = jax.eval_shape(self._init_fn(), self._rng())
-    repl = sharding.replicated(self.mesh)
-    return jax.tree.map(lambda s: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=repl), shapes)
+    return jax.tree.map(lambda s, sh: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sh),
+                        shapes, sharding.state_sharding(shapes, self.mesh))
 
   def state_sharding(self):
     return jax.tree.map(lambda s: s.sharding, self.abstract_state())
@@ -71,7 +76,8 @@ class Experiment:
     return state, True
 
   def jitted_train_step(self):
-    """`train_step` jitted over the mesh: batch split on `data`, state replicated and donated."""
+    """`train_step` jitted over the mesh: batch split over the devices, state laid out as
+    `state_sharding()` (replicated, or split over `fsdp`) and donated."""
     state_sharding = self.state_sharding()
     return jax.jit(make_train_step(self.model, self.tx, self.schedule, self.config),
                    in_shardings=(state_sharding, sharding.batch_sharding(self.mesh)),

@@ -1,23 +1,73 @@
 """The device mesh and how arrays are laid out on it.
 
-Data parallelism over a one-axis mesh `('data',)` of every device of every process: batches are
-split along their first axis, the train state is replicated.
+The mesh has two axes, `('data', 'fsdp')`, over every device of every process
+(`config.train.mesh_shape`, default `(-1, 1)`: pure data parallelism).
+
+* Batches are split along their first axis over *both* axes: every device sees its own slice of
+  the global batch (FSDP is data parallelism too).
+* The train state (parameters, EMA, optimizer state) is replicated when the `fsdp` axis has size
+  1. With `fsdp` > 1 every array of the state with an axis divisible by the `fsdp` size is split
+  along its largest such axis (ZeRO-3 / FSDP); the rest (scalars, the step, the RNG, odd shapes)
+  is replicated. Nothing else changes: XLA's SPMD partitioner inserts the collectives that
+  gather parameters for the forward and backward passes and reduce the gradients onto the
+  shards, so the update is that of data parallelism up to float rounding.
 """
 
 from __future__ import annotations
+
+import math
+from typing import Sequence
 
 import jax
 import numpy as np
 from jax.sharding import NamedSharding, PartitionSpec as P
 
 DATA_AXIS = 'data'
+FSDP_AXIS = 'fsdp'
+AXES = (DATA_AXIS, FSDP_AXIS)
+# The axes a batch's first dimension is split over.
+BATCH_AXES = AXES
 
 
-def make_mesh(devices=None) -> jax.sharding.Mesh:
-  """A `('data',)` mesh over all devices (of all processes) or the given ones."""
+def resolve_mesh_shape(mesh_shape: Sequence[int] | None, num_devices: int) -> tuple[int, int]:
+  """`(data, fsdp)` sizes for `num_devices` devices; one entry may be -1 ("the rest").
+
+  A 1-tuple `(n,)` means `(n, 1)`. Raises ValueError naming `config.train.mesh_shape` when the
+  sizes do not multiply to the device count.
+  """
+  shape = tuple(int(s) for s in (mesh_shape or (-1, 1)))
+  if len(shape) == 1:
+    shape = shape + (1,)
+  what = f'config.train.mesh_shape={tuple(mesh_shape or (-1, 1))!r}'
+  if len(shape) != 2 or any(s == 0 or s < -1 for s in shape) or shape.count(-1) > 1:
+    raise ValueError(f'{what} is invalid: expected (data, fsdp) sizes, positive integers or one '
+                     f'-1 meaning "the remaining devices".')
+  if -1 in shape:
+    known = math.prod(s for s in shape if s != -1)
+    if num_devices % known:
+      raise ValueError(f'{what} does not fit {num_devices} devices: {known} does not divide '
+                       f'{num_devices}.')
+    shape = tuple(num_devices // known if s == -1 else s for s in shape)
+  if math.prod(shape) != num_devices:
+    raise ValueError(f'{what} needs {math.prod(shape)} devices but there are {num_devices}.')
+  return shape
+
+
+def make_mesh(devices=None, mesh_shape: Sequence[int] | None = (-1, 1)) -> jax.sharding.Mesh:
+  """A `('data', 'fsdp')` mesh over all devices (of all processes) or the given ones."""
   devices = jax.devices() if devices is None else list(devices)
-  return jax.make_mesh((len(devices),), (DATA_AXIS,),
-                       axis_types=(jax.sharding.AxisType.Auto,), devices=devices)
+  shape = resolve_mesh_shape(mesh_shape, len(devices))
+  return jax.make_mesh(shape, AXES, axis_types=(jax.sharding.AxisType.Auto,) * 2,
+                       devices=devices)
+
+
+def fsdp_size(mesh) -> int:
+  return mesh.shape.get(FSDP_AXIS, 1)
+
+
+def num_batch_shards(mesh) -> int:
+  """How many ways a batch is split: the number of devices of the mesh."""
+  return math.prod(mesh.shape[a] for a in BATCH_AXES if a in mesh.shape)
 
 
 def replicated(mesh) -> NamedSharding:
@@ -25,13 +75,33 @@ def replicated(mesh) -> NamedSharding:
 
 
 def batch_sharding(mesh) -> NamedSharding:
-  """First axis split over `data`, the rest replicated."""
-  return NamedSharding(mesh, P(DATA_AXIS))
+  """First axis split over every device (`data` and `fsdp`), the rest replicated."""
+  axes = tuple(a for a in BATCH_AXES if a in mesh.shape)
+  return NamedSharding(mesh, P(axes))
 
 
-def check_divisible(global_batch: int, mesh, what: str = 'config.train.batch_size') -> None:
-  """A global batch must split evenly over the devices and the processes."""
-  n_dev = mesh.shape[DATA_AXIS]
+def fsdp_spec(shape: Sequence[int], fsdp: int) -> P:
+  """The partition of an array of `shape` over an `fsdp` axis of size `fsdp`: its largest axis
+  divisible by `fsdp` (the first one on ties), or replicated if none is (or `fsdp` is 1)."""
+  if fsdp <= 1:
+    return P()
+  candidates = [(-size, i) for i, size in enumerate(shape) if size % fsdp == 0]
+  if not candidates:
+    return P()
+  _, axis = min(candidates)
+  return P(*([None] * axis + [FSDP_AXIS]))
+
+
+def state_sharding(abstract_tree, mesh):
+  """The sharding of every leaf of a (shape-only) train state on `mesh` (see module doc)."""
+  fsdp = fsdp_size(mesh)
+  return jax.tree.map(lambda x: NamedSharding(mesh, fsdp_spec(x.shape, fsdp)), abstract_tree)
+
+
+def check_divisible(global_batch: int, mesh, what: str = 'config.train.batch_size',
+                    grad_accum_steps: int = 1) -> None:
+  """A global batch (and each micro-batch) must split evenly over the devices and processes."""
+  n_dev = num_batch_shards(mesh)
   if global_batch % n_dev:
     raise ValueError(
         f'{what}={global_batch} does not divide across the {n_dev} devices of the mesh; '
@@ -39,10 +109,23 @@ def check_divisible(global_batch: int, mesh, what: str = 'config.train.batch_siz
   n_proc = jax.process_count()
   if global_batch % n_proc:
     raise ValueError(f'{what}={global_batch} does not divide across {n_proc} processes.')
+  if grad_accum_steps > 1 and global_batch % (grad_accum_steps * n_dev):
+    raise ValueError(
+        f'{what}={global_batch} with config.train.grad_accum_steps={grad_accum_steps} gives '
+        f'micro-batches that do not divide across the {n_dev} devices of the mesh; use a '
+        f'batch size that is a multiple of {grad_accum_steps * n_dev}.')
 
 
 def global_batch_from_local(local: np.ndarray, mesh) -> jax.Array:
-  """Assemble each process's slice of the batch into one global array sharded on `data`."""
+  """Assemble each process's slice of the batch into one global array split over the devices.
+
+  Each process passes the rows it read (`global_batch // process_count` of them, as produced
+  by `input_pipeline.create_train_iterator(..., process_index, process_count)`). The global
+  array is their concatenation in process order when each process's devices form one
+  contiguous block of the mesh (always so on CPU and GPU; on TPU `jax.make_mesh` may order
+  devices by the physical topology, and then the rows are a permutation of that concatenation:
+  the same examples, the same mean loss).
+  """
   sharding = batch_sharding(mesh)
   global_shape = (local.shape[0] * jax.process_count(),) + local.shape[1:]
   return jax.make_array_from_process_local_data(sharding, local, global_shape)

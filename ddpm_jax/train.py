@@ -1,13 +1,17 @@
 """The training loop: input → jitted, sharded `train_step` → metrics, samples, checkpoints.
 
 Sections follow the order of one run: Mesh and state / Checkpoint / Input / Update / Loop.
-Logging, TensorBoard and sample grids come from process 0 only; every process saves and restores
-checkpoints. SIGTERM or Ctrl-C saves a checkpoint and returns, so a killed run loses nothing.
+Logging, TensorBoard and sample grids come from process 0 only; every process reads its own
+slice of each batch and saves and restores checkpoints. SIGTERM or Ctrl-C saves a checkpoint
+(in the preemption stream, see `ddpm_jax.checkpointing`) and returns, so a killed run loses
+nothing; with several processes they first agree on the step to stop at
+(`distributed.StopAgreement`), so a signal that reaches one host stops all of them together.
 """
 
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
 import logging
 import math
@@ -19,7 +23,7 @@ import jax
 import numpy as np
 from tqdm.auto import tqdm
 
-from ddpm_jax import images, input_pipeline, sampling, sharding
+from ddpm_jax import distributed, images, input_pipeline, sampling, sharding
 from ddpm_jax.checkpointing import Checkpointer
 from ddpm_jax.experiment import Experiment
 from ddpm_jax.metric_writers import MetricWriter
@@ -51,20 +55,39 @@ def stop_on_signals(signals=(signal.SIGTERM, signal.SIGINT)):
     yield received
   finally:
     for s, h in previous.items():
-      signal.signal(s, h)
+      signal.signal(s, signal.SIG_DFL if h is None else h)  # None: a handler set outside Python.
 
 
 def _save_config(config, workdir: str) -> None:
-  os.makedirs(workdir, exist_ok=True)
-  with open(os.path.join(workdir, 'config.json'), 'w') as f:
-    f.write(config.to_json_best_effort(indent=2, sort_keys=True))
+  from etils import epath  # pylint: disable=g-import-not-at-top  (local paths and gs://)
+  path = epath.Path(workdir)
+  path.mkdir(parents=True, exist_ok=True)
+  (path / 'config.json').write_text(config.to_json_best_effort(indent=2, sort_keys=True))
+
+
+def _sampling_experiment(experiment: Experiment) -> Experiment:
+  """The experiment to sample grids with: a pure data-parallel mesh over the same devices, on
+  which the parameters are replicated (sampling needs every parameter on every device)."""
+  if sharding.fsdp_size(experiment.mesh) == 1:
+    return experiment
+  return dataclasses.replace(experiment,
+                             mesh=sharding.make_mesh(experiment.mesh.devices.flatten()))
+
+
+def _replicate(tree, mesh):
+  """`tree` (e.g. FSDP-sharded parameters) gathered onto every device of `mesh`."""
+  return jax.jit(lambda x: x, out_shardings=sharding.replicated(mesh))(tree)
 
 
 def _sample_grid(experiment, sample_fn, state, step: int, workdir: str, writer) -> str | None:
   """A grid of samples from the EMA parameters, to `workdir/samples/` and TensorBoard."""
   cfg = experiment.config
   key = jax.random.fold_in(jax.random.PRNGKey(cfg.train.seed + 1), step)
-  x = sampling.generate(sample_fn, state.ema_params, key, cfg.train.num_sample_grid,
+  params = state.ema_params
+  repl = sharding.replicated(experiment.mesh)
+  if any(leaf.sharding != repl for leaf in jax.tree.leaves(params)):  # FSDP-sharded.
+    params = _replicate(params, experiment.mesh)
+  x = sampling.generate(sample_fn, params, key, cfg.train.num_sample_grid,
                         cfg.train.num_sample_grid, progress=False)
   if jax.process_index() != 0:
     return None
@@ -83,14 +106,16 @@ def train_and_evaluate(config, workdir: str, experiment: Experiment | None = Non
   # Mesh and state.
   experiment = experiment or Experiment.from_config(config)
   mesh = experiment.mesh
-  sharding.check_divisible(tcfg.batch_size, mesh)
+  sharding.check_divisible(tcfg.batch_size, mesh,
+                           grad_accum_steps=tcfg.get('grad_accum_steps', 1))
   checkpointer = Checkpointer(workdir, max_to_keep=tcfg.keep_checkpoints)
   state, resumed = experiment.restore_or_init(checkpointer)
   start_step = int(state.step)
   if is_main:
     _save_config(config, workdir)
+    mesh_desc = ' x '.join(f'{n} {a}' for a, n in mesh.shape.items())
     print(f'Model: {experiment.num_params():,} parameters; devices: {mesh.size} '
-          f'({jax.devices()[0].platform}); processes: {jax.process_count()}; '
+          f'({jax.devices()[0].platform}; mesh {mesh_desc}); processes: {jax.process_count()}; '
           f'global batch {tcfg.batch_size}.', flush=True)
     if resumed:
       print(f'Resuming from step {start_step}', flush=True)
@@ -103,8 +128,11 @@ def train_and_evaluate(config, workdir: str, experiment: Experiment | None = Non
   # Update.
   train_step = experiment.jitted_train_step()
   grid_fn = None
+  sample_experiment = _sampling_experiment(experiment)
   if tcfg.sample_every > 0:
-    grid_fn = sampling.make_sample_fn(experiment, tcfg.num_sample_grid)
+    grid_fn = sampling.make_sample_fn(sample_experiment, tcfg.num_sample_grid)
+  preemption_every = tcfg.get('preemption_every', 0)
+  agreement = distributed.StopAgreement(mesh)
 
   writer = MetricWriter(workdir)
   summary = {'workdir': workdir, 'start_step': start_step, 'samples': []}
@@ -154,23 +182,35 @@ def train_and_evaluate(config, workdir: str, experiment: Experiment | None = Non
         if last_metrics:
           bar.set_postfix(loss=f'{last_metrics["loss"]:.4f}', refresh=False)
 
+        saved = False
         if step % tcfg.checkpoint_every == 0 or step == tcfg.num_steps:
           consume(*pending)  # Never checkpoint a state whose loss was not finite.
           pending = None
-          checkpointer.save(step, state)
+          saved = checkpointer.save(step, state)
+        elif preemption_every and step % preemption_every == 0:
+          consume(*pending)
+          pending = None
+          saved = checkpointer.save_preemption(step, state)
         if grid_fn is not None and (step % tcfg.sample_every == 0 or step == tcfg.num_steps):
-          path = _sample_grid(experiment, grid_fn, state, step, workdir, writer)
+          path = _sample_grid(sample_experiment, grid_fn, state, step, workdir, writer)
           if path:
             summary['samples'].append(path)
             bar.write(f'step {step}: sample grid {path}')
-        if stop['signal'] is not None and step < tcfg.num_steps:
-          stopped_by = signal.Signals(stop['signal']).name
+        # Every process asks every step, so that all of them stop at the same step.
+        if agreement.should_stop(stop['signal'] is not None) and step < tcfg.num_steps:
+          stopped_by = (signal.Signals(stop['signal']).name if stop['signal'] is not None
+                        else 'signal to another process')
           if pending is not None:
             consume(*pending)
             pending = None
-          checkpointer.save(step, state, force=True)
-          bar.write(f'{stopped_by} received: saved checkpoint at step {step}; rerun the same '
-                    f'command to resume.')
+          if not saved:
+            checkpointer.save_preemption(step, state)
+          if is_main:
+            bar.write(f'{stopped_by} received: saved checkpoint at step {step}; rerun the same '
+                      f'command to resume.')
+          else:
+            logging.warning('Process %d stopping at step %d (%s).', jax.process_index(), step,
+                            stopped_by)
           break
       if pending is not None:
         consume(*pending)

@@ -42,6 +42,6 @@ def test_validation_names_the_bad_key():
   with pytest.raises(ValueError, match=r'config.optim.ema_decay=1.5 is invalid'):
     config_checks.validate(config)
   config = importlib.import_module('configs.cifar10').get_config()
-  config.diffusion.var_type = 'learned'
-  with pytest.raises(ValueError, match="config.diffusion.var_type='learned'.*'fixedlarge'"):
+  config.diffusion.var_type = 'learnt'
+  with pytest.raises(ValueError, match="config.diffusion.var_type='learnt'.*'fixedlarge'"):
     config_checks.validate(config)

@@ -1,5 +1,7 @@
 """The forward process, the posterior and the parameterisations against closed forms."""
 
+import math
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -82,8 +84,10 @@ def test_model_variances_fixedsmall_fixedlarge():
   var, logvar = diffusion.model_variance(S, t, 1, 'fixedsmall')
   np.testing.assert_allclose(var, S.posterior_variance)
   np.testing.assert_allclose(logvar, S.posterior_log_variance_clipped)
-  with pytest.raises(ValueError, match='fixedlarge, fixedsmall'):
+  with pytest.raises(ValueError, match='needs the variance output'):
     diffusion.model_variance(S, t, 1, 'learned')
+  with pytest.raises(ValueError, match='fixedlarge, fixedsmall, learned, learned_range'):
+    diffusion.model_variance(S, t, 1, 'large')
 
 
 def test_clipping_and_x0_mean_type():
@@ -102,3 +106,196 @@ def test_simple_loss_eq14():
   out = noise.at[1].set(3.0)
   np.testing.assert_allclose(diffusion.simple_loss(out, x0, noise), [0.0, 4.0, 0.0])
   np.testing.assert_allclose(diffusion.simple_loss(out, x0, noise, mean_type='x0'), [1, 9, 1])
+
+
+# ---------------------------------------------------------------------------------------------
+# Parameterisations: eps, x0, v and mu determine each other given x_t.
+
+
+def _example(n=6, seed=0):
+  k1, k2 = jax.random.split(jax.random.PRNGKey(seed))
+  x0 = jax.random.uniform(k1, (n, 4, 4, 2), minval=-1, maxval=1)
+  eps = jax.random.normal(k2, x0.shape)
+  t = jnp.array([0, 1, 10, 250, 600, 999][:n], jnp.int32)
+  return x0, eps, t, diffusion.q_sample(S, x0, t, eps)
+
+
+def test_mean_types_convert_to_each_other_exactly():
+  x0, eps, t, xt = _example()
+  targets = {m: diffusion.mean_target(S, x0, xt, t, eps, m) for m in diffusion.MEAN_TYPES}
+  abar = np.asarray(S.alphas_cumprod, np.float64)[np.asarray(t)][:, None, None, None]
+  np.testing.assert_allclose(targets['v'], np.sqrt(abar) * eps - np.sqrt(1 - abar) * x0,
+                             atol=1e-6)
+  for src, out in targets.items():
+    # x0 is recovered to float32 rounding amplified by 1/coef1_t (mu at t = 1000: ~8e3).
+    np.testing.assert_allclose(diffusion.model_output_to_x0(S, out, xt, t, src), x0,
+                               atol=2e-3 if src == 'mu' else 2e-4, err_msg=src)
+    for dst, expected in targets.items():
+      got = diffusion.convert_model_output(S, out, xt, t, src, dst)
+      # eps from x0 divides by sqrt(1/alphabar - 1) = 0.01 at t = 1; mu -> others as above.
+      atol = 5e-3 if 'mu' in (src, dst) or dst == 'eps' else 2e-4
+      np.testing.assert_allclose(got, expected, atol=atol, err_msg=f'{src} -> {dst}')
+  # Round trips through x0 in float64 NumPy: the formulas themselves are exact inverses.
+  coef1 = np.asarray(S.posterior_mean_coef1, np.float64)[np.asarray(t)][:, None, None, None]
+  coef2 = np.asarray(S.posterior_mean_coef2, np.float64)[np.asarray(t)][:, None, None, None]
+  x0n, epsn = np.asarray(x0, np.float64), np.asarray(eps, np.float64)
+  xtn = np.sqrt(abar) * x0n + np.sqrt(1 - abar) * epsn
+  mu = coef1 * x0n + coef2 * xtn
+  np.testing.assert_allclose((mu - coef2 * xtn) / coef1, x0n, atol=1e-9)
+  v = np.sqrt(abar) * epsn - np.sqrt(1 - abar) * x0n
+  np.testing.assert_allclose(np.sqrt(abar) * xtn - np.sqrt(1 - abar) * v, x0n, atol=1e-12)
+
+
+@pytest.mark.parametrize('mean_type', diffusion.MEAN_TYPES)
+def test_p_mean_of_the_true_target_is_the_posterior_mean(mean_type):
+  x0, eps, t, xt = _example()
+  out = diffusion.mean_target(S, x0, xt, t, eps, mean_type)
+  p = diffusion.p_mean_variance(S, out, xt, t, var_type='fixedsmall', clip=False,
+                                mean_type=mean_type)
+  q_mean, q_var, _ = diffusion.q_posterior_mean_variance(S, x0, xt, t)
+  np.testing.assert_allclose(p.mean, q_mean, atol=2e-4)
+  np.testing.assert_allclose(p.variance, np.broadcast_to(q_var, p.variance.shape), rtol=1e-6)
+
+
+def test_learned_variances():
+  t = jnp.array([0, 5, 500, 999], jnp.int32)
+  ones = jnp.ones((4, 2, 2, 1))
+  var, logvar = diffusion.model_variance(S, t, 4, 'learned', -3.0 * ones)
+  np.testing.assert_allclose(logvar, -3.0)
+  np.testing.assert_allclose(var, np.exp(-3.0), rtol=1e-6)
+  idx = np.asarray(t)
+  lo = np.asarray(S.posterior_log_variance_clipped)[idx][:, None, None, None]
+  hi = np.log(np.asarray(S.betas))[idx][:, None, None, None]
+  for v, expected in [(-1.0, lo), (1.0, hi), (0.0, (lo + hi) / 2)]:
+    _, logvar = diffusion.model_variance(S, t, 4, 'learned_range', v * ones)
+    np.testing.assert_allclose(logvar, np.broadcast_to(expected, logvar.shape), rtol=1e-6)
+  # The variance channels are the last C of a 2C output.
+  out = jnp.concatenate([jnp.zeros((4, 2, 2, 1)), -ones], axis=-1)
+  p = diffusion.p_mean_variance(S, out, ones, t, var_type='learned_range', clip=False)
+  assert p.mean.shape == (4, 2, 2, 1)
+  np.testing.assert_allclose(p.log_variance, np.broadcast_to(lo, p.log_variance.shape),
+                             rtol=1e-6)
+
+
+# ---------------------------------------------------------------------------------------------
+# The variational bound.
+
+
+def _norm_cdf(x):
+  return 0.5 * (1 + np.vectorize(math.erf)(np.asarray(x, np.float64) / math.sqrt(2)))
+
+
+def test_normal_kl_against_numpy():
+  rng = np.random.default_rng(0)
+  m1, m2, lv1, lv2 = (rng.normal(size=50) for _ in range(4))
+  expected = (np.log(np.exp(lv2 / 2) / np.exp(lv1 / 2)) +
+              (np.exp(lv1) + (m1 - m2) ** 2) / (2 * np.exp(lv2)) - 0.5)
+  np.testing.assert_allclose(diffusion.normal_kl(m1, lv1, m2, lv2), expected, rtol=1e-5,
+                             atol=1e-6)
+  np.testing.assert_allclose(diffusion.normal_kl(m1, lv1, m1, lv1), 0.0, atol=1e-6)
+
+
+def test_approx_cdf_is_close_to_the_normal_cdf():
+  x = np.linspace(-6, 6, 1001)
+  np.testing.assert_allclose(diffusion.approx_standard_normal_cdf(x), _norm_cdf(x), atol=2e-4)
+
+
+@pytest.mark.parametrize('mean,log_scale', [(0.0, np.log(0.01)), (0.3, np.log(0.2)),
+                                            (-0.99, np.log(0.003)), (1.5, 0.0)])
+def test_discretized_decoder_probabilities_sum_to_one(mean, log_scale):
+  levels = np.arange(256) / 127.5 - 1.0  # uint8 0..255 -> [-1, 1].
+  logp = diffusion.discretized_gaussian_log_likelihood(
+      jnp.asarray(levels, jnp.float32), jnp.full((256,), mean, jnp.float32),
+      jnp.full((256,), log_scale, jnp.float32))
+  assert float(jnp.sum(jnp.exp(logp))) == pytest.approx(1.0, abs=1e-4)
+  assert np.all(np.asarray(logp) <= 1e-6)
+
+
+def test_vlb_terms_equal_the_per_term_formulas():
+  x0, _, _, _ = _example()
+  x0 = jnp.round((x0 + 1) * 127.5) / 127.5 - 1  # Data on the 256 levels.
+  t = jnp.array([0, 0, 3, 100, 500, 999], jnp.int32)
+  xt = diffusion.q_sample(S, x0, t, jax.random.normal(jax.random.PRNGKey(7), x0.shape))
+  out = 0.5 * jax.random.normal(jax.random.PRNGKey(8), x0.shape[:-1] + (4,))
+  terms = diffusion.vlb_terms(S, out, x0, xt, t, mean_type='eps', var_type='learned_range')
+  # Direct NumPy computation of both branches.
+  idx = np.asarray(t)
+  ex = lambda a: np.asarray(a, np.float64)[idx][:, None, None, None]
+  x0n, xtn, outn = (np.asarray(a, np.float64) for a in (x0, xt, out))
+  eps, v = outn[..., :2], outn[..., 2:]
+  abar = ex(S.alphas_cumprod)
+  pred_x0 = (xtn - np.sqrt(1 - abar) * eps) / np.sqrt(abar)
+  p_mean = ex(S.posterior_mean_coef1) * pred_x0 + ex(S.posterior_mean_coef2) * xtn
+  frac = (v + 1) / 2
+  p_logvar = frac * np.log(ex(S.betas)) + (1 - frac) * ex(S.posterior_log_variance_clipped)
+  q_mean = ex(S.posterior_mean_coef1) * x0n + ex(S.posterior_mean_coef2) * xtn
+  q_logvar = ex(S.posterior_log_variance_clipped)
+  kl = 0.5 * (-1 + p_logvar - q_logvar + np.exp(q_logvar - p_logvar) +
+              (q_mean - p_mean) ** 2 * np.exp(-p_logvar))
+  kl_bpd = kl.mean(axis=(1, 2, 3)) / np.log(2)
+  np.testing.assert_allclose(terms.kl, kl_bpd, rtol=2e-3, atol=1e-5)
+  sd = np.exp(0.5 * p_logvar)
+  hi = np.where(x0n > 0.999, 1.0, _norm_cdf((x0n + 1 / 255 - p_mean) / sd))
+  lo = np.where(x0n < -0.999, 0.0, _norm_cdf((x0n - 1 / 255 - p_mean) / sd))
+  nll_bpd = -np.log(np.maximum(hi - lo, 1e-12)).mean(axis=(1, 2, 3)) / np.log(2)
+  np.testing.assert_allclose(terms.decoder_nll[:2], nll_bpd[:2], rtol=2e-3)
+  expected = np.where(idx == 0, nll_bpd, kl_bpd)
+  np.testing.assert_allclose(terms.vlb, expected, rtol=2e-3, atol=1e-5)
+  # And the `kl` training loss is that per-example term.
+  losses = diffusion.training_losses(S, out, x0, xt, t, None, mean_type='eps',
+                                     var_type='learned_range', loss_type='kl')
+  np.testing.assert_array_equal(losses['loss'], terms.vlb)
+
+
+def test_vlb_with_the_true_posterior_is_zero_and_prior_is_tiny():
+  x0, eps, t, xt = _example()
+  t = t.at[0].set(1)  # Only KL terms (t > 1 in the paper's numbering).
+  xt = diffusion.q_sample(S, x0, t, eps)
+  terms = diffusion.vlb_terms(S, x0, x0, xt, t, mean_type='x0', var_type='fixedsmall')
+  np.testing.assert_allclose(terms.vlb, 0.0, atol=1e-5)
+  x = jax.random.uniform(jax.random.PRNGKey(3), (64, 8, 8, 3), minval=-1, maxval=1)
+  prior = np.asarray(diffusion.prior_bpd(S, x))
+  abar_T = float(np.cumprod(1 - np.linspace(1e-4, 0.02, 1000))[-1])
+  # KL(N(sqrt(a) x, 1 - a) || N(0, 1)) = (-log(1 - a) - a + a x^2) / 2 ~ a x^2 / 2 nats.
+  expected = ((-np.log1p(-abar_T) - abar_T + abar_T * np.asarray(x, np.float64) ** 2) / 2
+              ).mean(axis=(1, 2, 3)) / np.log(2)
+  np.testing.assert_allclose(prior, expected, rtol=0.02)
+  assert 5e-6 < prior.mean() < 2e-5  # ~1e-5 bits/dim, as the paper reports.
+
+
+# ---------------------------------------------------------------------------------------------
+# Losses.
+
+
+def test_min_snr_weighting_makes_every_target_an_x0_loss():
+  x0, eps, t, xt = _example()
+  gamma = 5.0
+  snr = np.asarray(S.alphas_cumprod)[np.asarray(t)] / (1 - np.asarray(S.alphas_cumprod)
+                                                      [np.asarray(t)])
+  pred_x0 = x0 + 0.1 * jax.random.normal(jax.random.PRNGKey(2), x0.shape)
+  x0_mse = np.mean((np.asarray(pred_x0) - np.asarray(x0)) ** 2, axis=(1, 2, 3))
+  for mean_type in ('eps', 'x0', 'v'):
+    out = diffusion.x0_to_model_output(S, pred_x0, xt, t, mean_type)
+    loss = diffusion.training_losses(S, out, x0, xt, t, eps, mean_type=mean_type,
+                                     loss_type='mse', min_snr_gamma=gamma)['loss']
+    np.testing.assert_allclose(loss, np.minimum(snr, gamma) * x0_mse, rtol=2e-3, atol=1e-7,
+                               err_msg=mean_type)
+  with pytest.raises(ValueError, match='min-SNR'):
+    diffusion.min_snr_weight(S, t, 'mu', gamma)
+
+
+def test_hybrid_loss_is_mse_plus_lambda_T_vlb_and_vlb_only_trains_the_variance():
+  x0, eps, t, xt = _example()
+  out = jax.random.normal(jax.random.PRNGKey(4), x0.shape[:-1] + (4,))
+  kw = dict(mean_type='eps', var_type='learned_range')
+  hyb = diffusion.training_losses(S, out, x0, xt, t, eps, loss_type='hybrid', **kw)
+  mse = diffusion.training_losses(S, out, x0, xt, t, eps, loss_type='mse', **kw)['loss']
+  vlb = diffusion.training_losses(S, out, x0, xt, t, eps, loss_type='kl', **kw)['loss']
+  np.testing.assert_allclose(hyb['loss'], mse + 0.001 * 1000 * vlb, rtol=1e-5)
+  g_hyb = jax.grad(lambda o: jnp.sum(diffusion.training_losses(
+      S, o, x0, xt, t, eps, loss_type='hybrid', **kw)['loss']))(out)
+  g_mse = jax.grad(lambda o: jnp.sum(diffusion.training_losses(
+      S, o, x0, xt, t, eps, loss_type='mse', **kw)['loss']))(out)
+  np.testing.assert_allclose(g_hyb[..., :2], g_mse[..., :2], rtol=1e-6)  # Mean: stop-gradient.
+  assert np.all(np.asarray(g_mse[..., 2:]) == 0)
+  assert np.any(np.asarray(g_hyb[..., 2:]) != 0)  # The variance learns from L_vlb only.

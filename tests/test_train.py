@@ -83,7 +83,8 @@ def test_sigterm_checkpoints_and_resumes_exactly(uninterrupted, tmp_path, monkey
   monkeypatch.setattr(input_pipeline, 'create_train_iterator', killed_after_first_batch)
   summary = train.train_and_evaluate(config, str(tmp_path), progress=False)
   assert summary['stopped_by'] == 'SIGTERM' and summary['final_step'] == 2
-  assert Checkpointer(str(tmp_path)).all_steps() == [2]
+  ckpt = Checkpointer(str(tmp_path))
+  assert ckpt.preemption_steps() == [2] and ckpt.all_steps() == []  # The preemption stream.
   monkeypatch.setattr(input_pipeline, 'create_train_iterator', real)
   summary = train.train_and_evaluate(config, str(tmp_path), progress=False)
   assert summary['start_step'] == 2 and summary['final_step'] == 4

@@ -107,7 +107,7 @@ class ResnetBlock(nn.Module):
   dtype: Dtype = jnp.float32
 
   @nn.compact
-  def __call__(self, x, temb, *, train: bool):
+  def __call__(self, x, temb, train: bool):  # `train` positional for nn.remat.
     h = Normalize(self.num_groups, dtype=self.dtype, name='norm1')(x)
     h = conv3x3(self.out_ch, self.dtype, 'conv1')(h)
     h = h + nin(self.out_ch, self.dtype, 'temb_proj')(nn.swish(temb))[:, None, None, :]

@@ -15,6 +15,9 @@ A PixelCNN++-style Wide-ResNet U-Net:
           Upsample on every level but level 0
   out:  GroupNorm -> swish -> conv_out (3x3 -> out_ch, zero-initialised)
 
+Class-conditional models (`num_classes > 0`) add a learned label embedding (`label_emb`,
+num_classes + 1 rows, the last one the "null" label of classifier-free guidance) to temb.
+
 Parameter names follow the TF code (`temb_dense0`, `conv_in`, `down_0_block_1`,
 `down_2_attn_0`, `down_0_downsample`, `mid_block_1`, `mid_attn_1`, `up_3_block_2`,
 `up_1_upsample`, `norm_out`, `conv_out`, ...).
@@ -46,6 +49,10 @@ class UNet(nn.Module):
     num_groups: GroupNorm groups.
     resamp_with_conv: use convolutions in Downsample/Upsample (else avg-pool / plain nearest).
     dtype: compute dtype. Parameters are float32; the output is float32.
+    remat: rematerialise every ResnetBlock and AttnBlock (`nn.remat`): less activation
+      memory for about one more forward pass of compute; same parameters and results.
+    num_classes: 0 for an unconditional model; else labels in [0, num_classes) are embedded
+      and added to the timestep embedding, and label `num_classes` means "no label".
   """
   ch: int = 128
   out_ch: int = 3
@@ -56,10 +63,16 @@ class UNet(nn.Module):
   num_groups: int = 32
   resamp_with_conv: bool = True
   dtype: Dtype = jnp.float32
+  num_classes: int = 0
+  remat: bool = False
 
   @nn.compact
-  def __call__(self, x, t, *, train: bool = False):
-    """Predict eps from x (B, H, W, C) float in [-1, 1] and integer timesteps t (B,)."""
+  def __call__(self, x, t, label=None, *, train: bool = False):
+    """Predict eps from x (B, H, W, C) float in [-1, 1] and integer timesteps t (B,).
+
+    `label` (B,) int: class labels of a conditional model (`num_classes` = the null label;
+    None = all null). Must be None for an unconditional model.
+    """
     B, H, W, _ = x.shape
     num_levels = len(self.ch_mult)
     factor = 2 ** (num_levels - 1)
@@ -71,20 +84,33 @@ class UNet(nn.Module):
       t = jnp.broadcast_to(t, (B,))
     dtype = self.dtype
     block_kwargs = dict(num_groups=self.num_groups, dropout=self.dropout, dtype=dtype)
+    # remat: keep only each block's inputs for the backward pass and recompute the rest.
+    # Parameter names are unchanged, so checkpoints load with either setting.
+    resnet_block = nn.remat(ResnetBlock, static_argnums=(3,)) if self.remat else ResnetBlock
+    attn_block = nn.remat(AttnBlock) if self.remat else AttnBlock
 
     # Timestep embedding.
     temb = timestep_embedding(t, self.ch)
     temb = nin(4 * self.ch, dtype, 'temb_dense0')(temb)
     temb = nin(4 * self.ch, dtype, 'temb_dense1')(nn.swish(temb))
+    if self.num_classes > 0:
+      if label is None:
+        label = jnp.full((B,), self.num_classes, jnp.int32)
+      label = jnp.broadcast_to(jnp.asarray(label, jnp.int32), (B,))
+      temb = temb + nn.Embed(self.num_classes + 1, 4 * self.ch, dtype=dtype,
+                             param_dtype=jnp.float32, name='label_emb')(label)
+    elif label is not None:
+      raise ValueError('UNet got class labels but num_classes = 0 '
+                       '(set config.model.num_classes for a class-conditional model).')
 
     # Down path.
     hs = [conv3x3(self.ch, dtype, 'conv_in')(x.astype(dtype))]
     for i in range(num_levels):
       for j in range(self.num_res_blocks):
-        h = ResnetBlock(self.ch * self.ch_mult[i], name=f'down_{i}_block_{j}',
-                        **block_kwargs)(hs[-1], temb, train=train)
+        h = resnet_block(self.ch * self.ch_mult[i], name=f'down_{i}_block_{j}',
+                         **block_kwargs)(hs[-1], temb, train)
         if h.shape[1] in self.attn_resolutions:
-          h = AttnBlock(self.num_groups, dtype=dtype, name=f'down_{i}_attn_{j}')(h)
+          h = attn_block(self.num_groups, dtype=dtype, name=f'down_{i}_attn_{j}')(h)
         hs.append(h)
       if i != num_levels - 1:
         hs.append(Downsample(self.resamp_with_conv, dtype=dtype,
@@ -92,18 +118,18 @@ class UNet(nn.Module):
 
     # Middle.
     h = hs[-1]
-    h = ResnetBlock(h.shape[-1], name='mid_block_1', **block_kwargs)(h, temb, train=train)
-    h = AttnBlock(self.num_groups, dtype=dtype, name='mid_attn_1')(h)
-    h = ResnetBlock(h.shape[-1], name='mid_block_2', **block_kwargs)(h, temb, train=train)
+    h = resnet_block(h.shape[-1], name='mid_block_1', **block_kwargs)(h, temb, train)
+    h = attn_block(self.num_groups, dtype=dtype, name='mid_attn_1')(h)
+    h = resnet_block(h.shape[-1], name='mid_block_2', **block_kwargs)(h, temb, train)
 
     # Up path.
     for i in reversed(range(num_levels)):
       for j in range(self.num_res_blocks + 1):
         h = jnp.concatenate([h, hs.pop()], axis=-1)
-        h = ResnetBlock(self.ch * self.ch_mult[i], name=f'up_{i}_block_{j}',
-                        **block_kwargs)(h, temb, train=train)
+        h = resnet_block(self.ch * self.ch_mult[i], name=f'up_{i}_block_{j}',
+                         **block_kwargs)(h, temb, train)
         if h.shape[1] in self.attn_resolutions:
-          h = AttnBlock(self.num_groups, dtype=dtype, name=f'up_{i}_attn_{j}')(h)
+          h = attn_block(self.num_groups, dtype=dtype, name=f'up_{i}_attn_{j}')(h)
       if i != 0:
         h = Upsample(self.resamp_with_conv, dtype=dtype, name=f'up_{i}_upsample')(h)
     assert not hs, 'every skip connection must be consumed'
@@ -150,18 +176,26 @@ def _validate(config) -> None:
         f'config.model.attn_resolutions contains {bad}, which the network never has; '
         f'its resolutions are {resolutions} (config.data.image_size={d.image_size}, '
         f'len(config.model.ch_mult)={len(ch_mult)}).')
+  if m.get('num_classes', 0) < 0:
+    raise ValueError(f'config.model.num_classes must be >= 0, got {m.num_classes}.')
   dtype = m.get('dtype', 'float32')
   if dtype not in _DTYPES:
     raise ValueError(f'config.model.dtype must be one of {sorted(_DTYPES)}, got {dtype!r}.')
 
 
 def create_model(config) -> UNet:
-  """Build the `UNet` described by `config.model` and `config.data` (validated first)."""
+  """Build the `UNet` described by `config.model` and `config.data` (validated first).
+
+  The output has 2 * channels channels when `config.diffusion.var_type` is learned (mean and
+  variance outputs, see `ddpm_jax.diffusion.split_model_output`).
+  """
   _validate(config)
   m = config.model
+  var_type = (config.get('diffusion') or {}).get('var_type', 'fixedlarge')
+  learned_var = var_type in ('learned', 'learned_range')
   return UNet(
       ch=int(m.ch),
-      out_ch=int(config.data.channels),
+      out_ch=int(config.data.channels) * (2 if learned_var else 1),
       ch_mult=tuple(int(c) for c in m.ch_mult),
       num_res_blocks=int(m.num_res_blocks),
       attn_resolutions=tuple(int(r) for r in m.attn_resolutions),
@@ -169,4 +203,6 @@ def create_model(config) -> UNet:
       num_groups=int(m.num_groups),
       resamp_with_conv=bool(m.resamp_with_conv),
       dtype=_DTYPES[m.get('dtype', 'float32')],
+      num_classes=int(m.get('num_classes', 0)),
+      remat=bool(m.get('remat', False)),
   )

@@ -1,0 +1,274 @@
+"""Evaluation: bits/dim of the variational bound and sample quality, during training and as a
+separate `--mode=eval` job that follows a training run's checkpoints.
+
+Protocol (printed with every result): bits/dim of the EMA model on `config.eval.split` images,
+uint8-quantised; sample metrics from uint8-quantised EMA samples of the sampler in
+`config.sample` against reference statistics of `config.eval.reference_split` (the training set
+by default, as the paper), cached as `.npz` in the workdir.
+Metrics: `bpd` (+ prior, decoder and KL-sum terms), `fid`, `is`, `kid` when the Inception
+weights are given (`config.eval.inception_weights`), and `fd_fmnist` — the Fréchet distance in
+the features of ddpm-jax's own Fashion-MNIST classifier — on Fashion-MNIST.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import logging
+import os
+import time
+
+import jax
+import numpy as np
+
+from ddpm_jax import input_pipeline, sampling, sharding
+from ddpm_jax.checkpointing import Checkpointer, CheckpointError
+from ddpm_jax.experiment import Experiment
+from ddpm_jax.metrics import bpd as bpd_lib
+
+CSV_NAME = 'eval_results.csv'
+STATE_NAME = 'eval_state.json'
+CSV_FIELDS = ('step', 'bpd', 'prior_bpd', 'decoder_bpd', 'kl_terms_bpd', 'bpd_examples',
+              'fd_fmnist', 'fid', 'is', 'kid', 'num_samples', 'sampler', 'sample_steps',
+              'seconds')
+
+
+def _sampler_desc(config) -> tuple[str, int]:
+  s = config.sample
+  steps = s.get('steps', 0) or config.diffusion.num_timesteps
+  return s.get('sampler', 'ancestral'), int(steps)
+
+
+class Evaluator:
+  """Holds the jitted evaluation functions, the evaluation data and the reference statistics."""
+
+  def __init__(self, experiment: Experiment, workdir: str):
+    self.experiment = experiment
+    self.config = experiment.config
+    self.workdir = workdir
+    self._bpd_fns = {}
+    self._test_images = None
+    self._sample_fns = {}
+    self._fmnist = None
+
+  # Bits/dim -----------------------------------------------------------------------------------
+
+  def _bpd_fn(self, batch_size: int):
+    if batch_size not in self._bpd_fns:
+      exp, cfg = self.experiment, self.config
+
+      def fn(params, x0, key):
+        def denoise_fn(x, t):
+          return exp.model.apply({'params': params}, x, t, train=False)
+        return bpd_lib.bpd_terms(exp.schedule, denoise_fn, x0, key,
+                                 mean_type=cfg.diffusion.mean_type,
+                                 var_type=cfg.diffusion.var_type,
+                                 clip_denoised=cfg.eval.bpd_clip_denoised)
+
+      mesh = exp.mesh
+      data = (sharding.batch_sharding(mesh) if batch_size % mesh.size == 0
+              else sharding.replicated(mesh))
+      repl = sharding.replicated(mesh)
+      self._bpd_fns[batch_size] = jax.jit(fn, in_shardings=(repl, data, repl),
+                                          out_shardings=data)
+    return self._bpd_fns[batch_size]
+
+  def test_images(self, num: int) -> np.ndarray:
+    if self._test_images is None or len(self._test_images) < num:
+      self._test_images = input_pipeline.load_split(self.config.data, self.config.eval.split,
+                                                     max_examples=num)
+    return self._test_images[:num]
+
+  def bits_per_dim(self, params, num_examples: int, progress: bool = True) -> dict:
+    """Mean bits/dim (total and per term) over the first `num_examples` evaluation images."""
+    from tqdm.auto import tqdm
+    images = self.test_images(num_examples)
+    bs = min(self.config.eval.bpd_batch_size, len(images))
+    fn = self._bpd_fn(bs)
+    key = jax.random.PRNGKey(self.config.eval.seed)
+    totals, priors, terms = [], [], []
+    n_batches = len(images) // bs
+    for i in tqdm(range(n_batches), desc='bits/dim', unit='batch',
+                  disable=not progress or jax.process_index() != 0):
+      x0 = (images[i * bs:(i + 1) * bs].astype(np.float32) / 127.5 - 1.0)
+      out = jax.device_get(fn(params, x0, jax.random.fold_in(key, i)))
+      totals.append(out['total'])
+      priors.append(out['prior'])
+      terms.append(out['terms'])
+    s = bpd_lib.summarize({'total': np.concatenate(totals), 'prior': np.concatenate(priors),
+                           'terms': np.concatenate(terms)})
+    s['bpd_examples'] = n_batches * bs
+    return s
+
+  # Samples ------------------------------------------------------------------------------------
+
+  def samples(self, params, num: int, progress: bool = True) -> np.ndarray:
+    bs = min(self.config.sample.batch_size, num)
+    if bs not in self._sample_fns:
+      self._sample_fns[bs] = sampling.make_sample_fn(self.experiment, bs)
+    key = jax.random.PRNGKey(self.config.eval.seed + 1)
+    return sampling.generate(self._sample_fns[bs], params, key, num, bs, progress=progress)
+
+  def _fmnist_reference(self):
+    """(classifier params, mu, sigma) of the reference split, cached in the workdir."""
+    if self._fmnist is None:
+      from ddpm_jax.metrics import fmnist_classifier as fc
+      from ddpm_jax.metrics import image_metrics
+      params = fc.load_params()
+      ev = self.config.eval
+      path = os.path.join(self.workdir, f'fd_fmnist_ref_{ev.reference_split}.npz')
+      if os.path.exists(path):
+        with np.load(path) as f:
+          mu, sigma = f['mu'], f['sigma']
+      else:
+        data_cfg = self.config.data.copy_and_resolve_references()
+        with data_cfg.unlocked():
+          data_cfg.image_size, data_cfg.channels = fc.IMAGE_SIZE, 1
+        ref = input_pipeline.load_split(data_cfg, ev.reference_split,
+                                        max_examples=ev.reference_examples)
+        feats, _ = fc.features_and_logits(params, ref)
+        mu, sigma = image_metrics.feature_statistics(feats)
+        if jax.process_index() == 0:
+          os.makedirs(self.workdir, exist_ok=True)
+          np.savez(path, mu=mu, sigma=sigma, num=len(ref))
+      self._fmnist = (params, mu, sigma)
+    return self._fmnist
+
+  def sample_quality(self, samples_uint8: np.ndarray) -> dict:
+    """The sample metrics this machine can compute for these samples."""
+    out = {}
+    cfg = self.config
+    if cfg.data.dataset == 'fashion_mnist' and samples_uint8.shape[1:] == (32, 32, 1):
+      from ddpm_jax.metrics import fmnist_classifier as fc
+      from ddpm_jax.metrics import image_metrics
+      params, mu, sigma = self._fmnist_reference()
+      feats, _ = fc.features_and_logits(params, samples_uint8)
+      mu_s, sigma_s = image_metrics.feature_statistics(feats)
+      out['fd_fmnist'] = float(image_metrics.frechet_distance(mu_s, sigma_s, mu, sigma))
+    if cfg.eval.inception_weights:
+      out.update(self._inception_metrics(samples_uint8))
+    return out
+
+  def _inception_metrics(self, samples_uint8) -> dict:
+    from ddpm_jax.metrics import image_metrics, inception
+    ev = self.config.eval
+    if not hasattr(self, '_inception'):
+      self._inception = inception.load_inception_params(ev.inception_weights)
+    params = self._inception  # {'params', 'batch_stats'}
+    path = os.path.join(self.workdir, f'inception_ref_{ev.reference_split}.npz')
+    if os.path.exists(path):
+      with np.load(path) as f:
+        ref_feats = f['features']
+    else:
+      ref = input_pipeline.load_split(self.config.data, ev.reference_split,
+                                      max_examples=ev.reference_examples)
+      ref_feats, _ = inception.extract_features(params, ref, ev.inception_batch_size)
+      if jax.process_index() == 0:
+        np.savez(path, features=ref_feats)
+    feats, logits = inception.extract_features(params, samples_uint8, ev.inception_batch_size)
+    mu1, s1 = image_metrics.feature_statistics(feats)
+    mu2, s2 = image_metrics.feature_statistics(ref_feats)
+    kid = image_metrics.kernel_inception_distance(
+        feats, ref_feats, subset_size=min(1000, len(feats), len(ref_feats)))
+    return {'fid': float(image_metrics.frechet_distance(mu1, s1, mu2, s2)),
+            'is': float(image_metrics.inception_score(logits, splits=min(ev.is_splits, len(logits)))[0]),
+            'kid': float(kid[0])}
+
+  # Both ---------------------------------------------------------------------------------------
+
+  def evaluate(self, params, step: int, bpd_examples: int, num_samples: int,
+               progress: bool = True) -> dict:
+    """Every metric for one set of parameters; returns a CSV-ready row."""
+    t0 = time.perf_counter()
+    row = {'step': int(step)}
+    if bpd_examples > 0:
+      res = self.bits_per_dim(params, bpd_examples, progress)
+      row.update({k: v for k, v in res.items() if k != 'terms'})
+      self.last_bpd_terms = res['terms']
+    if num_samples > 0:
+      samples = self.samples(params, num_samples, progress)
+      row.update(self.sample_quality(samples))
+      sampler, steps = _sampler_desc(self.config)
+      row.update(num_samples=len(samples), sampler=sampler, sample_steps=steps)
+    row['seconds'] = round(time.perf_counter() - t0, 2)
+    return row
+
+
+def protocol(config) -> str:
+  """One line stating how the numbers were measured."""
+  sampler, steps = _sampler_desc(config)
+  ev = config.eval
+  return (f'protocol: EMA params; bits/dim on {config.data.dataset}/{ev.split} (uint8 data, '
+          f'full T={config.diffusion.num_timesteps} bound, clip={ev.bpd_clip_denoised}); samples: '
+          f'{sampler} sampler, {steps} steps, uint8-quantised, reference statistics of the '
+          f'{ev.reference_split} split')
+
+
+def append_csv(path: str, row: dict) -> None:
+  new = not os.path.exists(path)
+  with open(path, 'a', newline='') as f:
+    w = csv.DictWriter(f, fieldnames=CSV_FIELDS, extrasaction='ignore')
+    if new:
+      w.writeheader()
+    w.writerow(row)
+
+
+def _load_state(path: str) -> dict:
+  if os.path.exists(path):
+    with open(path) as f:
+      return json.load(f)
+  return {'done': []}
+
+
+def _save_state(path: str, state: dict) -> None:
+  tmp = path + '.tmp'
+  with open(tmp, 'w') as f:
+    json.dump(state, f)
+  os.replace(tmp, path)
+
+
+def eval_job(config, workdir: str, experiment: Experiment | None = None,
+             progress: bool = True, sleep=time.sleep) -> list[dict]:
+  """`--mode=eval`: evaluates every checkpoint of `workdir` once, newest last, then waits for
+  new ones until the final step (`config.train.num_steps`) is done or no checkpoint arrived for
+  `config.eval.timeout_seconds`. Finished steps are recorded in `eval_state.json`, so a killed
+  job resumes where it stopped; results are appended to `eval_results.csv`."""
+  experiment = experiment or Experiment.from_config(config)
+  ev = config.eval
+  evaluator = Evaluator(experiment, workdir)
+  state_path = os.path.join(workdir, STATE_NAME)
+  csv_path = os.path.join(workdir, CSV_NAME)
+  done = set(_load_state(state_path)['done'])
+  rows = []
+  is_main = jax.process_index() == 0
+  if is_main:
+    print(protocol(config), flush=True)
+  last_new = time.monotonic()
+  while True:
+    checkpointer = Checkpointer(workdir, max_to_keep=None, async_save=False)
+    pending = [s for s in checkpointer.all_steps() if s not in done]
+    for step in pending:
+      try:
+        state = checkpointer.restore(experiment.abstract_state(), step)
+      except CheckpointError as e:  # Deleted by the trainer's max_to_keep, or corrupt.
+        logging.warning('Skipping checkpoint %d: %s', step, e)
+        done.add(step)
+        continue
+      row = evaluator.evaluate(state.ema_params, step, ev.bpd_num_examples, ev.num_samples,
+                               progress)
+      rows.append(row)
+      done.add(step)
+      if is_main:
+        append_csv(csv_path, row)
+        _save_state(state_path, {'done': sorted(done)})
+        print('eval ' + ' '.join(f'{k}={v:.5g}' if isinstance(v, float) else f'{k}={v}'
+                                 for k, v in row.items()), flush=True)
+      last_new = time.monotonic()
+    checkpointer.close()
+    if config.train.num_steps in done:
+      break
+    if time.monotonic() - last_new > ev.timeout_seconds:
+      logging.warning('No new checkpoint in %s for %d s; stopping.', workdir, ev.timeout_seconds)
+      break
+    sleep(ev.poll_seconds)
+  return rows

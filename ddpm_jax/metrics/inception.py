@@ -1,0 +1,419 @@
+"""The FID Inception-v3 network in Flax, and loading its published weights.
+
+This is the "2015-12-05" Inception-v3 graph that TF-GAN / the original FID and Inception Score code
+use, in the form pytorch-fid gives it (`pytorch_fid.inception.fid_inception_v3`): torchvision's
+`Inception3` with 1008 output classes, no auxiliary head, and three patches to match TensorFlow:
+
+* `FIDInceptionA`, `FIDInceptionC` and the first `FIDInceptionE` (Mixed_5b-d, Mixed_6b-e, Mixed_7b)
+  average-pool their pooling branch over a 3x3 window that excludes the zero padding
+  (`count_include_pad=False`), as TensorFlow's average pool does;
+* the second `FIDInceptionE` (Mixed_7c) max-pools that branch instead (a quirk of the TF graph);
+* Mixed_6a (InceptionB) and Mixed_7a (InceptionD) are torchvision's blocks unchanged.
+
+Every convolution is `BasicConv2d`: conv without bias -> BatchNorm (eps 1e-3, running statistics)
+-> ReLU. Layout is NHWC. Module names equal the PyTorch attribute names, so that a pytorch-fid
+state_dict key such as `Mixed_5b.branch5x5_1.conv.weight` is the Flax path
+`params/Mixed_5b/branch5x5_1/conv/kernel` (see `torch_state_dict_to_flax`).
+
+Input preprocessing follows pytorch-fid: images with values in [0, 255] (uint8 or float) are scaled
+to [0, 1], resized to 299x299 with bilinear interpolation (half-pixel centres, no antialiasing, as
+`F.interpolate(mode='bilinear', align_corners=False)`), then mapped to [-1, 1] by 2x - 1.
+
+Weights are never downloaded: the user gives pytorch-fid's `.pth` file or an `.npz` made from it
+(`tools/convert_inception_weights.py`) to `load_inception_params`.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+import zipfile
+from typing import Any, Mapping
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import traverse_util
+
+from ddpm_jax.metrics import image_metrics, torch_pickle
+
+INCEPTION_IMAGE_SIZE = 299
+NUM_CLASSES = 1008  # 1000 ImageNet classes + 8 unused outputs of the 2015 TF graph.
+POOL_FEATURES = 2048
+BATCHNORM_EPSILON = 1e-3
+FID_WEIGHTS_URL = ('https://github.com/mseitzer/pytorch-fid/releases/download/fid_weights/'
+                   'pt_inception-2015-12-05-6726825d.pth')
+FID_WEIGHTS_SHA256_PREFIX = '6726825d'  # The first 8 hex digits of the published file's SHA-256.
+
+WEIGHTS_HELP = (
+    'FID / IS / KID need the FID Inception-v3 weights, which are not bundled and are never '
+    'downloaded at run time. On a machine with internet, download pytorch-fid\'s file (~91 MB):\n'
+    f'  {FID_WEIGHTS_URL}\n'
+    'then pass its path with --config.eval.inception_weights=/path/to/'
+    'pt_inception-2015-12-05-6726825d.pth (a .npz written by '
+    'tools/convert_inception_weights.py works too).')
+
+Precision = Any
+
+
+def preprocess(images: jnp.ndarray, resize: bool = True) -> jnp.ndarray:
+  """pytorch-fid's input transform: [0, 255] -> bilinear resize to 299x299 -> [-1, 1].
+
+  Args:
+    images: (N, H, W, 3) uint8 or float images with values in [0, 255].
+    resize: resize to 299x299 (skipped when the images already have that size).
+
+  Returns:
+    float32 (N, 299, 299, 3) (or (N, H, W, 3) with `resize=False`) in [-1, 1].
+  """
+  x = images.astype(jnp.float32) / 255.0
+  n, h, w, c = x.shape
+  if resize and (h, w) != (INCEPTION_IMAGE_SIZE, INCEPTION_IMAGE_SIZE):
+    # Triangle kernel at half-pixel centres without antialiasing = torch's bilinear resize with
+    # align_corners=False (edge samples clamp to the border pixel in both).
+    x = jax.image.resize(x, (n, INCEPTION_IMAGE_SIZE, INCEPTION_IMAGE_SIZE, c), 'bilinear',
+                         antialias=False)
+  return 2.0 * x - 1.0
+
+
+def avg_pool_3x3_same(x: jnp.ndarray) -> jnp.ndarray:
+  """3x3, stride 1, pad 1 average pool that ignores the padding (TF's 'SAME' average pool)."""
+  return nn.avg_pool(x, (3, 3), strides=(1, 1), padding=((1, 1), (1, 1)), count_include_pad=False)
+
+
+def max_pool_3x3_same(x: jnp.ndarray) -> jnp.ndarray:
+  """3x3, stride 1, pad 1 max pool (padding never wins)."""
+  return nn.max_pool(x, (3, 3), strides=(1, 1), padding=((1, 1), (1, 1)))
+
+
+def max_pool_3x3_s2(x: jnp.ndarray) -> jnp.ndarray:
+  """3x3, stride 2 max pool without padding."""
+  return nn.max_pool(x, (3, 3), strides=(2, 2), padding='VALID')
+
+
+class BasicConv2d(nn.Module):
+  """Conv (no bias) -> BatchNorm with running statistics (eps 1e-3) -> ReLU.
+
+  `padding` is (pad_h, pad_w) on both sides, as torch's `Conv2d(padding=...)`.
+  """
+  features: int
+  kernel_size: tuple[int, int]
+  strides: int = 1
+  padding: tuple[int, int] = (0, 0)
+  precision: Precision = jax.lax.Precision.HIGHEST
+
+  @nn.compact
+  def __call__(self, x):
+    ph, pw = self.padding
+    x = nn.Conv(self.features, self.kernel_size, strides=(self.strides, self.strides),
+                padding=((ph, ph), (pw, pw)), use_bias=False, precision=self.precision,
+                name='conv')(x)
+    x = nn.BatchNorm(use_running_average=True, epsilon=BATCHNORM_EPSILON, name='bn')(x)
+    return nn.relu(x)
+
+
+def _conv(module: nn.Module, name: str, features: int, kernel_size, strides: int = 1,
+          padding=(0, 0)) -> BasicConv2d:
+  if isinstance(kernel_size, int):
+    kernel_size = (kernel_size, kernel_size)
+  return BasicConv2d(features, tuple(kernel_size), strides, tuple(padding),
+                     precision=module.precision, name=name)
+
+
+class FIDInceptionA(nn.Module):
+  """Mixed_5b-d: 1x1 | 1x1-5x5 | 1x1-3x3-3x3 | avgpool(no pad count)-1x1 -> 64+64+96+pool."""
+  pool_features: int
+  precision: Precision = jax.lax.Precision.HIGHEST
+
+  @nn.compact
+  def __call__(self, x):
+    b1 = _conv(self, 'branch1x1', 64, 1)(x)
+    b5 = _conv(self, 'branch5x5_1', 48, 1)(x)
+    b5 = _conv(self, 'branch5x5_2', 64, 5, padding=(2, 2))(b5)
+    b3 = _conv(self, 'branch3x3dbl_1', 64, 1)(x)
+    b3 = _conv(self, 'branch3x3dbl_2', 96, 3, padding=(1, 1))(b3)
+    b3 = _conv(self, 'branch3x3dbl_3', 96, 3, padding=(1, 1))(b3)
+    bp = _conv(self, 'branch_pool', self.pool_features, 1)(avg_pool_3x3_same(x))
+    return jnp.concatenate([b1, b5, b3, bp], axis=-1)
+
+
+class InceptionB(nn.Module):
+  """Mixed_6a (grid reduction 35 -> 17): 3x3/2 | 1x1-3x3-3x3/2 | maxpool/2 -> 384+96+C."""
+  precision: Precision = jax.lax.Precision.HIGHEST
+
+  @nn.compact
+  def __call__(self, x):
+    b3 = _conv(self, 'branch3x3', 384, 3, strides=2)(x)
+    bd = _conv(self, 'branch3x3dbl_1', 64, 1)(x)
+    bd = _conv(self, 'branch3x3dbl_2', 96, 3, padding=(1, 1))(bd)
+    bd = _conv(self, 'branch3x3dbl_3', 96, 3, strides=2)(bd)
+    return jnp.concatenate([b3, bd, max_pool_3x3_s2(x)], axis=-1)
+
+
+class FIDInceptionC(nn.Module):
+  """Mixed_6b-e: factorised 7x7 branches (1x7 / 7x1) and an avgpool branch -> 4 x 192 = 768."""
+  channels_7x7: int
+  precision: Precision = jax.lax.Precision.HIGHEST
+
+  @nn.compact
+  def __call__(self, x):
+    c7 = self.channels_7x7
+    b1 = _conv(self, 'branch1x1', 192, 1)(x)
+    b7 = _conv(self, 'branch7x7_1', c7, 1)(x)
+    b7 = _conv(self, 'branch7x7_2', c7, (1, 7), padding=(0, 3))(b7)
+    b7 = _conv(self, 'branch7x7_3', 192, (7, 1), padding=(3, 0))(b7)
+    bd = _conv(self, 'branch7x7dbl_1', c7, 1)(x)
+    bd = _conv(self, 'branch7x7dbl_2', c7, (7, 1), padding=(3, 0))(bd)
+    bd = _conv(self, 'branch7x7dbl_3', c7, (1, 7), padding=(0, 3))(bd)
+    bd = _conv(self, 'branch7x7dbl_4', c7, (7, 1), padding=(3, 0))(bd)
+    bd = _conv(self, 'branch7x7dbl_5', 192, (1, 7), padding=(0, 3))(bd)
+    bp = _conv(self, 'branch_pool', 192, 1)(avg_pool_3x3_same(x))
+    return jnp.concatenate([b1, b7, bd, bp], axis=-1)
+
+
+class InceptionD(nn.Module):
+  """Mixed_7a (grid reduction 17 -> 8): 1x1-3x3/2 | 1x1-1x7-7x1-3x3/2 | maxpool/2 -> 320+192+C."""
+  precision: Precision = jax.lax.Precision.HIGHEST
+
+  @nn.compact
+  def __call__(self, x):
+    b3 = _conv(self, 'branch3x3_1', 192, 1)(x)
+    b3 = _conv(self, 'branch3x3_2', 320, 3, strides=2)(b3)
+    b7 = _conv(self, 'branch7x7x3_1', 192, 1)(x)
+    b7 = _conv(self, 'branch7x7x3_2', 192, (1, 7), padding=(0, 3))(b7)
+    b7 = _conv(self, 'branch7x7x3_3', 192, (7, 1), padding=(3, 0))(b7)
+    b7 = _conv(self, 'branch7x7x3_4', 192, 3, strides=2)(b7)
+    return jnp.concatenate([b3, b7, max_pool_3x3_s2(x)], axis=-1)
+
+
+class FIDInceptionE(nn.Module):
+  """Mixed_7b/7c -> 320 + 2x384 + 2x384 + 192 = 2048 channels.
+
+  `pool` is 'avg' (Mixed_7b, padding excluded from the average) or 'max' (Mixed_7c: the FID graph
+  max-pools here, where the Inception-v3 paper average-pools).
+  """
+  pool: str
+  precision: Precision = jax.lax.Precision.HIGHEST
+
+  @nn.compact
+  def __call__(self, x):
+    b1 = _conv(self, 'branch1x1', 320, 1)(x)
+    b3 = _conv(self, 'branch3x3_1', 384, 1)(x)
+    b3 = jnp.concatenate([_conv(self, 'branch3x3_2a', 384, (1, 3), padding=(0, 1))(b3),
+                          _conv(self, 'branch3x3_2b', 384, (3, 1), padding=(1, 0))(b3)], axis=-1)
+    bd = _conv(self, 'branch3x3dbl_1', 448, 1)(x)
+    bd = _conv(self, 'branch3x3dbl_2', 384, 3, padding=(1, 1))(bd)
+    bd = jnp.concatenate([_conv(self, 'branch3x3dbl_3a', 384, (1, 3), padding=(0, 1))(bd),
+                          _conv(self, 'branch3x3dbl_3b', 384, (3, 1), padding=(1, 0))(bd)], axis=-1)
+    if self.pool == 'avg':
+      pooled = avg_pool_3x3_same(x)
+    elif self.pool == 'max':
+      pooled = max_pool_3x3_same(x)
+    else:
+      raise ValueError(f"pool must be 'avg' or 'max', got {self.pool!r}.")
+    bp = _conv(self, 'branch_pool', 192, 1)(pooled)
+    return jnp.concatenate([b1, b3, bd, bp], axis=-1)
+
+
+class InceptionV3(nn.Module):
+  """pytorch-fid's FID Inception-v3, returning pool3 features and the 1008 class logits.
+
+  Call with images (N, H, W, 3), values in [0, 255] (uint8 or float); any H, W when
+  `resize_input` (the default), at least 75x75 otherwise. Returns
+  `(pool3, logits)`: float32 (N, 2048) features after the global average pool (the FID / KID
+  features) and float32 (N, 1008) logits `pool3 @ W + b` (the IS classifier outputs).
+
+  Variables: `params` (convolution kernels HWIO, BatchNorm scale/bias, fc kernel (2048, 1008) and
+  bias) and `batch_stats` (BatchNorm running mean/var); `load_inception_params` returns both.
+  """
+  resize_input: bool = True
+  num_classes: int = NUM_CLASSES
+  precision: Precision = jax.lax.Precision.HIGHEST
+
+  @nn.compact
+  def __call__(self, images):
+    if images.ndim != 4 or images.shape[-1] != 3:
+      raise ValueError(f'InceptionV3 expects (N, H, W, 3) images, got shape {images.shape}; '
+                       'repeat grey images to 3 channels first.')
+    x = preprocess(images, resize=self.resize_input)
+    p = dict(precision=self.precision)
+    x = _conv(self, 'Conv2d_1a_3x3', 32, 3, strides=2)(x)  # 149x149
+    x = _conv(self, 'Conv2d_2a_3x3', 32, 3)(x)  # 147x147
+    x = _conv(self, 'Conv2d_2b_3x3', 64, 3, padding=(1, 1))(x)
+    x = max_pool_3x3_s2(x)  # 73x73
+    x = _conv(self, 'Conv2d_3b_1x1', 80, 1)(x)
+    x = _conv(self, 'Conv2d_4a_3x3', 192, 3)(x)  # 71x71
+    x = max_pool_3x3_s2(x)  # 35x35
+    x = FIDInceptionA(32, **p, name='Mixed_5b')(x)  # 256
+    x = FIDInceptionA(64, **p, name='Mixed_5c')(x)  # 288
+    x = FIDInceptionA(64, **p, name='Mixed_5d')(x)  # 288
+    x = InceptionB(**p, name='Mixed_6a')(x)  # 17x17x768
+    x = FIDInceptionC(128, **p, name='Mixed_6b')(x)
+    x = FIDInceptionC(160, **p, name='Mixed_6c')(x)
+    x = FIDInceptionC(160, **p, name='Mixed_6d')(x)
+    x = FIDInceptionC(192, **p, name='Mixed_6e')(x)
+    x = InceptionD(**p, name='Mixed_7a')(x)  # 8x8x1280
+    x = FIDInceptionE('avg', **p, name='Mixed_7b')(x)  # 2048
+    x = FIDInceptionE('max', **p, name='Mixed_7c')(x)  # 2048
+    pool3 = jnp.mean(x, axis=(1, 2))
+    logits = nn.Dense(self.num_classes, precision=self.precision, name='fc')(pool3)
+    return pool3, logits
+
+
+# ---------------------------------------------------------------------------------------------
+# Weights: pytorch-fid state_dict names and layouts <-> Flax variables.
+
+# (Flax collection, leaf name) -> torch state_dict suffix.
+_TORCH_SUFFIX = {
+    ('params', 'kernel'): 'weight',
+    ('params', 'scale'): 'weight',
+    ('params', 'bias'): 'bias',
+    ('batch_stats', 'mean'): 'running_mean',
+    ('batch_stats', 'var'): 'running_var',
+}
+
+
+def torch_name(flax_path: tuple[str, ...]) -> str:
+  """('params', 'Mixed_5b', 'branch1x1', 'conv', 'kernel') -> 'Mixed_5b.branch1x1.conv.weight'."""
+  collection, *modules, leaf = flax_path
+  return '.'.join(modules + [_TORCH_SUFFIX[(collection, leaf)]])
+
+
+def torch_to_flax_layout(value: np.ndarray) -> np.ndarray:
+  """Conv weight OIHW -> HWIO, linear weight (out, in) -> (in, out), vectors unchanged."""
+  if value.ndim == 4:  # conv weight OIHW -> HWIO
+    return value.transpose(2, 3, 1, 0)
+  if value.ndim == 2:  # linear weight (out, in) -> (in, out)
+    return value.T
+  return value
+
+
+def flax_to_torch_layout(value: np.ndarray) -> np.ndarray:
+  """The inverse of `torch_to_flax_layout`."""
+  if value.ndim == 4:  # HWIO -> OIHW
+    return value.transpose(3, 2, 0, 1)
+  if value.ndim == 2:
+    return value.T
+  return value
+
+
+@functools.lru_cache(maxsize=None)
+def _flax_shapes() -> dict[tuple[str, ...], tuple[int, ...]]:
+  """Flat Flax variable path -> shape, from an abstract initialisation (no FLOPs)."""
+  shapes = jax.eval_shape(
+      lambda: InceptionV3().init(jax.random.PRNGKey(0),
+                                 jnp.zeros((1, INCEPTION_IMAGE_SIZE, INCEPTION_IMAGE_SIZE, 3))))
+  return {k: tuple(v.shape) for k, v in traverse_util.flatten_dict(shapes).items()}
+
+
+def expected_torch_shapes() -> dict[str, tuple[int, ...]]:
+  """pytorch-fid state_dict name -> tensor shape (torch layout) for every weight the net uses.
+
+  `num_batches_tracked` buffers are left out: they do not affect inference.
+  """
+  def torch_shape(shape):
+    if len(shape) == 4:  # HWIO -> OIHW
+      return (shape[3], shape[2], shape[0], shape[1])
+    return tuple(reversed(shape))  # (in, out) -> (out, in); vectors unchanged
+
+  return {torch_name(path): torch_shape(shape) for path, shape in _flax_shapes().items()}
+
+
+def torch_state_dict_to_flax(state_dict: Mapping[str, np.ndarray]) -> dict[str, Any]:
+  """Maps a pytorch-fid FID Inception state_dict to `InceptionV3` variables.
+
+  Conv weights OIHW become HWIO kernels, `fc.weight` (1008, 2048) becomes the (2048, 1008) Dense
+  kernel, BatchNorm `weight/bias/running_mean/running_var` become `params` scale/bias and
+  `batch_stats` mean/var. All values become float32 NumPy arrays.
+
+  Raises:
+    ValueError: keys missing or unexpected (other than `num_batches_tracked`), or shapes wrong.
+  """
+  given = {k: v for k, v in state_dict.items() if not k.endswith('num_batches_tracked')}
+  expected = expected_torch_shapes()
+  missing = sorted(set(expected) - set(given))
+  unexpected = sorted(set(given) - set(expected))
+  if missing or unexpected:
+    hint = ''
+    if any(k.startswith('AuxLogits.') for k in unexpected) or ('fc.weight' in given and np.shape(
+        given['fc.weight'])[0] == 1000):
+      hint = (" This looks like torchvision's ImageNet Inception-v3, not the FID network "
+              "(pytorch-fid's pt_inception-2015-12-05 weights).")
+    raise ValueError(
+        f'Not a pytorch-fid FID Inception state_dict: {len(missing)} missing keys '
+        f'{missing[:5]}{"..." if len(missing) > 5 else ""}, {len(unexpected)} unexpected keys '
+        f'{unexpected[:5]}{"..." if len(unexpected) > 5 else ""}.{hint}')
+  flat = {}
+  for path in _flax_shapes():
+    name = torch_name(path)
+    value = np.asarray(given[name])
+    if value.shape != expected[name]:
+      raise ValueError(f'{name}: shape {value.shape}, expected {expected[name]}.')
+    flat[path] = np.ascontiguousarray(torch_to_flax_layout(value.astype(np.float32)))
+  return traverse_util.unflatten_dict(flat)
+
+
+def flax_to_torch_state_dict(variables: Mapping[str, Any]) -> dict[str, np.ndarray]:
+  """The inverse of `torch_state_dict_to_flax`: `InceptionV3` variables -> pytorch-fid names."""
+  flat = traverse_util.flatten_dict(jax.device_get(dict(variables)))
+  return {torch_name(path): np.ascontiguousarray(flax_to_torch_layout(np.asarray(v)))
+          for path, v in flat.items()}
+
+
+def read_weights_file(path: str) -> dict[str, np.ndarray]:
+  """Reads a torch state_dict (.pth, zip or legacy layout) or an .npz into name -> array.
+
+  The format is told from the content, not the extension: an .npz is a zip of `<name>.npy`
+  members, a torch zip checkpoint has a `<prefix>/data.pkl` record.
+  """
+  if torch_pickle.is_torch_zip(path):
+    return dict(torch_pickle.load_state_dict(path))
+  if zipfile.is_zipfile(path):
+    with np.load(path, allow_pickle=False) as npz:
+      return {k: npz[k] for k in npz.files}
+  return dict(torch_pickle.load_state_dict(path))
+
+
+def load_inception_params(path: str | None) -> dict[str, Any]:
+  """Loads FID Inception weights from pytorch-fid's .pth (no torch needed) or a converted .npz.
+
+  Args:
+    path: `config.eval.inception_weights`: pytorch-fid's `pt_inception-2015-12-05-6726825d.pth`
+      (zip or legacy torch layout) or an .npz with the same keys and layouts.
+
+  Returns:
+    Flax variables `{'params': ..., 'batch_stats': ...}` (float32 NumPy arrays) for
+    `InceptionV3().apply(variables, images)`.
+
+  Raises:
+    FileNotFoundError: `path` is empty or not a file; the message says where to get the weights
+      and how to pass them.
+    ValueError: the file is not the FID Inception state_dict.
+  """
+  if not path:
+    raise FileNotFoundError('No Inception weights file given (config.eval.inception_weights is '
+                            f'empty).\n{WEIGHTS_HELP}')
+  path = os.path.expanduser(os.fspath(path))
+  if not os.path.isfile(path):
+    raise FileNotFoundError(f'Inception weights file not found: {path}\n{WEIGHTS_HELP}')
+  return torch_state_dict_to_flax(read_weights_file(path))
+
+
+def count_params(variables: Mapping[str, Any]) -> int:
+  """Number of trainable parameters (`params` only, as torch's `model.parameters()`)."""
+  return int(sum(np.prod(np.shape(x)) for x in jax.tree_util.tree_leaves(variables['params'])))
+
+
+def extract_features(variables: Mapping[str, Any], images_uint8,
+                     batch_size: int = 100) -> tuple[np.ndarray, np.ndarray]:
+  """`InceptionV3` over uint8 (N, H, W, 1 or 3) images: (pool3 (N, 2048), logits (N, 1008)).
+
+  `image_metrics.extract_features` with `InceptionV3().apply`: jitted, fixed-size batches, grey
+  images repeated to 3 channels; NumPy float32 outputs.
+  """
+  return image_metrics.extract_features(_apply, variables, images_uint8, batch_size)
+
+
+def _apply(variables, images):
+  return InceptionV3().apply(variables, images)

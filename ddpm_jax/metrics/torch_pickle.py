@@ -1,0 +1,358 @@
+"""Reading (and, for tests and tools, writing) PyTorch `state_dict` files without PyTorch.
+
+`torch.save(state_dict, path)` has written two layouts over the years; both are read here:
+
+* zip (torch >= 1.6): a zip archive whose entries share one top-level folder (`archive/` or the
+  file's stem): `<prefix>/data.pkl` is a pickle of the dict, `<prefix>/data/<key>` holds the raw
+  bytes of storage `<key>`, `<prefix>/version` the format version and, since torch 2.1,
+  `<prefix>/byteorder` the byte order of those bytes (`little` when absent).
+* legacy (torch 0.4 - 1.5): five consecutive pickles (the magic number 0x1950a86a20f9469cfc6c,
+  the protocol version 1001, a dict of system information with `little_endian`, the data pickle,
+  a list of storage keys) followed, for each key in that order, by an int64 element count and
+  the storage's raw bytes.
+
+In both the data pickle refers to storages through persistent ids
+`('storage', <torch.XStorage class>, key, location, numel[, view_metadata])`, and rebuilds each
+tensor with `torch._utils._rebuild_tensor_v2(storage, offset, size, stride, requires_grad,
+backward_hooks[, metadata])`. The unpickler below resolves only those few globals (plus
+`collections.OrderedDict`), so a file cannot make it import or call anything else: loading a
+hostile file raises `pickle.UnpicklingError` rather than running its code. Tensors come back as
+NumPy arrays (copies, C-contiguous, native byte order).
+
+`save_state_dict` writes either layout from NumPy arrays with the same opcodes torch uses. It
+exists so that tests can build a checkpoint with a real file's structure without PyTorch.
+"""
+
+from __future__ import annotations
+
+import collections
+import io
+import os
+import pickle
+import zipfile
+from typing import Any, BinaryIO, Mapping
+
+import numpy as np
+
+LEGACY_MAGIC_NUMBER = 0x1950a86a20f9469cfc6c
+LEGACY_PROTOCOL_VERSION = 1001
+
+# torch storage class name <-> NumPy dtype (little-endian; bfloat16 has no NumPy dtype).
+STORAGE_DTYPES = {
+    'DoubleStorage': np.dtype('<f8'),
+    'FloatStorage': np.dtype('<f4'),
+    'HalfStorage': np.dtype('<f2'),
+    'LongStorage': np.dtype('<i8'),
+    'IntStorage': np.dtype('<i4'),
+    'ShortStorage': np.dtype('<i2'),
+    'CharStorage': np.dtype('i1'),
+    'ByteStorage': np.dtype('u1'),
+    'BoolStorage': np.dtype('?'),
+}
+_STORAGE_NAMES = {dtype: name for name, dtype in STORAGE_DTYPES.items()}
+
+
+class _StorageType:
+  """Stands for a `torch.XStorage` class inside the pickle: only its dtype matters."""
+
+  def __init__(self, name: str):
+    self.name = name
+    self.dtype = STORAGE_DTYPES[name]
+
+
+def _rebuild_tensor(storage: np.ndarray, offset: int, size, stride, *unused) -> np.ndarray:
+  """`torch._utils._rebuild_tensor[_v2]`: a strided view into a 1-D storage array.
+
+  The view is checked to stay inside the storage. It is a view (not a copy) because the legacy
+  layout fills storages only after the whole pickle has been read.
+  """
+  size, stride = tuple(int(s) for s in size), tuple(int(s) for s in stride)
+  if len(size) != len(stride) or offset < 0 or any(s < 0 for s in size + stride):
+    raise pickle.UnpicklingError(f'bad tensor geometry: size {size}, stride {stride}.')
+  if 0 not in size:
+    last = offset + sum((n - 1) * s for n, s in zip(size, stride))
+    if last >= storage.size:
+      raise pickle.UnpicklingError(
+          f'tensor of size {size}, stride {stride}, offset {offset} overruns its storage of '
+          f'{storage.size} elements.')
+  item = storage.itemsize
+  return np.lib.stride_tricks.as_strided(
+      storage[offset:] if 0 not in size else storage[:0], shape=size,
+      strides=tuple(s * item for s in stride), writeable=False)
+
+
+def _rebuild_parameter(data: np.ndarray, *unused) -> np.ndarray:
+  """`torch._utils._rebuild_parameter`: an `nn.Parameter` is just its data here."""
+  return data
+
+
+_ALLOWED_GLOBALS = {
+    ('collections', 'OrderedDict'): collections.OrderedDict,
+    ('torch._utils', '_rebuild_tensor'): _rebuild_tensor,
+    ('torch._utils', '_rebuild_tensor_v2'): _rebuild_tensor,
+    ('torch._utils', '_rebuild_parameter'): _rebuild_parameter,
+}
+
+
+class _RestrictedUnpickler(pickle.Unpickler):
+  """Unpickler that knows tensors, storages and OrderedDict, and refuses every other global."""
+
+  def __init__(self, file: BinaryIO, load_storage):
+    super().__init__(file, encoding='utf-8')
+    self._load_storage = load_storage
+
+  def find_class(self, module: str, name: str) -> Any:
+    if module == 'torch' and name in STORAGE_DTYPES:
+      return _StorageType(name)
+    if (module, name) in _ALLOWED_GLOBALS:
+      return _ALLOWED_GLOBALS[(module, name)]
+    raise pickle.UnpicklingError(
+        f'refusing to load global {module}.{name}: only tensors, storages and OrderedDict are '
+        'allowed in a state_dict file.')
+
+  def persistent_load(self, pid) -> np.ndarray:
+    if not (isinstance(pid, tuple) and len(pid) >= 5 and pid[0] in ('storage', b'storage')):
+      raise pickle.UnpicklingError(f'unsupported persistent id {pid!r}.')
+    storage_type = pid[1]
+    if not isinstance(storage_type, _StorageType):
+      raise pickle.UnpicklingError(f'unsupported storage type {storage_type!r}.')
+    key = pid[2].decode('ascii') if isinstance(pid[2], bytes) else str(pid[2])
+    numel = int(pid[4])
+    view = pid[5] if len(pid) > 5 else None
+    return self._load_storage(key, storage_type.dtype, numel, view)
+
+
+def _copy_tensors(obj):
+  """Replaces every array view in a (nested) dict by a C-contiguous native-endian copy."""
+  if isinstance(obj, np.ndarray):
+    return np.array(obj, dtype=obj.dtype.newbyteorder('='), order='C')
+  if isinstance(obj, Mapping):
+    return collections.OrderedDict((k, _copy_tensors(v)) for k, v in obj.items())
+  return obj
+
+
+def _zip_prefix(zf: zipfile.ZipFile) -> str:
+  pkls = [n for n in zf.namelist() if n.endswith('/data.pkl') and n.count('/') == 1]
+  if len(pkls) != 1:
+    raise ValueError(f'{zf.filename}: not a torch zip checkpoint (no single <prefix>/data.pkl).')
+  return pkls[0][:-len('data.pkl')]
+
+
+def is_torch_zip(path: str) -> bool:
+  """Whether `path` is a zip archive holding a torch `<prefix>/data.pkl` record."""
+  if not zipfile.is_zipfile(path):
+    return False
+  with zipfile.ZipFile(path) as zf:
+    return any(n.endswith('/data.pkl') and n.count('/') == 1 for n in zf.namelist())
+
+
+def _load_zip(path: str):
+  with zipfile.ZipFile(path) as zf:
+    prefix = _zip_prefix(zf)
+    names = set(zf.namelist())
+    byteorder = 'little'
+    if prefix + 'byteorder' in names:
+      byteorder = zf.read(prefix + 'byteorder').decode('ascii').strip()
+      if byteorder not in ('little', 'big'):
+        raise ValueError(f'{path}: unknown byteorder record {byteorder!r}.')
+    storages: dict[str, np.ndarray] = {}
+
+    def load_storage(key, dtype, numel, view):
+      if view is not None:
+        raise pickle.UnpicklingError('storage views do not occur in the zip layout.')
+      if key not in storages:
+        raw = zf.read(f'{prefix}data/{key}')
+        if len(raw) < numel * dtype.itemsize:
+          raise pickle.UnpicklingError(
+              f'storage {key}: {len(raw)} bytes for {numel} elements of {dtype}.')
+        dt = dtype.newbyteorder('>' if byteorder == 'big' else '<')
+        storages[key] = np.frombuffer(raw, dtype=dt, count=numel)
+      return storages[key]
+
+    with zf.open(prefix + 'data.pkl') as f:
+      obj = _RestrictedUnpickler(io.BytesIO(f.read()), load_storage).load()
+  return _copy_tensors(obj)
+
+
+def _load_legacy(path: str):
+  with open(path, 'rb') as f:
+    # The header pickles and the key list hold no globals. One unpickler per pickle, as in torch:
+    # an unpickler may buffer input past the end of its pickle.
+    plain = lambda: _PlainUnpickler(f).load()  # pylint: disable=unnecessary-lambda-assignment
+    try:
+      magic = plain()
+    except Exception as e:  # pylint: disable=broad-except
+      raise ValueError(f'{path}: neither a torch zip checkpoint nor a legacy torch file.') from e
+    if magic != LEGACY_MAGIC_NUMBER:
+      raise ValueError(f'{path}: neither a torch zip checkpoint nor a legacy torch file '
+                       '(very old tar-format files are not supported).')
+    if plain() != LEGACY_PROTOCOL_VERSION:
+      raise ValueError(f'{path}: unsupported legacy torch protocol version.')
+    sys_info = plain()
+    endian = '<' if sys_info.get('little_endian', True) else '>'
+    roots: dict[str, np.ndarray] = {}
+
+    def load_storage(key, dtype, numel, view):
+      if key not in roots:
+        roots[key] = np.empty(numel, dtype=dtype.newbyteorder(endian))
+      root = roots[key]
+      if view is None:
+        return root
+      _, view_offset, view_size = view
+      return root[int(view_offset):int(view_offset) + int(view_size)]
+
+    obj = _RestrictedUnpickler(f, load_storage).load()
+    keys = plain()
+    for key in keys:
+      key = key.decode('ascii') if isinstance(key, bytes) else str(key)
+      root = roots[key]
+      numel = int(np.frombuffer(f.read(8), dtype=endian + 'i8')[0])
+      if numel != root.size:
+        raise ValueError(f'{path}: storage {key} has {numel} elements on disk, {root.size} in '
+                         'the pickle.')
+      raw = f.read(numel * root.itemsize)
+      if len(raw) != numel * root.itemsize:
+        raise ValueError(f'{path}: file truncated in storage {key}.')
+      root[...] = np.frombuffer(raw, dtype=root.dtype)
+  return _copy_tensors(obj)
+
+
+class _PlainUnpickler(pickle.Unpickler):
+  """Unpickler for plain ints, strings, lists and dicts: every global is refused."""
+
+  def find_class(self, module, name):
+    raise pickle.UnpicklingError(f'refusing to load global {module}.{name} in a file header.')
+
+
+def load_state_dict(path: str) -> 'collections.OrderedDict[str, np.ndarray]':
+  """Reads a `torch.save`d state_dict (zip or legacy layout) into NumPy arrays, without torch.
+
+  Args:
+    path: the .pth / .pt file.
+
+  Returns:
+    An OrderedDict from parameter name (e.g. `Conv2d_1a_3x3.conv.weight`) to a NumPy array with
+    the tensor's shape and dtype (PyTorch's layout: OIHW convolution weights, (out, in) linear
+    weights). Non-tensor values are returned as unpickled.
+
+  Raises:
+    pickle.UnpicklingError: the file refers to anything but tensors, storages and OrderedDict.
+    ValueError: the file is not a torch checkpoint of a known layout.
+  """
+  path = os.fspath(path)
+  obj = _load_zip(path) if is_torch_zip(path) else _load_legacy(path)
+  if not isinstance(obj, Mapping):
+    raise ValueError(f'{path}: holds a {type(obj).__name__}, not a state_dict.')
+  return obj
+
+
+# ---------------------------------------------------------------------------------------------
+# Writing (tests and tools).
+
+
+class _Global:
+  """A reference to `module.name` that is pickled as GLOBAL without importing `module`."""
+
+  def __init__(self, module: str, name: str):
+    self.module, self.name = module, name
+
+  def __call__(self, *args):  # pickle requires reduce functions to be callable.
+    raise TypeError(f'{self.module}.{self.name} is a pickling placeholder.')
+
+
+class _Storage:
+
+  def __init__(self, key: str, array: np.ndarray):
+    self.key, self.array = key, array
+
+
+class _Tensor:
+  """A C-contiguous tensor that pickles as `torch._utils._rebuild_tensor_v2(...)`."""
+
+  def __init__(self, storage: _Storage, shape):
+    self.storage, self.shape = storage, tuple(shape)
+
+  def __reduce__(self):
+    stride, acc = [], 1
+    for n in reversed(self.shape):
+      stride.append(acc)
+      acc *= n
+    args = (self.storage, 0, self.shape, tuple(reversed(stride)), False,
+            collections.OrderedDict())
+    return _Global('torch._utils', '_rebuild_tensor_v2'), args
+
+
+class _TorchPickler(pickle._Pickler):  # pylint: disable=protected-access
+  """Pure-Python pickler that writes `_Global`s as GLOBAL opcodes and storages as persistent ids."""
+
+  dispatch = dict(pickle._Pickler.dispatch)  # pylint: disable=protected-access
+
+  def save_placeholder_global(self, obj: _Global):
+    self.write(pickle.GLOBAL + f'{obj.module}\n{obj.name}\n'.encode('ascii'))
+    self.memoize(obj)
+
+  dispatch[_Global] = save_placeholder_global
+
+  def persistent_id(self, obj):
+    if isinstance(obj, _Storage):
+      name = _STORAGE_NAMES[obj.array.dtype.newbyteorder('<')]
+      return ('storage', _Global('torch', name), obj.key, 'cpu', obj.array.size)
+    return None
+
+
+def _as_pickle_tree(state_dict: Mapping[str, np.ndarray]):
+  """(OrderedDict of _Tensor, list of (key, little-endian 1-D array)) for `state_dict`."""
+  tensors, storages = collections.OrderedDict(), []
+  # Like `nn.Module.state_dict()`, whose OrderedDict carries per-module versions (a BUILD opcode).
+  setattr(tensors, '_metadata', collections.OrderedDict([('', {'version': 1})]))
+  for i, (name, value) in enumerate(state_dict.items()):
+    arr = np.asarray(value)
+    arr = np.array(arr, dtype=arr.dtype.newbyteorder('<'), order='C')
+    if arr.dtype.newbyteorder('<') not in _STORAGE_NAMES:
+      raise TypeError(f'{name}: dtype {arr.dtype} has no torch storage type here.')
+    storage = _Storage(str(i), arr.reshape(-1))
+    storages.append(storage)
+    tensors[name] = _Tensor(storage, arr.shape)
+  return tensors, storages
+
+
+def _dumps(obj) -> bytes:
+  buf = io.BytesIO()
+  _TorchPickler(buf, protocol=2).dump(obj)
+  return buf.getvalue()
+
+
+def save_state_dict(path: str, state_dict: Mapping[str, np.ndarray], layout: str = 'zip') -> str:
+  """Writes NumPy arrays as a torch state_dict file that `torch.load` and `load_state_dict` read.
+
+  Args:
+    path: output file; for the zip layout its stem names the archive folder, as in torch.
+    state_dict: name -> array (any dtype in `STORAGE_DTYPES`), in torch's layouts.
+    layout: 'zip' (torch >= 1.6) or 'legacy' (torch 0.4 - 1.5).
+
+  Returns:
+    `path`.
+  """
+  tensors, storages = _as_pickle_tree(state_dict)
+  if layout == 'zip':
+    prefix = os.path.splitext(os.path.basename(path))[0] or 'archive'
+    with zipfile.ZipFile(path, 'w', compression=zipfile.ZIP_STORED) as zf:
+      zf.writestr(f'{prefix}/data.pkl', _dumps(tensors))
+      zf.writestr(f'{prefix}/byteorder', 'little')
+      for s in storages:
+        zf.writestr(f'{prefix}/data/{s.key}', s.array.tobytes())
+      zf.writestr(f'{prefix}/version', '3\n')
+  elif layout == 'legacy':
+    sys_info = {'protocol_version': LEGACY_PROTOCOL_VERSION, 'little_endian': True,
+                'type_sizes': {'short': 2, 'int': 4, 'long': 4}}
+    with open(path, 'wb') as f:
+      for header in (LEGACY_MAGIC_NUMBER, LEGACY_PROTOCOL_VERSION, sys_info):
+        pickle.dump(header, f, protocol=2)
+      f.write(_dumps(tensors))
+      pickle.dump([s.key for s in storages], f, protocol=2)
+      for s in storages:
+        f.write(np.int64(s.array.size).astype('<i8').tobytes())
+        f.write(s.array.tobytes())
+  else:
+    raise ValueError(f"layout must be 'zip' or 'legacy', got {layout!r}.")
+  return path

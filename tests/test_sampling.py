@@ -1,0 +1,134 @@
+"""`--mode=sample` with every sampler and mode: grids, progressive generation (Fig. 6),
+interpolation (Fig. 8), DDIM reconstruction and classifier-free guidance."""
+
+import os
+import subprocess
+import sys
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from PIL import Image
+
+from configs import fashion_mnist
+from conftest import ROOT, make_tiny_config
+from ddpm_jax import diffusion, sampling, schedules
+from ddpm_jax.checkpointing import Checkpointer
+from ddpm_jax.experiment import Experiment
+
+S = schedules.make_schedule('linear', 100, beta_end=0.2)
+
+
+@pytest.mark.parametrize('var_type', ['fixedlarge', 'learned_range'])
+def test_guidance_on_any_parameterisation_is_eps_guidance(var_type):
+  keys = jax.random.split(jax.random.PRNGKey(0), 3)
+  xt = jax.random.normal(keys[0], (4, 2, 2, 1))
+  t = jnp.array([0, 10, 50, 99], jnp.int32)
+  eps_c, eps_u = (jax.random.normal(k, xt.shape) for k in keys[1:])
+  var = jnp.full_like(xt, 0.3)
+  w = 2.5
+  want = (1 + w) * eps_c - w * eps_u
+  for mean_type in diffusion.MEAN_TYPES:
+    conv = lambda e, m=mean_type: diffusion.convert_model_output(S, e, xt, t, 'eps', m)
+    cond, uncond = conv(eps_c), conv(eps_u)
+    if var_type == 'learned_range':
+      cond = jnp.concatenate([cond, var], -1)
+      uncond = jnp.concatenate([uncond, -var], -1)
+    out = sampling.guided_output(cond, uncond, w, var_type)
+    mean_out, var_out = diffusion.split_model_output(out, var_type)
+    got = diffusion.convert_model_output(S, mean_out, xt, t, mean_type, 'eps')
+    np.testing.assert_allclose(got, want, atol=2e-2 if mean_type == 'mu' else 2e-3,
+                               err_msg=mean_type)
+    if var_out is not None:
+      np.testing.assert_array_equal(var_out, var)  # The conditional variance.
+
+
+def _small_config(tmp_path, **sample):
+  """A small conditional model (fewer ops than the tiny config: fast compiles), T = 20, and a
+  folder of 8x8 test images."""
+  c = make_tiny_config()
+  c.model.update(ch_mult=(1,), attn_resolutions=(), num_classes=2)
+  c.diffusion.num_timesteps = 20
+  c.data.update(dataset='folder', data_dir=str(tmp_path / 'images'))
+  c.sample.update(num=4, batch_size=4, guidance_scale=1.5, **sample)
+  return c
+
+
+def _checkpoint(config, workdir, seed=0):
+  exp = Experiment.from_config(config)
+  state = exp.init_state()
+  # Non-zero output layer so that the samples depend on the network.
+  params = jax.tree.map(lambda p: p + 0.01 * jax.random.normal(jax.random.PRNGKey(seed),
+                                                                p.shape), state.params)
+  state = state.replace(params=params, ema_params=params)
+  ckpt = Checkpointer(str(workdir), async_save=False)
+  ckpt.save(0, state)
+  ckpt.wait()
+  ckpt.close()
+  return exp
+
+
+def test_every_sample_mode_writes_its_files(tmp_path):
+  folder = tmp_path / 'images' / 'test'
+  folder.mkdir(parents=True)
+  rng = np.random.default_rng(0)
+  for i in range(8):
+    Image.fromarray(rng.integers(0, 256, (8, 8), dtype=np.uint8)).save(folder / f'{i}.png')
+  work = tmp_path / 'run'
+  c = _small_config(tmp_path)
+  exp = _checkpoint(c, work)
+
+  c.sample.update(mode='grid', sampler='ddim', steps=5, eta=0.5)
+  paths = sampling.sample_from_workdir(c, str(work), exp)
+  assert paths['npz'].endswith('sample_step00000000_n4_ddim5_eta0.5_label-1_w1.5.npz')
+  x = np.load(paths['npz'])['samples']
+  assert x.shape == (4, 8, 8, 1) and x.dtype == np.uint8 and x.std() > 0
+
+  c.sample.update(mode='progressive', sampler='ancestral', steps=10, progressive_frames=4)
+  paths = sampling.sample_from_workdir(c, str(work), exp)
+  grid = np.asarray(Image.open(paths['pred_x0_png']))
+  assert grid.shape == (2 + 4 * 10, 2 + 5 * 10)  # 4 samples x (4 steps + the final sample).
+  with Image.open(paths['gif']) as gif:
+    assert gif.n_frames == 5
+  assert os.path.exists(paths['xt_png'])
+
+  c.sample.update(mode='interpolate', sampler='ddim', steps=0, interp_t=12, interp_lambdas=3,
+                  num=2)
+  paths = sampling.sample_from_workdir(c, str(work), exp)
+  grid = np.asarray(Image.open(paths['png']))
+  assert grid.shape == (2 + 2 * 10, 2 + 5 * 10)  # 2 pairs x (x_a, 3 lambdas, x_b).
+
+  # A zero-eps model makes DDIM inversion exact: a check of the encoder/decoder plumbing.
+  zero = exp.abstract_state()
+  zero_state = jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), zero)
+  ckpt = Checkpointer(str(tmp_path / 'zero'), async_save=False)
+  ckpt.save(0, zero_state)
+  ckpt.wait()
+  ckpt.close()
+  c.sample.update(mode='reconstruct', sampler='ddim', steps=7, num=3)
+  paths = sampling.sample_from_workdir(c, str(tmp_path / 'zero'), exp)
+  assert paths['mse'] < 1e-9
+  assert np.asarray(Image.open(paths['png'])).shape == (2 + 3 * 10, 2 + 3 * 10)
+
+
+def test_ddim_sampling_from_the_command_line(tmp_path):
+  from test_main import TINY  # pylint: disable=g-import-not-at-top
+  cfg = os.path.join(ROOT, 'configs', 'fashion_mnist.py')
+  flags = [f'--config={cfg}', f'--workdir={tmp_path}', *TINY]
+  # The config those flags build, to write a checkpoint without training.
+  c = fashion_mnist.get_config()
+  c.data.image_size, c.model.ch, c.model.ch_mult = 8, 8, (1, 2)
+  c.model.update(num_res_blocks=1, attn_resolutions=(4,), num_groups=4)
+  c.diffusion.num_timesteps = 20
+  _checkpoint(c, tmp_path)
+  env = dict(os.environ, PYTHONPATH=ROOT)
+  out = subprocess.run(
+      [sys.executable, '-m', 'ddpm_jax.main', *flags, '--mode=sample',
+       '--config.sample.sampler=ddim', '--config.sample.steps=5', '--config.sample.eta=0',
+       '--config.sample.num=3'], cwd=ROOT, env=env, capture_output=True, text=True,
+      timeout=600, stdin=subprocess.DEVNULL)
+  assert out.returncode == 0, out.stderr[-3000:]
+  assert 'ddim eta=0.0, 5 of 20 steps' in out.stdout
+  npz = np.load(tmp_path / 'samples' / 'sample_step00000000_n3_ddim5_eta0.0.npz')
+  assert npz['samples'].shape == (3, 8, 8, 1)
