@@ -233,7 +233,8 @@ def eval_job(config, workdir: str, experiment: Experiment | None = None,
   new ones until the final step (`config.train.num_steps`) is done or no checkpoint arrived for
   `config.eval.timeout_seconds`. Finished steps are recorded in `eval_state.json`, so a killed
   job resumes where it stopped; results are appended to `eval_results.csv`."""
-  experiment = experiment or Experiment.from_config(config)
+  # A data-parallel mesh: evaluation replicates the parameters whatever mesh trained them.
+  experiment = experiment or Experiment.from_config(config, mesh=sharding.make_mesh())
   ev = config.eval
   evaluator = Evaluator(experiment, workdir)
   state_path = os.path.join(workdir, STATE_NAME)
@@ -245,7 +246,8 @@ def eval_job(config, workdir: str, experiment: Experiment | None = None,
     print(protocol(config), flush=True)
   last_new = time.monotonic()
   while True:
-    checkpointer = Checkpointer(workdir, max_to_keep=None, async_save=False)
+    # Read-only: never clean up (or race with) the trainer's saves in flight.
+    checkpointer = Checkpointer(workdir, max_to_keep=None, async_save=False, read_only=True)
     pending = [s for s in checkpointer.all_steps() if s not in done]
     for step in pending:
       try:

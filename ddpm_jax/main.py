@@ -13,7 +13,12 @@ from ml_collections import config_flags
 
 flags.DEFINE_string('workdir', None, 'Directory for checkpoints, samples and logs (on storage '
                     'that every host sees when running on several hosts).')
-flags.DEFINE_enum('mode', 'train', ['train', 'sample'], 'Job to run.')
+flags.DEFINE_enum('mode', 'train', ['train', 'sample', 'eval'],
+                  'Job to run: train, sample from the newest checkpoint, or evaluate every '
+                  'checkpoint of the workdir as it appears (bits/dim, FID/IS/KID, FD-FMNIST).')
+flags.DEFINE_string('xla_cache_dir', '~/.cache/ddpm_jax/xla',
+                    'Persistent XLA compilation cache (restarts and resumed runs skip '
+                    'compilation); empty to disable. JAX_COMPILATION_CACHE_DIR takes precedence.')
 flags.DEFINE_bool('distributed', False,
                   'Start jax.distributed (coordinator, process count and id auto-detected on '
                   'Cloud TPU pods, SLURM, Open MPI, ...). Also on with DDPM_DISTRIBUTED=1.')
@@ -39,6 +44,9 @@ def main(argv):
   distributed.initialize(FLAGS.distributed, FLAGS.coordinator_address, FLAGS.num_processes,
                          FLAGS.process_id)
   import jax  # Imported after flag parsing so that --help is fast.
+  import os
+  if FLAGS.xla_cache_dir and not os.environ.get('JAX_COMPILATION_CACHE_DIR'):
+    jax.config.update('jax_compilation_cache_dir', os.path.expanduser(FLAGS.xla_cache_dir))
   # Keep TensorFlow, if installed for tfds, off the accelerators.
   try:
     import tensorflow as tf  # pylint: disable=g-import-not-at-top
@@ -51,6 +59,11 @@ def main(argv):
   if FLAGS.mode == 'train':
     from ddpm_jax import train
     train.train_and_evaluate(FLAGS.config, FLAGS.workdir)
+  elif FLAGS.mode == 'eval':
+    from ddpm_jax import evaluate, sharding
+    from ddpm_jax.experiment import Experiment
+    experiment = Experiment.from_config(FLAGS.config, mesh=sharding.make_mesh())
+    evaluate.eval_job(FLAGS.config, FLAGS.workdir, experiment=experiment)
   else:
     from ddpm_jax import sampling, sharding
     from ddpm_jax.experiment import Experiment

@@ -23,7 +23,7 @@ import jax
 import numpy as np
 from tqdm.auto import tqdm
 
-from ddpm_jax import distributed, images, input_pipeline, sampling, sharding
+from ddpm_jax import evaluate, distributed, images, input_pipeline, sampling, sharding
 from ddpm_jax.checkpointing import Checkpointer
 from ddpm_jax.experiment import Experiment
 from ddpm_jax.metric_writers import MetricWriter
@@ -79,14 +79,33 @@ def _replicate(tree, mesh):
   return jax.jit(lambda x: x, out_shardings=sharding.replicated(mesh))(tree)
 
 
-def _sample_grid(experiment, sample_fn, state, step: int, workdir: str, writer) -> str | None:
-  """A grid of samples from the EMA parameters, to `workdir/samples/` and TensorBoard."""
-  cfg = experiment.config
-  key = jax.random.fold_in(jax.random.PRNGKey(cfg.train.seed + 1), step)
+def _replicated_ema_params(experiment, state):
+  """The EMA parameters on every device of the (data-parallel) sampling mesh."""
   params = state.ema_params
   repl = sharding.replicated(experiment.mesh)
   if any(leaf.sharding != repl for leaf in jax.tree.leaves(params)):  # FSDP-sharded.
     params = _replicate(params, experiment.mesh)
+  return params
+
+
+def _evaluate(evaluator, experiment, state, step: int, workdir: str, writer) -> dict:
+  """Training-time evaluation (`config.eval.eval_every`): bits/dim on a few test batches and
+  the quick sample-quality metric, to TensorBoard, metrics.jsonl and eval_results.csv."""
+  ecfg = experiment.config.eval
+  row = evaluator.evaluate(_replicated_ema_params(experiment, state), step,
+                           ecfg.train_bpd_examples, ecfg.train_num_samples, progress=False)
+  writer.write_scalars(step, {f'eval/{k}': v for k, v in row.items()
+                              if isinstance(v, float) and k != 'seconds'})
+  if jax.process_index() == 0:
+    evaluate.append_csv(os.path.join(workdir, evaluate.CSV_NAME), row)
+  return row
+
+
+def _sample_grid(experiment, sample_fn, state, step: int, workdir: str, writer) -> str | None:
+  """A grid of samples from the EMA parameters, to `workdir/samples/` and TensorBoard."""
+  cfg = experiment.config
+  key = jax.random.fold_in(jax.random.PRNGKey(cfg.train.seed + 1), step)
+  params = _replicated_ema_params(experiment, state)
   x = sampling.generate(sample_fn, params, key, cfg.train.num_sample_grid,
                         cfg.train.num_sample_grid, progress=False)
   if jax.process_index() != 0:
@@ -131,6 +150,8 @@ def train_and_evaluate(config, workdir: str, experiment: Experiment | None = Non
   sample_experiment = _sampling_experiment(experiment)
   if tcfg.sample_every > 0:
     grid_fn = sampling.make_sample_fn(sample_experiment, tcfg.num_sample_grid)
+  evaluator = (evaluate.Evaluator(sample_experiment, workdir)
+               if config.eval.eval_every > 0 else None)
   preemption_every = tcfg.get('preemption_every', 0)
   agreement = distributed.StopAgreement(mesh)
 
@@ -196,6 +217,11 @@ def train_and_evaluate(config, workdir: str, experiment: Experiment | None = Non
           if path:
             summary['samples'].append(path)
             bar.write(f'step {step}: sample grid {path}')
+        if evaluator is not None and (step % config.eval.eval_every == 0 or
+                                      step == tcfg.num_steps):
+          row = _evaluate(evaluator, sample_experiment, state, step, workdir, writer)
+          bar.write(f'step {step}: eval ' + ', '.join(
+              f'{k}={v:.4g}' for k, v in row.items() if isinstance(v, float)))
         # Every process asks every step, so that all of them stop at the same step.
         if agreement.should_stop(stop['signal'] is not None) and step < tcfg.num_steps:
           stopped_by = (signal.Signals(stop['signal']).name if stop['signal'] is not None

@@ -92,3 +92,17 @@ def test_fid_is_kid_wiring_with_random_inception_weights(tmp_path):
   del ev._inception
   with pytest.raises(FileNotFoundError, match='pytorch-fid'):
     ev.sample_quality(samples)
+
+
+def test_training_time_evaluation_writes_csv_and_scalars(tmp_path):
+  config = make_tiny_config()
+  config.train.num_steps = 2
+  config.eval.eval_every = 2
+  config.eval.train_bpd_examples = 4
+  config.eval.bpd_batch_size = 4
+  config.eval.train_num_samples = 0
+  train.train_and_evaluate(config, str(tmp_path), progress=False)
+  (row,) = _rows(str(tmp_path))
+  assert row['step'] == '2' and row['bpd_examples'] == '4' and float(row['bpd']) > 0
+  lines = [json.loads(l) for l in open(os.path.join(str(tmp_path), 'metrics.jsonl'))]
+  assert any('eval/bpd' in l and l['step'] == 2 for l in lines)

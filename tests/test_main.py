@@ -40,6 +40,14 @@ def test_train_resume_and_sample_from_the_command_line(tmp_path):
   assert npz['samples'].shape == (6, 8, 8, 1) and npz['samples'].dtype == np.uint8
   grid = np.asarray(Image.open(os.path.join(work, 'samples', 'sample_step00000003_n6.png')))
   assert grid.shape == (2 + 2 * 10, 2 + 3 * 10)
+  out = _run(f'--config={cfg}', f'--workdir={work}', '--mode=eval', *TINY,
+             '--config.train.num_steps=3', '--config.eval.bpd_num_examples=4',
+             '--config.eval.bpd_batch_size=4', '--config.eval.num_samples=0',
+             '--config.eval.timeout_seconds=0')
+  assert out.returncode == 0, out.stderr[-3000:]
+  assert 'protocol: EMA params' in out.stdout
+  rows = open(os.path.join(work, 'eval_results.csv')).read().splitlines()
+  assert rows[0].startswith('step,bpd,') and [r.split(',')[0] for r in rows[1:]] == ['2', '3']
 
 
 def test_bad_config_key_value_and_missing_checkpoint_are_clear_errors(tmp_path):
