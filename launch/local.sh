@@ -4,6 +4,7 @@
 # KEY=VALUE pairs become config overrides: train.batch_size=64 -> --config.train.batch_size=64.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+source launch/common.sh
 if [ $# -lt 2 ]; then
   echo "usage: bash launch/local.sh CONFIG WORKDIR [--mode=sample] [KEY=VALUE ...]" >&2
   exit 2
@@ -11,13 +12,5 @@ fi
 config=$1 workdir=$2
 shift 2
 args=()
-for a in "$@"; do
-  case "$a" in
-    --*) args+=("$a") ;;
-    *=*) args+=("--config.$a") ;;
-    *) echo "launch/local.sh: unexpected argument '$a' (want KEY=VALUE or --flag)" >&2; exit 2 ;;
-  esac
-done
-PY=python
-[ -x .venv/bin/python ] && PY=.venv/bin/python
+add_overrides launch/local.sh "$@"
 exec "$PY" -m ddpm_jax.main --config="$config" --workdir="$workdir" "${args[@]}"

@@ -11,6 +11,7 @@
 # process fails the others are stopped. The exit status is the first failing process's, else 0.
 set -uo pipefail
 cd "$(dirname "$0")/.."
+source launch/common.sh
 if [ $# -lt 4 ]; then
   echo "usage: bash launch/multiprocess_local.sh NUM_PROCESSES DEVICES_PER_PROCESS CONFIG WORKDIR [KEY=VALUE ...]" >&2
   exit 2
@@ -18,15 +19,7 @@ fi
 nproc=$1 ndev=$2 config=$3 workdir=$4
 shift 4
 args=()
-for a in "$@"; do
-  case "$a" in
-    --*) args+=("$a") ;;
-    *=*) args+=("--config.$a") ;;
-    *) echo "launch/multiprocess_local.sh: unexpected argument '$a' (want KEY=VALUE or --flag)" >&2; exit 2 ;;
-  esac
-done
-PY=python
-[ -x .venv/bin/python ] && PY=.venv/bin/python
+add_overrides launch/multiprocess_local.sh "$@"
 port=${PORT:-$("$PY" -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')}
 log_dir=${LOG_DIR:-$workdir/logs}
 mkdir -p "$log_dir"

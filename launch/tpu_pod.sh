@@ -22,6 +22,7 @@
 # preempted (spot) VM sends SIGTERM: the run checkpoints; rerun `train` to resume.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+source launch/common.sh
 
 TPU_NAME=${TPU_NAME:-ddpm-jax}
 ZONE=${ZONE:-us-central2-b}
@@ -79,13 +80,7 @@ case "$action" in
     config=$1 workdir=$2
     shift 2
     args=(--config="$config" --workdir="$workdir" --distributed)
-    for a in "$@"; do
-      case "$a" in
-        --*) args+=("$a") ;;
-        *=*) args+=("--config.$a") ;;
-        *) echo "launch/tpu_pod.sh: unexpected argument '$a' (want KEY=VALUE or --flag)" >&2; exit 2 ;;
-      esac
-    done
+    add_overrides launch/tpu_pod.sh "$@"
     on_all_workers "cd $REMOTE_DIR && .venv/bin/python -m ddpm_jax.main $(printf '%q ' "${args[@]}")"
     ;;
   ssh)
