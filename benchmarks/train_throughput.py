@@ -16,7 +16,7 @@ flags.DEFINE_string('config', 'configs/cifar10.py', 'Config file.')
 flags.DEFINE_integer('batch', 8, 'Global batch size.')
 flags.DEFINE_integer('steps', 10, 'Timed steps after warm-up.')
 flags.DEFINE_integer('warmup', 2, 'Untimed steps after compilation.')
-flags.DEFINE_string('dtype', None, 'Compute dtype override (e.g. bfloat16), if the config has one.')
+flags.DEFINE_string('dtype', None, 'Compute dtype (config.train.compute_dtype), e.g. bfloat16.')
 FLAGS = flags.FLAGS
 
 
@@ -28,7 +28,7 @@ def main(argv):
 
   overrides = {'train.batch_size': FLAGS.batch}
   if FLAGS.dtype:
-    overrides['model.dtype'] = FLAGS.dtype
+    overrides['train.compute_dtype'] = FLAGS.dtype
   config = common.load_config(FLAGS.config, overrides)
   exp = Experiment.from_config(config)
   state = exp.init_state()

@@ -75,6 +75,18 @@ def get_config() -> ml_collections.ConfigDict:
   # Split each batch into this many micro-batches, averaging their gradients (lax.scan in the
   # jitted step): the same update as the full batch with 1/grad_accum_steps of the activations.
   train.grad_accum_steps = 1
+  # Mixed precision: 'bfloat16' runs the network's convolutions, matmuls and attention in
+  # bf16; parameters, gradients, Adam state, EMA, GroupNorm and softmax stay float32.
+  train.compute_dtype = 'float32'
+  # Train steps per dispatch (one jitted lax.scan over this many batches): fewer host round
+  # trips for small models on fast accelerators. Logging, checkpoints, samples and evaluation
+  # happen at the end of the dispatch that reaches their step.
+  train.steps_per_dispatch = 1
+  # Sum the devices' gradients in a fixed order (all-gather, then add in device order) instead
+  # of an all-reduce, whose order depends on the collective's implementation: the parameters
+  # are then bitwise independent of how the devices are split into processes. Needs
+  # mesh_shape (-1, 1); costs memory and bandwidth, so it is for reproducibility checks.
+  train.exact_reduction = False
   train.seed = 0
   train.num_sample_grid = 64  # Images in each training-time sample grid.
   train.label_dropout = 0.1  # Class-conditional models: P(label -> null) for guidance.

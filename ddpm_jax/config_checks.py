@@ -118,3 +118,7 @@ def _validate_parallelism(config) -> None:
            t.get('preemption_every'), '>= 0 (0 disables the preemption checkpoint stream)')
   _require(isinstance(config.model.get('remat', False), bool), 'model.remat',
            config.model.get('remat'), 'True or False')
+  k = t.get('steps_per_dispatch', 1)
+  _require(isinstance(k, int) and k >= 1, 'train.steps_per_dispatch', k, 'an integer >= 1')
+  _require(t.get('compute_dtype', 'float32') in ('float32', 'bfloat16', 'float16'),
+           'train.compute_dtype', t.get('compute_dtype'), "'float32', 'bfloat16' or 'float16'")

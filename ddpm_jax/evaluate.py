@@ -204,6 +204,30 @@ def protocol(config) -> str:
           f'{ev.reference_split} split')
 
 
+def save_bpd_terms(workdir: str, step: int, terms, row: dict) -> tuple[str, str]:
+  """The per-term bits/dim of eq. 5 at `step`: `bpd_terms_stepN.npz` (`terms[t]` = L_t for
+  t = 0 (the decoder L_0) .. T-1, and the prior L_T) and a plot of L_t against t,
+  `bpd_terms_stepN.png`, showing where the bound's bits go."""
+  from matplotlib.figure import Figure
+  terms = np.asarray(terms, np.float64)
+  stem = os.path.join(workdir, f'bpd_terms_step{step:08d}')
+  np.savez(stem + '.npz', terms=terms, prior=row.get('prior_bpd', np.nan),
+           total=row['bpd'], examples=row.get('bpd_examples', 0))
+  fig = Figure(figsize=(7, 4), layout='constrained')
+  ax = fig.add_subplot()
+  ax.plot(np.arange(len(terms)), terms, linewidth=1.2)
+  ax.set_yscale('log')
+  ax.set_xlabel('t (0 = decoder L_0)')
+  ax.set_ylabel('bits/dim of L_t')
+  ax.set_title(f'step {step}: total {row["bpd"]:.4g} bits/dim = prior '
+               f'{row.get("prior_bpd", float("nan")):.2g} + decoder '
+               f'{row.get("decoder_bpd", float("nan")):.3g} + KL terms '
+               f'{row.get("kl_terms_bpd", float("nan")):.4g}', fontsize='small')
+  ax.grid(True, which='both', alpha=0.3)
+  fig.savefig(stem + '.png', dpi=100)
+  return stem + '.npz', stem + '.png'
+
+
 def append_csv(path: str, row: dict) -> None:
   new = not os.path.exists(path)
   with open(path, 'a', newline='') as f:
@@ -262,6 +286,8 @@ def eval_job(config, workdir: str, experiment: Experiment | None = None,
       done.add(step)
       if is_main:
         append_csv(csv_path, row)
+        if 'bpd' in row:
+          save_bpd_terms(workdir, step, evaluator.last_bpd_terms, row)
         _save_state(state_path, {'done': sorted(done)})
         print('eval ' + ' '.join(f'{k}={v:.5g}' if isinstance(v, float) else f'{k}={v}'
                                  for k, v in row.items()), flush=True)

@@ -3,9 +3,10 @@
 Public API (the training loop and the evaluation code depend on these names):
 
 * `create_train_iterator(data_config, global_batch_size, seed, start_step=0, process_index=0,
-  process_count=1)` -> `TrainIterator`: an infinite iterator of float32 batches
+  process_count=1, num_classes=0)` -> `TrainIterator`: an infinite iterator of float32 batches
   `(global_batch_size // process_count, image_size, image_size, channels)` in [-1, 1], with
-  `get_batch(step)` to compute the batch of any step directly.
+  `get_batch(step)` to compute the batch of any step directly. With `num_classes > 0` (a
+  class-conditional model) each batch is a dict `{'image': ..., 'label': int32 (B,)}`.
 * `load_split(data_config, split, max_examples=None)` -> uint8 `(N, H, W, C)` preprocessed
   images (crop / resize / pad and channel conversion, no flip), in dataset order.
 * `dataset_info(data_config)` -> dict with `num_examples` and `image_shape` (cheap).
@@ -134,6 +135,11 @@ _FLIP_STREAM = 1
 
 class DatasetError(RuntimeError):
   """A dataset is missing, unprepared, corrupt or misconfigured; the message says what to do."""
+
+
+_NO_LABELS = ('config.model.num_classes > 0 (a class-conditional model) needs a dataset with '
+              'labels, and this one has none (an image folder, celeb_a_hq, lsun): set '
+              'config.model.num_classes=0.')
 
 
 def _cfg(data_config, name: str, default: Any) -> Any:
@@ -685,8 +691,14 @@ class TrainIterator(Iterator[np.ndarray]):
   def __init__(self, source, *, global_batch_size: int, seed: int, image_size: int,
                channels: int, random_flip: bool = True, start_step: int = 0,
                process_index: int = 0, process_count: int = 1,
-               num_workers: Optional[int] = None, prefetch: Optional[int] = None):
+               num_workers: Optional[int] = None, prefetch: Optional[int] = None,
+               num_classes: int = 0):
     _check_sharding(global_batch_size, process_index, process_count)
+    if int(num_classes) < 0:
+      raise ValueError(f'num_classes must be >= 0, got {num_classes}.')
+    self.num_classes = int(num_classes)
+    if self.num_classes and isinstance(source, ArraySource) and source.labels is None:
+      raise DatasetError(_NO_LABELS)
     if int(seed) < 0:
       raise ValueError(f'seed must be >= 0, got {seed}.')
     if int(start_step) < 0:
@@ -758,23 +770,50 @@ class TrainIterator(Iterator[np.ndarray]):
     mask = flip_mask(self.seed, step, self.global_batch_size)
     return mask[self._offset:self._offset + self.local_batch_size]
 
-  def get_uint8_batch(self, step: int) -> np.ndarray:
-    """This process's batch `step` as uint8 (B / P, S, S, C), flips applied."""
+  def _uint8_and_labels(self, step: int) -> tuple[np.ndarray, Optional[np.ndarray]]:
     if step < 0:
       raise ValueError(f'step must be >= 0, got {step}.')
     idx = self.example_indices(step)
-    if self._images is not None:
-      batch = self._images[idx]
-    elif self._raw is not None:
-      batch = preprocess_images(self._raw[idx], self.image_size, self.channels)
+    labels = None
+    if self._images is not None or self._raw is not None:
+      if self._images is not None:
+        batch = self._images[idx]
+      else:
+        batch = preprocess_images(self._raw[idx], self.image_size, self.channels)
+      if self.num_classes:
+        labels = np.asarray(self.source.labels)[idx]
     else:
-      batch = np.stack([preprocess_image(self.source[i][0], self.image_size, self.channels)
-                        for i in idx])
-    return flip_images(batch, self.flips(step))
+      examples = [self.source[i] for i in idx]
+      batch = np.stack([preprocess_image(im, self.image_size, self.channels)
+                        for im, _ in examples])
+      if self.num_classes:
+        if any(lab is None for _, lab in examples):
+          raise DatasetError(_NO_LABELS)
+        labels = np.array([lab for _, lab in examples], np.int64)
+    if labels is not None:
+      labels = self._check_labels(labels)
+    return flip_images(batch, self.flips(step)), labels
 
-  def get_batch(self, step: int) -> np.ndarray:
-    """This process's batch `step`: float32 (B / P, S, S, C) in [-1, 1]."""
-    return to_float(self.get_uint8_batch(step))
+  def _check_labels(self, labels: np.ndarray) -> np.ndarray:
+    bad = (labels < 0) | (labels >= self.num_classes)
+    if np.any(bad):
+      raise DatasetError(
+          f'Label {int(labels[bad][0])} is outside [0, {self.num_classes}): set '
+          f'config.model.num_classes to the number of classes of the dataset.')
+    return labels.astype(np.int32)
+
+  def get_uint8_batch(self, step: int) -> np.ndarray:
+    """This process's batch `step` as uint8 (B / P, S, S, C), flips applied."""
+    return self._uint8_and_labels(step)[0]
+
+  def get_batch(self, step: int):
+    """This process's batch `step`: float32 (B / P, S, S, C) in [-1, 1]; for a
+    class-conditional iterator (`num_classes > 0`) the dict `{'image': that, 'label': int32
+    (B / P,)}`."""
+    images, labels = self._uint8_and_labels(step)
+    if labels is None:
+      return to_float(images)
+    return {'image': to_float(images), 'label': labels}
 
   def __iter__(self) -> 'TrainIterator':
     return self
@@ -828,10 +867,13 @@ class TrainIterator(Iterator[np.ndarray]):
 
 
 def create_train_iterator(data_config, global_batch_size: int, seed: int, start_step: int = 0,
-                          process_index: int = 0, process_count: int = 1) -> TrainIterator:
+                          process_index: int = 0, process_count: int = 1,
+                          num_classes: int = 0) -> TrainIterator:
   """This process's infinite stream of training batches of `config.data.split`, from step
-  `start_step` on: float32 (global_batch_size // process_count, S, S, C) in [-1, 1]. Use
-  `.get_batch(step)` for a given step's batch. See the module docstring for the order."""
+  `start_step` on: float32 (global_batch_size // process_count, S, S, C) in [-1, 1], or with
+  `num_classes > 0` dicts `{'image': that, 'label': int32 (B / P,)}` (labels checked to lie in
+  [0, num_classes)). Use `.get_batch(step)` for a given step's batch. See the module docstring
+  for the order."""
   _check_sharding(global_batch_size, process_index, process_count)
   source = open_source(data_config, _cfg(data_config, 'split', 'train') or 'train')
   return TrainIterator(
@@ -839,7 +881,7 @@ def create_train_iterator(data_config, global_batch_size: int, seed: int, start_
       image_size=int(_cfg(data_config, 'image_size', 32)),
       channels=int(_cfg(data_config, 'channels', 3)),
       random_flip=bool(_cfg(data_config, 'random_flip', True)), start_step=start_step,
-      process_index=process_index, process_count=process_count)
+      process_index=process_index, process_count=process_count, num_classes=num_classes)
 
 
 def load_split(data_config, split: str, max_examples: Optional[int] = None) -> np.ndarray:

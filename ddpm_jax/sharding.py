@@ -80,6 +80,12 @@ def batch_sharding(mesh) -> NamedSharding:
   return NamedSharding(mesh, P(axes))
 
 
+def stacked_batch_sharding(mesh) -> NamedSharding:
+  """Several batches stacked on a leading (step) axis: the second axis split like a batch."""
+  axes = tuple(a for a in BATCH_AXES if a in mesh.shape)
+  return NamedSharding(mesh, P(None, axes))
+
+
 def fsdp_spec(shape: Sequence[int], fsdp: int) -> P:
   """The partition of an array of `shape` over an `fsdp` axis of size `fsdp`: its largest axis
   divisible by `fsdp` (the first one on ties), or replicated if none is (or `fsdp` is 1)."""
@@ -116,7 +122,7 @@ def check_divisible(global_batch: int, mesh, what: str = 'config.train.batch_siz
         f'batch size that is a multiple of {grad_accum_steps * n_dev}.')
 
 
-def global_batch_from_local(local: np.ndarray, mesh) -> jax.Array:
+def global_batch_from_local(local, mesh, stacked: bool = False):
   """Assemble each process's slice of the batch into one global array split over the devices.
 
   Each process passes the rows it read (`global_batch // process_count` of them, as produced
@@ -126,6 +132,17 @@ def global_batch_from_local(local: np.ndarray, mesh) -> jax.Array:
   devices by the physical topology, and then the rows are a permutation of that concatenation:
   the same examples, the same mean loss).
   """
-  sharding = batch_sharding(mesh)
-  global_shape = (local.shape[0] * jax.process_count(),) + local.shape[1:]
-  return jax.make_array_from_process_local_data(sharding, local, global_shape)
+  if stacked:  # (steps, local batch, ...): the batch is the second axis.
+    sharding = stacked_batch_sharding(mesh)
+
+    def assemble(x):
+      global_shape = (x.shape[0], x.shape[1] * jax.process_count()) + x.shape[2:]
+      return jax.make_array_from_process_local_data(sharding, x, global_shape)
+  else:
+    sharding = batch_sharding(mesh)
+
+    def assemble(x):
+      global_shape = (x.shape[0] * jax.process_count(),) + x.shape[1:]
+      return jax.make_array_from_process_local_data(sharding, x, global_shape)
+  # A labelled batch {'image', 'label'}: every leaf is split the same way along its rows.
+  return jax.tree.map(assemble, local)

@@ -142,10 +142,13 @@ def train_and_evaluate(config, workdir: str, experiment: Experiment | None = Non
   # Input.
   batches = input_pipeline.create_train_iterator(
       config.data, tcfg.batch_size, tcfg.seed, start_step=start_step,
-      process_index=jax.process_index(), process_count=jax.process_count())
+      process_index=jax.process_index(), process_count=jax.process_count(),
+      num_classes=int(config.model.get('num_classes', 0)))
 
   # Update.
   train_step = experiment.jitted_train_step()
+  k_dispatch = int(tcfg.get('steps_per_dispatch', 1))
+  multi_step = experiment.jitted_train_steps(k_dispatch) if k_dispatch > 1 else None
   grid_fn = None
   sample_experiment = _sampling_experiment(experiment)
   if tcfg.sample_every > 0:
@@ -180,6 +183,9 @@ def train_and_evaluate(config, workdir: str, experiment: Experiment | None = Non
                  'train/grad_norm': last_metrics['grad_norm'], 'train/lr': last_metrics['lr'],
                  'perf/steps_per_sec': steps_per_sec,
                  'perf/images_per_sec': steps_per_sec * tcfg.batch_size}
+      # The objective's parts (hybrid: mse and vlb), as of the last step of the window.
+      scalars.update({f'train/{k}': v for k, v in last_metrics.items()
+                      if k not in ('loss', 'grad_norm', 'lr')})
       writer.write_scalars(step_done, scalars)
       summary.update(loss=scalars['train/loss'], steps_per_sec=steps_per_sec)
       window_losses.clear()
@@ -189,35 +195,58 @@ def train_and_evaluate(config, workdir: str, experiment: Experiment | None = Non
              disable=not (progress and is_main), dynamic_ncols=True, mininterval=1.0)
   step = start_step
   stopped_by = None
+
+  def consume_all(pending_steps) -> None:
+    """Metrics of dispatched steps, fetched late: [(first step, metrics, n)], stacked if n > 1."""
+    for first, metrics, n in pending_steps:
+      if n == 1:
+        consume(first, metrics)
+      else:
+        metrics = jax.device_get(metrics)
+        for i in range(n):
+          consume(first + i, {k: v[i] for k, v in metrics.items()})
+
+  def crossed(every: int, n: int) -> bool:
+    """Whether the last dispatch (steps step-n+1 .. step) reached a multiple of `every`."""
+    return bool(every) and step // every > (step - n) // every
+
   try:
     with stop_on_signals() as stop:
       while step < tcfg.num_steps:
-        batch = sharding.global_batch_from_local(next(batches), mesh)
-        state, metrics = train_step(state, batch)
+        # k steps per dispatch (lax.scan) while k whole steps remain, else one at a time.
+        n = k_dispatch if (k_dispatch > 1 and step + k_dispatch <= tcfg.num_steps) else 1
+        if n == 1:
+          batch = sharding.global_batch_from_local(next(batches), mesh)
+          state, metrics = train_step(state, batch)
+        else:
+          local = [next(batches) for _ in range(n)]
+          stacked = jax.tree.map(lambda *xs: np.stack(xs), *local)
+          batch = sharding.global_batch_from_local(stacked, mesh, stacked=True)
+          state, metrics = multi_step(state, batch)
         if pending is not None:
-          consume(*pending)
-        pending = (step + 1, metrics)
-        step += 1
-        steps_in_window += 1
-        bar.update(1)
+          consume_all(pending)
+        pending = [(step + 1, metrics, n)]
+        step += n
+        steps_in_window += n
+        bar.update(n)
         if last_metrics:
           bar.set_postfix(loss=f'{last_metrics["loss"]:.4f}', refresh=False)
 
         saved = False
-        if step % tcfg.checkpoint_every == 0 or step == tcfg.num_steps:
-          consume(*pending)  # Never checkpoint a state whose loss was not finite.
+        if crossed(tcfg.checkpoint_every, n) or step == tcfg.num_steps:
+          consume_all(pending)  # Never checkpoint a state whose loss was not finite.
           pending = None
           saved = checkpointer.save(step, state)
-        elif preemption_every and step % preemption_every == 0:
-          consume(*pending)
+        elif crossed(preemption_every, n):
+          consume_all(pending)
           pending = None
           saved = checkpointer.save_preemption(step, state)
-        if grid_fn is not None and (step % tcfg.sample_every == 0 or step == tcfg.num_steps):
+        if grid_fn is not None and (crossed(tcfg.sample_every, n) or step == tcfg.num_steps):
           path = _sample_grid(sample_experiment, grid_fn, state, step, workdir, writer)
           if path:
             summary['samples'].append(path)
             bar.write(f'step {step}: sample grid {path}')
-        if evaluator is not None and (step % config.eval.eval_every == 0 or
+        if evaluator is not None and (crossed(config.eval.eval_every, n) or
                                       step == tcfg.num_steps):
           row = _evaluate(evaluator, sample_experiment, state, step, workdir, writer)
           bar.write(f'step {step}: eval ' + ', '.join(
@@ -227,7 +256,7 @@ def train_and_evaluate(config, workdir: str, experiment: Experiment | None = Non
           stopped_by = (signal.Signals(stop['signal']).name if stop['signal'] is not None
                         else 'signal to another process')
           if pending is not None:
-            consume(*pending)
+            consume_all(pending)
             pending = None
           if not saved:
             checkpointer.save_preemption(step, state)
@@ -239,7 +268,7 @@ def train_and_evaluate(config, workdir: str, experiment: Experiment | None = Non
                             stopped_by)
           break
       if pending is not None:
-        consume(*pending)
+        consume_all(pending)
   finally:
     bar.close()
     checkpointer.close()

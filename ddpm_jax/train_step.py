@@ -120,8 +120,44 @@ def accumulated_value_and_grad(loss_fn, params, per_example, key, num_micro: int
           jax.tree.map(lambda g: g / num_micro, grad_sum))
 
 
+def exact_value_and_grad(loss_fn, params, per_example, key, num_micro: int, mesh):
+  """`accumulated_value_and_grad` with the sum over devices in a fixed order, so that the
+  result does not depend on how the devices are split into processes (`config.train.
+  exact_reduction`).
+
+  An all-reduce adds the devices' partial gradients in an order that depends on the
+  collective's implementation: within one process XLA sums them one way, across processes gloo
+  or NCCL another, and float addition is not associative. Here each device computes its
+  shard's mean loss and gradient (`shard_map`), the per-device results are all-gathered (a copy,
+  no arithmetic) and every device adds them up in device order. The batch must be split in
+  equal contiguous blocks over the mesh's batch axes with parameters replicated (no `fsdp`).
+  Costs one parameter-sized buffer per device in memory and an all-gather instead of an
+  all-reduce. Dropout keys are folded with the device index.
+  """
+  from jax.sharding import PartitionSpec as P
+  axes = tuple(a for a in ('data', 'fsdp') if a in mesh.shape)
+  n = 1
+  for a in axes:
+    n *= mesh.shape[a]
+
+  def local(params, per_example, key):
+    index = jax.lax.axis_index(axes)
+    (loss, aux), grads = accumulated_value_and_grad(
+        loss_fn, params, per_example, jax.random.fold_in(key, index), num_micro)
+    all_loss, all_grads = jax.lax.all_gather((loss, grads), axes)
+    # Mean over equal shards = sum of the shards' means / n, added up in device order.
+    total = lambda x: jnp.sum(x, axis=0) / n
+    return (total(all_loss), aux), jax.tree.map(total, all_grads)
+
+  batch_spec = P(axes)
+  return jax.shard_map(local, mesh=mesh, in_specs=(P(), batch_spec, P()),
+                       out_specs=((P(), batch_spec), P()), check_vma=False)(
+                           params, per_example, key)
+
+
 def make_train_step(model, tx: optax.GradientTransformation, schedule: Schedule,
-                    config) -> Callable[[TrainState, jax.Array], tuple[TrainState, dict]]:
+                    config, mesh=None) -> Callable[[TrainState, jax.Array],
+                                                   tuple[TrainState, dict]]:
   """`train_step(state, batch) -> (state, metrics)` for batches of images in [-1, 1] (or dicts
   {'image', 'label'} for a class-conditional model, see `split_batch`).
 
@@ -142,6 +178,9 @@ def make_train_step(model, tx: optax.GradientTransformation, schedule: Schedule,
   ema_decay = config.optim.ema_decay
   lr_fn = learning_rate_schedule(config.optim)
   grad_accum_steps = int(config.train.get('grad_accum_steps', 1))
+  exact = bool(config.train.get('exact_reduction', False))
+  if exact and mesh is None:
+    raise ValueError('config.train.exact_reduction needs the mesh (make_train_step(..., mesh)).')
 
   def train_step(state: TrainState, batch: jax.Array):
     rng = jax.random.fold_in(state.rng, state.step)
@@ -172,9 +211,13 @@ def make_train_step(model, tx: optax.GradientTransformation, schedule: Schedule,
       losses = terms['loss'] if weights is None else terms['loss'] * weights
       return jnp.mean(losses), terms
 
-    (loss, terms), grads = accumulated_value_and_grad(
-        loss_fn, state.params, (xt, t, x0, noise, model_args, weights), key_dropout,
-        grad_accum_steps)
+    per_example = (xt, t, x0, noise, model_args, weights)
+    if exact:
+      (loss, terms), grads = exact_value_and_grad(loss_fn, state.params, per_example,
+                                                  key_dropout, grad_accum_steps, mesh)
+    else:
+      (loss, terms), grads = accumulated_value_and_grad(loss_fn, state.params, per_example,
+                                                        key_dropout, grad_accum_steps)
     updates, opt_state = tx.update(grads, state.opt_state, state.params)
     params = optax.apply_updates(state.params, updates)
     new_state = state.replace(

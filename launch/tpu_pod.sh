@@ -81,7 +81,8 @@ case "$action" in
     shift 2
     args=(--config="$config" --workdir="$workdir" --distributed)
     add_overrides launch/tpu_pod.sh "$@"
-    on_all_workers "cd $REMOTE_DIR && .venv/bin/python -m ddpm_jax.main $(printf '%q ' "${args[@]}")"
+    # DDPM_MODULE=ddpm_jax.sweep: one sweep member (`ddpm_jax.sweep --launcher=tpu` prints these).
+    on_all_workers "cd $REMOTE_DIR && .venv/bin/python -m ${DDPM_MODULE:-ddpm_jax.main} $(printf '%q ' "${args[@]}")"
     ;;
   ssh)
     [ $# -ge 1 ] || usage

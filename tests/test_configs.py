@@ -16,6 +16,7 @@ EXPECTED = {
     'lsun_church256': 113_673_219,
     'flowers102': 63_151_235,
     'fashion_mnist': 1_112_801,
+    'fashion_mnist_cond': 1_114_209,  # + the label embedding, 11 rows (10 + null) x 4 ch.
 }
 
 

@@ -46,6 +46,13 @@ def test_eval_job_evaluates_each_checkpoint_once_and_resumes(trained, capsys):
   assert 'protocol: EMA params; bits/dim on fashion_mnist/test' in capsys.readouterr().out
   assert [r['step'] for r in _rows(workdir)] == ['1', '2']
   assert json.load(open(os.path.join(workdir, evaluate.STATE_NAME))) == {'done': [1, 2]}
+  # Per-term bits/dim of each step: T terms (L_0 .. L_{T-1}) that add up to the row's total.
+  with np.load(os.path.join(workdir, 'bpd_terms_step00000002.npz')) as f:
+    terms = f['terms']
+    assert terms.shape == (config.diffusion.num_timesteps,) and np.all(terms >= 0)
+    assert terms.sum() + float(f['prior']) == pytest.approx(rows[1]['bpd'], rel=1e-5)
+  from PIL import Image
+  assert Image.open(os.path.join(workdir, 'bpd_terms_step00000002.png')).size == (700, 400)
   # A second run (e.g. after a kill) evaluates nothing again.
   assert evaluate.eval_job(config, workdir, exp, progress=False) == []
   assert len(_rows(workdir)) == 2

@@ -368,3 +368,66 @@ def test_tfds_source_with_mock_data():
     flowers = ip.load_split(data_config(dataset='oxford_flowers102', image_size=16), 'train',
                             max_examples=3)
     assert flowers.shape == (3, 16, 16, 3)
+
+
+# --------------------------------------------------------------------------------------------
+# Labelled batches (class-conditional models).
+
+
+def _labelled_source(n=30, num_classes=5, seed=0):
+  rng = np.random.default_rng(seed)
+  return ip.ArraySource(rng.integers(0, 256, (n, 8, 8, 1), np.uint8),
+                        rng.integers(0, num_classes, (n,)))
+
+
+def test_labelled_batches_carry_each_example_its_own_label():
+  src = _labelled_source()
+  kw = dict(global_batch_size=8, seed=3, image_size=8, channels=1)
+  plain = ip.TrainIterator(src, **kw)
+  labelled = ip.TrainIterator(src, num_classes=5, **kw)
+  for step in (0, 3, 7):  # Step 3 crosses an epoch boundary (30 examples, batch 8).
+    batch = labelled.get_batch(step)
+    assert set(batch) == {'image', 'label'} and batch['label'].dtype == np.int32
+    np.testing.assert_array_equal(batch['image'], plain.get_batch(step))
+    np.testing.assert_array_equal(batch['label'], src.labels[labelled.example_indices(step)])
+  # next() yields the same dicts; process slices of the labels concatenate to the global ones.
+  np.testing.assert_array_equal(next(iter(labelled))['label'], labelled.get_batch(0)['label'])
+  halves = [ip.TrainIterator(src, num_classes=5, process_index=p, process_count=2, **kw)
+            .get_batch(5)['label'] for p in range(2)]
+  np.testing.assert_array_equal(np.concatenate(halves), labelled.get_batch(5)['label'])
+
+
+def test_labelled_batches_of_streaming_sources_match_in_memory_ones():
+  src = _labelled_source()
+
+  class Streaming:  # Any random-access source: (image, label) per index.
+    def __len__(self):
+      return len(src)
+
+    def __getitem__(self, i):
+      return src[i]
+
+  kw = dict(global_batch_size=8, seed=3, image_size=8, channels=1, num_classes=5)
+  with ip.TrainIterator(Streaming(), **kw) as stream:
+    a, b = next(stream), ip.TrainIterator(src, **kw).get_batch(0)
+  np.testing.assert_array_equal(a['label'], b['label'])
+  np.testing.assert_array_equal(a['image'], b['image'])
+
+
+def test_labels_missing_or_out_of_range_are_clear_errors():
+  kw = dict(global_batch_size=8, seed=0, image_size=8, channels=1)
+  unlabelled = ip.ArraySource(np.zeros((10, 8, 8, 1), np.uint8))
+  with pytest.raises(ip.DatasetError, match='num_classes=0'):
+    ip.TrainIterator(unlabelled, num_classes=10, **kw)
+  with pytest.raises(ip.DatasetError, match=r'outside \[0, 3\)'):
+    ip.TrainIterator(_labelled_source(num_classes=5), num_classes=3, **kw).get_batch(0)
+
+
+def test_fashion_mnist_train_iterator_yields_its_labels():
+  cfg = default.get_config().data
+  cfg.dataset, cfg.image_size, cfg.channels = 'fashion_mnist', 32, 1
+  it = ip.create_train_iterator(cfg, 16, seed=0, num_classes=10)
+  batch = it.get_batch(0)
+  _, labels = ip.load_fashion_mnist(ip.find_fashion_mnist_dir(), 'train')
+  np.testing.assert_array_equal(batch['label'], labels[it.example_indices(0)])
+  assert batch['image'].shape == (16, 32, 32, 1)

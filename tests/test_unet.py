@@ -27,7 +27,10 @@ def small_config(**model_overrides):
   config.model.num_groups = 4
   config.model.dropout = 0.0
   for k, v in model_overrides.items():
-    config.model[k] = v
+    if k == 'dtype':  # The compute dtype lives in the train group.
+      config.train.compute_dtype = v
+    else:
+      config.model[k] = v
   return config
 
 
@@ -111,7 +114,7 @@ def test_param_count_256():
 
 def test_params_are_float32_and_named():
   config = get_config()
-  config.model.dtype = 'bfloat16'
+  config.train.compute_dtype = 'bfloat16'
   shapes = param_shapes(config)
   assert {leaf.dtype for leaf in jax.tree_util.tree_leaves(shapes)} == {jnp.dtype('float32')}
   # Attention only at 16x16 (level 1) and in the middle.
@@ -344,7 +347,6 @@ def test_resampling_matches_numpy():
     ({}, {'ch': 64, 'ch_mult': (1, 2, 3), 'num_groups': 128}, 'num_groups'),
     ({}, {'attn_resolutions': (12,)}, 'attn_resolutions'),  # resolutions are 32,16,8,4
     ({}, {'attn_resolutions': (2,)}, 'attn_resolutions'),
-    ({}, {'dtype': 'float64'}, 'dtype'),
     ({}, {'dropout': 1.0}, 'dropout'),
 ])
 def test_invalid_configs_raise(data_overrides, model_overrides, key):
@@ -354,6 +356,13 @@ def test_invalid_configs_raise(data_overrides, model_overrides, key):
   for k, v in model_overrides.items():
     config.model[k] = v
   with pytest.raises(ValueError, match=key):
+    create_model(config)
+
+
+def test_invalid_compute_dtype_raises():
+  config = get_config()
+  config.train.compute_dtype = 'float64'
+  with pytest.raises(ValueError, match="config.train.compute_dtype must be one of.*'float64'"):
     create_model(config)
 
 

@@ -178,9 +178,16 @@ def _validate(config) -> None:
         f'len(config.model.ch_mult)={len(ch_mult)}).')
   if m.get('num_classes', 0) < 0:
     raise ValueError(f'config.model.num_classes must be >= 0, got {m.num_classes}.')
-  dtype = m.get('dtype', 'float32')
+  dtype = compute_dtype_name(config)
   if dtype not in _DTYPES:
-    raise ValueError(f'config.model.dtype must be one of {sorted(_DTYPES)}, got {dtype!r}.')
+    raise ValueError(f'config.train.compute_dtype must be one of {sorted(_DTYPES)}, got '
+                     f'{dtype!r}.')
+
+
+def compute_dtype_name(config) -> str:
+  """`config.train.compute_dtype` (float32 when the config has no train group)."""
+  train = config.get('train') or {}
+  return train.get('compute_dtype', 'float32')
 
 
 def create_model(config) -> UNet:
@@ -202,7 +209,7 @@ def create_model(config) -> UNet:
       dropout=float(m.dropout),
       num_groups=int(m.num_groups),
       resamp_with_conv=bool(m.resamp_with_conv),
-      dtype=_DTYPES[m.get('dtype', 'float32')],
+      dtype=_DTYPES[compute_dtype_name(config)],
       num_classes=int(m.get('num_classes', 0)),
       remat=bool(m.get('remat', False)),
   )
