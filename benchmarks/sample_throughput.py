@@ -19,11 +19,16 @@ flags.DEFINE_integer('batch', 8, 'Images per chain.')
 flags.DEFINE_integer('steps', 1000, 'Length of the chain (num_timesteps of the schedule).')
 flags.DEFINE_integer('repeats', 3, 'Timed chains.')
 flags.DEFINE_integer('forward_repeats', 20, 'Timed bare forward passes.')
+flags.DEFINE_enum('cpu_preset', 'inference', ['train', 'inference', 'none'],
+                  'XLA:CPU preset (ddpm_jax/xla_flags.py; none = XLA defaults), as the CLI uses '
+                  'for this job.')
 FLAGS = flags.FLAGS
 
 
 def main(argv):
   del argv
+  from ddpm_jax import xla_flags  # Before JAX creates its CPU client.
+  xla_flags.apply_cpu_preset(FLAGS.cpu_preset)
   import jax
   import jax.numpy as jnp
   from ddpm_jax import sampling
@@ -54,7 +59,7 @@ def main(argv):
   per_step = chain_med / FLAGS.steps
   peak = common.matmul_peak_gflops()
   head = (f'config={FLAGS.config} batch={FLAGS.batch} device={common.device_name()} '
-          f'jax={jax.__version__} |')
+          f'jax={jax.__version__} cpu_preset={FLAGS.cpu_preset} |')
   print(f'sample_chain {head} {FLAGS.batch / chain_med:.3f} images/s, {FLAGS.steps}-step chain '
         f'{chain_med:.2f} s (n={len(chain_t)}), {per_step * 1e3:.1f} ms/step, compile '
         f'{compile_s:.1f} s, peak host mem {common.peak_host_memory_gib():.2f} GiB, device mem '

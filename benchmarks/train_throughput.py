@@ -17,11 +17,16 @@ flags.DEFINE_integer('batch', 8, 'Global batch size.')
 flags.DEFINE_integer('steps', 10, 'Timed steps after warm-up.')
 flags.DEFINE_integer('warmup', 2, 'Untimed steps after compilation.')
 flags.DEFINE_string('dtype', None, 'Compute dtype (config.train.compute_dtype), e.g. bfloat16.')
+flags.DEFINE_enum('cpu_preset', 'train', ['train', 'inference', 'none'],
+                  'XLA:CPU preset (ddpm_jax/xla_flags.py; none = XLA defaults), as the CLI uses '
+                  'for this job.')
 FLAGS = flags.FLAGS
 
 
 def main(argv):
   del argv
+  from ddpm_jax import xla_flags  # Before JAX creates its CPU client.
+  xla_flags.apply_cpu_preset(FLAGS.cpu_preset)
   import jax
   import jax.numpy as jnp
   from ddpm_jax.experiment import Experiment
@@ -52,7 +57,8 @@ def main(argv):
   achieved = flops / med / 1e9 if flops else float('nan')
   peak = common.matmul_peak_gflops()
   print(f'train_throughput config={FLAGS.config} batch={FLAGS.batch} '
-        f'params={exp.num_params():,} device={common.device_name()} jax={jax.__version__} | '
+        f'params={exp.num_params():,} device={common.device_name()} jax={jax.__version__} '
+        f'cpu_preset={FLAGS.cpu_preset} | '
         f'{FLAGS.batch / med:.2f} images/s, {1 / med:.3f} steps/s, step {common.spread(times)} '
         f'over {len(times)} steps, compile {compile_s:.1f} s, '
         f'peak host mem {common.peak_host_memory_gib():.2f} GiB, '

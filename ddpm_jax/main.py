@@ -27,7 +27,7 @@ FLAGS = flags.FLAGS
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f'Unexpected arguments: {" ".join(argv[1:])}')
-  runtime.setup()
+  runtime.setup('train' if FLAGS.mode == 'train' else 'inference')
 
   if FLAGS.mode == 'train':
     from ddpm_jax import train

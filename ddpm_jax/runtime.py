@@ -16,13 +16,19 @@ flags.DEFINE_string('coordinator_address', None,
 flags.DEFINE_integer('num_processes', None, 'Number of processes (with --coordinator_address).')
 flags.DEFINE_integer('process_id', None, 'This process, 0..num_processes-1 (with '
                      '--coordinator_address).')
+flags.DEFINE_enum('cpu_preset', 'auto', ['auto', 'train', 'inference', 'none'],
+                  'XLA:CPU compilation settings (ddpm_jax/xla_flags.py): auto = train for '
+                  'training, inference for sampling and evaluation; none = XLA defaults.')
 FLAGS = flags.FLAGS
 
 
-def setup() -> None:
-  """Quiet logging unless --verbosity was given, jax.distributed when asked for, the persistent
-  XLA cache, and TensorFlow (if installed for tfds) kept off the accelerators."""
+def setup(job: str = 'train') -> None:
+  """Quiet logging unless --verbosity was given, the XLA:CPU preset for `job` (train |
+  inference), jax.distributed when asked for, the persistent XLA cache, and TensorFlow (if
+  installed for tfds) kept off the accelerators."""
   import os
+  from ddpm_jax import xla_flags
+  xla_flags.apply_cpu_preset(job if FLAGS.cpu_preset == 'auto' else FLAGS.cpu_preset)
   if not FLAGS['verbosity'].present:  # Orbax logs every save at INFO; keep the console readable.
     logging.set_verbosity(logging.WARNING)
   # Before any other JAX call: the distributed runtime decides which devices this process sees.
