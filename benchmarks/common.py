@@ -10,6 +10,20 @@ import time
 import jax
 import jax.numpy as jnp
 import numpy as np
+from absl import flags
+
+
+def define_cpu_preset_flag(default: str) -> None:
+  """`--cpu_preset`: the XLA:CPU preset a benchmark runs under (as the CLI uses for its job)."""
+  flags.DEFINE_enum('cpu_preset', default, ['train', 'inference', 'none'],
+                    'XLA:CPU preset (ddpm_jax/xla_flags.py; none = XLA defaults), as the CLI '
+                    'uses for this job.')
+
+
+def apply_cpu_preset() -> None:
+  """Puts `--cpu_preset` into XLA_FLAGS; call first in main(), before any JAX computation."""
+  from ddpm_jax import xla_flags
+  xla_flags.apply_cpu_preset(flags.FLAGS.cpu_preset)
 
 
 def load_config(path: str, overrides: dict | None = None):

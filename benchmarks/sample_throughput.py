@@ -19,16 +19,13 @@ flags.DEFINE_integer('batch', 8, 'Images per chain.')
 flags.DEFINE_integer('steps', 1000, 'Length of the chain (num_timesteps of the schedule).')
 flags.DEFINE_integer('repeats', 3, 'Timed chains.')
 flags.DEFINE_integer('forward_repeats', 20, 'Timed bare forward passes.')
-flags.DEFINE_enum('cpu_preset', 'inference', ['train', 'inference', 'none'],
-                  'XLA:CPU preset (ddpm_jax/xla_flags.py; none = XLA defaults), as the CLI uses '
-                  'for this job.')
+common.define_cpu_preset_flag('inference')
 FLAGS = flags.FLAGS
 
 
 def main(argv):
   del argv
-  from ddpm_jax import xla_flags  # Before JAX creates its CPU client.
-  xla_flags.apply_cpu_preset(FLAGS.cpu_preset)
+  common.apply_cpu_preset()  # Before JAX creates its CPU client.
   import jax
   import jax.numpy as jnp
   from ddpm_jax import sampling

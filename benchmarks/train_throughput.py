@@ -17,16 +17,13 @@ flags.DEFINE_integer('batch', 8, 'Global batch size.')
 flags.DEFINE_integer('steps', 10, 'Timed steps after warm-up.')
 flags.DEFINE_integer('warmup', 2, 'Untimed steps after compilation.')
 flags.DEFINE_string('dtype', None, 'Compute dtype (config.train.compute_dtype), e.g. bfloat16.')
-flags.DEFINE_enum('cpu_preset', 'train', ['train', 'inference', 'none'],
-                  'XLA:CPU preset (ddpm_jax/xla_flags.py; none = XLA defaults), as the CLI uses '
-                  'for this job.')
+common.define_cpu_preset_flag('train')
 FLAGS = flags.FLAGS
 
 
 def main(argv):
   del argv
-  from ddpm_jax import xla_flags  # Before JAX creates its CPU client.
-  xla_flags.apply_cpu_preset(FLAGS.cpu_preset)
+  common.apply_cpu_preset()  # Before JAX creates its CPU client.
   import jax
   import jax.numpy as jnp
   from ddpm_jax.experiment import Experiment
