@@ -132,17 +132,12 @@ def global_batch_from_local(local, mesh, stacked: bool = False):
   devices by the physical topology, and then the rows are a permutation of that concatenation:
   the same examples, the same mean loss).
   """
-  if stacked:  # (steps, local batch, ...): the batch is the second axis.
-    sharding = stacked_batch_sharding(mesh)
+  # Stacked batches (steps, local batch, ...) have the batch as their second axis.
+  axis = 1 if stacked else 0
+  sharding = stacked_batch_sharding(mesh) if stacked else batch_sharding(mesh)
 
-    def assemble(x):
-      global_shape = (x.shape[0], x.shape[1] * jax.process_count()) + x.shape[2:]
-      return jax.make_array_from_process_local_data(sharding, x, global_shape)
-  else:
-    sharding = batch_sharding(mesh)
-
-    def assemble(x):
-      global_shape = (x.shape[0] * jax.process_count(),) + x.shape[1:]
-      return jax.make_array_from_process_local_data(sharding, x, global_shape)
+  def assemble(x):
+    global_shape = x.shape[:axis] + (x.shape[axis] * jax.process_count(),) + x.shape[axis + 1:]
+    return jax.make_array_from_process_local_data(sharding, x, global_shape)
   # A labelled batch {'image', 'label'}: every leaf is split the same way along its rows.
   return jax.tree.map(assemble, local)

@@ -162,7 +162,7 @@ def train_and_evaluate(config, workdir: str, experiment: Experiment | None = Non
   summary = {'workdir': workdir, 'start_step': start_step, 'samples': []}
   window_losses, window_start = [], time.perf_counter()
   steps_in_window = 0
-  pending = None  # (step, metrics) of the previous step, fetched one step late.
+  pending = None  # (first step, metrics, n) of the previous dispatch, fetched one late.
   last_metrics = {}
 
   def consume(step_done: int, metrics) -> None:
@@ -196,15 +196,14 @@ def train_and_evaluate(config, workdir: str, experiment: Experiment | None = Non
   step = start_step
   stopped_by = None
 
-  def consume_all(pending_steps) -> None:
-    """Metrics of dispatched steps, fetched late: [(first step, metrics, n)], stacked if n > 1."""
-    for first, metrics, n in pending_steps:
-      if n == 1:
-        consume(first, metrics)
-      else:
-        metrics = jax.device_get(metrics)
-        for i in range(n):
-          consume(first + i, {k: v[i] for k, v in metrics.items()})
+  def consume_all(first: int, metrics, n: int) -> None:
+    """Metrics of one dispatch of `n` steps from step `first`, fetched late (stacked if n > 1)."""
+    if n == 1:
+      consume(first, metrics)
+    else:
+      metrics = jax.device_get(metrics)
+      for i in range(n):
+        consume(first + i, {k: v[i] for k, v in metrics.items()})
 
   def crossed(every: int, n: int) -> bool:
     """Whether the last dispatch (steps step-n+1 .. step) reached a multiple of `every`."""
@@ -224,8 +223,8 @@ def train_and_evaluate(config, workdir: str, experiment: Experiment | None = Non
           batch = sharding.global_batch_from_local(stacked, mesh, stacked=True)
           state, metrics = multi_step(state, batch)
         if pending is not None:
-          consume_all(pending)
-        pending = [(step + 1, metrics, n)]
+          consume_all(*pending)
+        pending = (step + 1, metrics, n)
         step += n
         steps_in_window += n
         bar.update(n)
@@ -234,11 +233,11 @@ def train_and_evaluate(config, workdir: str, experiment: Experiment | None = Non
 
         saved = False
         if crossed(tcfg.checkpoint_every, n) or step == tcfg.num_steps:
-          consume_all(pending)  # Never checkpoint a state whose loss was not finite.
+          consume_all(*pending)  # Never checkpoint a state whose loss was not finite.
           pending = None
           saved = checkpointer.save(step, state)
         elif crossed(preemption_every, n):
-          consume_all(pending)
+          consume_all(*pending)
           pending = None
           saved = checkpointer.save_preemption(step, state)
         if grid_fn is not None and (crossed(tcfg.sample_every, n) or step == tcfg.num_steps):
@@ -256,7 +255,7 @@ def train_and_evaluate(config, workdir: str, experiment: Experiment | None = Non
           stopped_by = (signal.Signals(stop['signal']).name if stop['signal'] is not None
                         else 'signal to another process')
           if pending is not None:
-            consume_all(pending)
+            consume_all(*pending)
             pending = None
           if not saved:
             checkpointer.save_preemption(step, state)
@@ -268,7 +267,7 @@ def train_and_evaluate(config, workdir: str, experiment: Experiment | None = Non
                             stopped_by)
           break
       if pending is not None:
-        consume_all(pending)
+        consume_all(*pending)
   finally:
     bar.close()
     checkpointer.close()
