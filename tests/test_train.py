@@ -184,5 +184,8 @@ def test_several_steps_per_dispatch_match_one_at_a_time(uninterrupted, tmp_path)
                              [l['train/loss'] for l in ref], rtol=1e-5)
   a, _ = _final_state(str(tmp_path), config)
   b, _ = _final_state(workdir, make_tiny_config())
+  # The scan and the single step are compiled separately, so their gradients differ by float
+  # rounding, which Adam's division by sqrt(nu) enlarges for near-zero gradients: atol is 1 %
+  # of one step's largest update (lr = 1e-3).
   for x, y in zip(jax.tree.leaves(a.params), jax.tree.leaves(b.params)):
-    np.testing.assert_allclose(np.asarray(x), np.asarray(y), rtol=1e-4, atol=1e-6)
+    np.testing.assert_allclose(np.asarray(x), np.asarray(y), rtol=1e-4, atol=1e-5)

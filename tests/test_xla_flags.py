@@ -15,7 +15,7 @@ def test_presets_append_their_flags_and_respect_the_users_choice():
   assert xla_flags.apply_cpu_preset('inference', env) == out  # Already chosen: unchanged.
   env = {}
   assert xla_flags.apply_cpu_preset('inference', env) == (
-      '--xla_cpu_experimental_ynn_fusion_type=-individual_convolution,-individual_dot,-reduce')
+      '--xla_cpu_experimental_ynn_fusion_type=-individual_convolution,-individual_dot')
   env = {}
   assert xla_flags.apply_cpu_preset('none', env) == '' and 'XLA_FLAGS' not in env
   with pytest.raises(ValueError, match="Unknown XLA:CPU preset 'fast'"):

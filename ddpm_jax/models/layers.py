@@ -22,6 +22,8 @@ from typing import Any
 import flax.linen as nn
 import jax.numpy as jnp
 
+from ddpm_jax.models.group_norm import group_norm
+
 Dtype = Any
 
 # The paper's `default_init(scale=1.)`: variance scaling, fan_avg, uniform.
@@ -59,23 +61,37 @@ def timestep_embedding(t: jnp.ndarray, dim: int) -> jnp.ndarray:
   return emb
 
 
+class _GroupNormParams(nn.Module):
+  """The per-channel `scale` (ones) and `bias` (zeros) of a GroupNorm, under the same names
+  and shapes as `flax.linen.GroupNorm`'s, so checkpoints are interchangeable."""
+
+  @nn.compact
+  def __call__(self, channels: int):
+    scale = self.param('scale', nn.initializers.ones, (channels,), jnp.float32)
+    bias = self.param('bias', nn.initializers.zeros, (channels,), jnp.float32)
+    return scale, bias
+
+
 class Normalize(nn.Module):
-  """GroupNorm(num_groups, eps=1e-6) computed in float32, optionally followed by swish.
+  """GroupNorm(num_groups, eps=1e-6) computed in float32, optionally followed by swish and
+  (with `train=True`) dropout, all in one fused function with a hand-written backward pass
+  (`ddpm_jax.models.group_norm`).
 
   The result is cast to the compute `dtype`.
   """
   num_groups: int
   swish: bool = True
   dtype: Dtype = jnp.float32
+  dropout: float = 0.0
 
   @nn.compact
-  def __call__(self, x):
-    # Two-pass variance (like TF's `nn.moments`), robust when |mean| >> std.
-    h = nn.GroupNorm(num_groups=self.num_groups, epsilon=GROUPNORM_EPSILON,
-                     use_fast_variance=False, dtype=jnp.float32, param_dtype=jnp.float32,
-                     name='group_norm')(x.astype(jnp.float32))
-    if self.swish:
-      h = nn.swish(h)
+  def __call__(self, x, train: bool = False):
+    scale, bias = _GroupNormParams(name='group_norm')(x.shape[-1])
+    rate, key = 0.0, None
+    if train and self.dropout > 0:
+      rate, key = self.dropout, self.make_rng('dropout')
+    h = group_norm(x.astype(jnp.float32), scale, bias, self.num_groups, GROUPNORM_EPSILON,
+                   self.swish, rate, key)
     return h.astype(self.dtype)
 
 
@@ -98,7 +114,8 @@ class ResnetBlock(nn.Module):
 
   h = conv1(swish(norm1(x)))
   h += temb_proj(swish(temb))[:, None, None, :]
-  h = conv2(dropout(swish(norm2(h))))       # conv2 zero-initialised
+  h = conv2(dropout(swish(norm2(h))))       # conv2 zero-initialised; norm, swish and
+                                            # dropout fused (`Normalize`)
   return nin_shortcut(x) + h                # shortcut only when in_ch != out_ch
   """
   out_ch: int
@@ -111,12 +128,25 @@ class ResnetBlock(nn.Module):
     h = Normalize(self.num_groups, dtype=self.dtype, name='norm1')(x)
     h = conv3x3(self.out_ch, self.dtype, 'conv1')(h)
     h = h + nin(self.out_ch, self.dtype, 'temb_proj')(nn.swish(temb))[:, None, None, :]
-    h = Normalize(self.num_groups, dtype=self.dtype, name='norm2')(h)
-    h = nn.Dropout(rate=self.dropout, deterministic=not train)(h)
+    h = Normalize(self.num_groups, dtype=self.dtype, dropout=self.dropout,
+                  name='norm2')(h, train)
     h = conv3x3(self.out_ch, self.dtype, 'conv2', zero=True)(h)
     if x.shape[-1] != self.out_ch:
       x = nin(self.out_ch, self.dtype, 'nin_shortcut')(x)
     return x + h
+
+
+class _DenseParams(nn.Module):
+  """The `kernel` (in, out) and `bias` (out,) of a Dense layer under `nn.Dense`'s names,
+  shapes and initialisers (so parameters and checkpoints are the same), for layers that are
+  applied together (the attention block's q, k and v)."""
+  features: int
+
+  @nn.compact
+  def __call__(self, in_features: int):
+    kernel = self.param('kernel', default_init, (in_features, self.features), jnp.float32)
+    bias = self.param('bias', zero_init, (self.features,), jnp.float32)
+    return kernel, bias
 
 
 class AttnBlock(nn.Module):
@@ -124,6 +154,8 @@ class AttnBlock(nn.Module):
 
   q, k, v = 1x1 projections of GroupNorm(x); w = softmax(q k^T / sqrt(C)) over the H*W
   key positions; out = proj_out(w v) with proj_out zero-initialised; return x + out.
+  The q, k and v projections keep their own parameters (`q`, `k`, `v`) but run as one
+  (H*W, C) x (C, 3C) matmul: fewer, larger matmuls in the forward and backward passes.
   """
   num_groups: int
   dtype: Dtype = jnp.float32
@@ -132,9 +164,10 @@ class AttnBlock(nn.Module):
   def __call__(self, x):
     B, H, W, C = x.shape
     h = Normalize(self.num_groups, swish=False, dtype=self.dtype, name='norm')(x)
-    q = nin(C, self.dtype, 'q')(h).reshape(B, H * W, C)
-    k = nin(C, self.dtype, 'k')(h).reshape(B, H * W, C)
-    v = nin(C, self.dtype, 'v')(h).reshape(B, H * W, C)
+    (wq, bq), (wk, bk), (wv, bv) = (_DenseParams(C, name=n)(C) for n in ('q', 'k', 'v'))
+    kernel = jnp.concatenate([wq, wk, wv], axis=1).astype(self.dtype)
+    qkv = h.reshape(B, H * W, C) @ kernel + jnp.concatenate([bq, bk, bv]).astype(self.dtype)
+    q, k, v = qkv[..., :C], qkv[..., C:2 * C], qkv[..., 2 * C:]
     logits = jnp.einsum('bic,bjc->bij', q, k, preferred_element_type=jnp.float32)
     w = nn.softmax(logits * (C ** -0.5), axis=-1)
     h = jnp.einsum('bij,bjc->bic', w.astype(self.dtype), v).reshape(B, H, W, C)
