@@ -379,3 +379,31 @@ def test_indivisible_input_raises():
   x = jnp.zeros((1, 6, 6, 3))
   with pytest.raises(ValueError, match='divisible'):
     model.init({'params': jax.random.PRNGKey(0)}, x, jnp.zeros((1,), jnp.int32))
+
+
+@pytest.mark.parametrize('size', [1, 2, 5])
+def test_upsample_conv_equals_nearest_upsampling_then_conv(size):
+  """`Upsample` computes conv3x3(nearest x2 (x)) at the low resolution: same values (and
+  gradients) as upsampling first, with the same parameters."""
+  rng = np.random.default_rng(3)
+  x = jnp.asarray(rng.standard_normal((2, size, size + 1, 6)).astype(np.float32))
+  up = Upsample(with_conv=True)
+  variables = random_variables(up, x)
+  p = variables['params']['conv']
+  assert p['kernel'].shape == (3, 3, 6, 6) and p['bias'].shape == (6,)
+
+  def reference(x, kernel, bias):
+    u = jnp.repeat(jnp.repeat(x, 2, axis=1), 2, axis=2)
+    return jax.lax.conv_general_dilated(u, kernel, (1, 1), 'SAME',
+                                        dimension_numbers=('NHWC', 'HWIO', 'NHWC')) + bias
+
+  out = up.apply(variables, x)
+  assert out.shape == (2, 2 * size, 2 * size + 2, 6)
+  np.testing.assert_allclose(out, reference(x, p['kernel'], p['bias']), rtol=1e-5, atol=1e-5)
+  ct = jnp.asarray(rng.standard_normal(out.shape).astype(np.float32))
+  got = jax.grad(lambda x, v: jnp.sum(up.apply(v, x) * ct), argnums=(0, 1))(x, variables)
+  want = jax.grad(lambda x, k, b: jnp.sum(reference(x, k, b) * ct), argnums=(0, 1, 2))(
+      x, p['kernel'], p['bias'])
+  np.testing.assert_allclose(got[0], want[0], rtol=1e-4, atol=1e-4)
+  np.testing.assert_allclose(got[1]['params']['conv']['kernel'], want[1], rtol=1e-4, atol=1e-4)
+  np.testing.assert_allclose(got[1]['params']['conv']['bias'], want[2], rtol=1e-4, atol=1e-4)

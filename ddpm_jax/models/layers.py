@@ -20,6 +20,7 @@ import math
 from typing import Any
 
 import flax.linen as nn
+import jax
 import jax.numpy as jnp
 
 from ddpm_jax.models.group_norm import group_norm
@@ -187,14 +188,58 @@ class Downsample(nn.Module):
     return nn.avg_pool(x, window_shape=(2, 2), strides=(2, 2), padding='SAME')
 
 
+class _ConvParams(nn.Module):
+  """The `kernel` (kh, kw, in, out) and `bias` (out,) of `conv3x3` under `nn.Conv`'s names,
+  shapes and initialisers, for convolutions computed another way (`upsample_conv`)."""
+  features: int
+
+  @nn.compact
+  def __call__(self, in_features: int):
+    kernel = self.param('kernel', default_init, (3, 3, in_features, self.features), jnp.float32)
+    bias = self.param('bias', zero_init, (self.features,), jnp.float32)
+    return kernel, bias
+
+
+def upsample_conv(x, kernel, bias):
+  """conv3x3(nearest-neighbour x2 upsampling of x), 'SAME' padding, computed at the low
+  resolution in 4/9 of the multiply-adds.
+
+  Output pixel (2i + a, 2j + b) of the 3x3 convolution of the upsampled image only sees
+  input pixels of rows {i - 1, i} (a = 0) or {i, i + 1} (a = 1), and likewise for columns; the
+  taps that land on the same input pixel add up. So each of the four output phases (a, b) is
+  a 2x2 'VALID' convolution of x, padded by one row and column on the side it reaches out to,
+  with a kernel of summed 3x3 taps:
+      rows for a = 0: [w0, w1 + w2],   a = 1: [w0 + w1, w2]   (the same for columns and b).
+  The phases are then interleaved. Equal to upsample-then-convolve up to float rounding
+  (tests/test_unet.py).
+  """
+  B, H, W, _ = x.shape
+  w = kernel.astype(x.dtype)
+  # Row-summed kernels per phase a: (2, 3, Cin, Cout) each.
+  rows = (jnp.stack([w[0], w[1] + w[2]]), jnp.stack([w[0] + w[1], w[2]]))
+  phases = []
+  for a in (0, 1):
+    wa = rows[a]
+    cols = (jnp.stack([wa[:, 0], wa[:, 1] + wa[:, 2]], axis=1),
+            jnp.stack([wa[:, 0] + wa[:, 1], wa[:, 2]], axis=1))
+    for b in (0, 1):
+      xp = jnp.pad(x, ((0, 0), (1 - a, a), (1 - b, b), (0, 0)))
+      phases.append(jax.lax.conv_general_dilated(
+          xp, cols[b], (1, 1), 'VALID', dimension_numbers=('NHWC', 'HWIO', 'NHWC')))
+  out = jnp.stack(phases, axis=3).reshape(B, H, W, 2, 2, -1)   # (B, H, W, a, b, C)
+  out = out.transpose(0, 1, 3, 2, 4, 5).reshape(B, 2 * H, 2 * W, -1)
+  return out + bias.astype(x.dtype)
+
+
 class Upsample(nn.Module):
-  """Double the resolution: nearest-neighbour x2, then (optionally) a 3x3 conv."""
+  """Double the resolution: nearest-neighbour x2, then (optionally) a 3x3 conv (computed at
+  the low resolution, `upsample_conv`; parameters as `conv3x3`'s, under `conv`)."""
   with_conv: bool = True
   dtype: Dtype = jnp.float32
 
   @nn.compact
   def __call__(self, x):
-    x = jnp.repeat(jnp.repeat(x, 2, axis=1), 2, axis=2)
     if self.with_conv:
-      x = conv3x3(x.shape[-1], self.dtype, 'conv')(x)
-    return x
+      kernel, bias = _ConvParams(x.shape[-1], name='conv')(x.shape[-1])
+      return upsample_conv(x.astype(self.dtype), kernel, bias)
+    return jnp.repeat(jnp.repeat(x, 2, axis=1), 2, axis=2)
