@@ -4,9 +4,10 @@ CIFAR-10 model (benchmarks/, README "Performance"):
 * `train`: convolutions through XNNPACK instead of the default YNNPACK library fusions:
   train step 2.10 -> 1.96 s at batch 8 (3.81 -> 4.09 images/s).
 * `inference`: convolutions and dots left to XLA's own emitters instead of YNNPACK (reductions
-  stay with YNNPACK, which the GroupNorm of `ddpm_jax.models.group_norm` needs): forward pass
-  563 -> 526 ms at batch 8 (14.2 -> 15.2 images/s); the same flags slow training down (2.29 s
-  per step), hence two presets.
+  stay with YNNPACK, which the GroupNorm of `ddpm_jax.models.group_norm` needs; it is about
+  2x slower with XLA's own reductions): forward pass 563 -> 526 ms at batch 8 (14.2 -> 15.2
+  images/s, measured with the earlier Flax GroupNorm and XLA's reductions); the same flags slow
+  training down (2.29 s per step), hence two presets.
 
 They only change how XLA:CPU compiles (accelerator backends ignore them) and must be in
 `XLA_FLAGS` before JAX creates its CPU client. A user's own `XLA_FLAGS` choice of these library

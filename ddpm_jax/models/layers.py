@@ -137,16 +137,17 @@ class ResnetBlock(nn.Module):
     return x + h
 
 
-class _DenseParams(nn.Module):
-  """The `kernel` (in, out) and `bias` (out,) of a Dense layer under `nn.Dense`'s names,
-  shapes and initialisers (so parameters and checkpoints are the same), for layers that are
-  applied together (the attention block's q, k and v)."""
-  features: int
+class _KernelAndBias(nn.Module):
+  """A `kernel` of `kernel_shape` (the paper's `default_init`) and a zero `bias` of its last
+  dimension, under the names, shapes and initialisers of `nin` / `conv3x3` (so parameters and
+  checkpoints are the same), for layers computed another way than `nn.Dense` / `nn.Conv` do
+  (the attention block's joint q/k/v matmul, `upsample_conv`)."""
+  kernel_shape: tuple
 
   @nn.compact
-  def __call__(self, in_features: int):
-    kernel = self.param('kernel', default_init, (in_features, self.features), jnp.float32)
-    bias = self.param('bias', zero_init, (self.features,), jnp.float32)
+  def __call__(self):
+    kernel = self.param('kernel', default_init, tuple(self.kernel_shape), jnp.float32)
+    bias = self.param('bias', zero_init, (self.kernel_shape[-1],), jnp.float32)
     return kernel, bias
 
 
@@ -165,7 +166,7 @@ class AttnBlock(nn.Module):
   def __call__(self, x):
     B, H, W, C = x.shape
     h = Normalize(self.num_groups, swish=False, dtype=self.dtype, name='norm')(x)
-    (wq, bq), (wk, bk), (wv, bv) = (_DenseParams(C, name=n)(C) for n in ('q', 'k', 'v'))
+    (wq, bq), (wk, bk), (wv, bv) = (_KernelAndBias((C, C), name=n)() for n in 'qkv')
     kernel = jnp.concatenate([wq, wk, wv], axis=1).astype(self.dtype)
     qkv = h.reshape(B, H * W, C) @ kernel + jnp.concatenate([bq, bk, bv]).astype(self.dtype)
     q, k, v = qkv[..., :C], qkv[..., C:2 * C], qkv[..., 2 * C:]
@@ -186,18 +187,6 @@ class Downsample(nn.Module):
     if self.with_conv:
       return conv3x3(x.shape[-1], self.dtype, 'conv', strides=2)(x)
     return nn.avg_pool(x, window_shape=(2, 2), strides=(2, 2), padding='SAME')
-
-
-class _ConvParams(nn.Module):
-  """The `kernel` (kh, kw, in, out) and `bias` (out,) of `conv3x3` under `nn.Conv`'s names,
-  shapes and initialisers, for convolutions computed another way (`upsample_conv`)."""
-  features: int
-
-  @nn.compact
-  def __call__(self, in_features: int):
-    kernel = self.param('kernel', default_init, (3, 3, in_features, self.features), jnp.float32)
-    bias = self.param('bias', zero_init, (self.features,), jnp.float32)
-    return kernel, bias
 
 
 def upsample_conv(x, kernel, bias):
@@ -240,6 +229,7 @@ class Upsample(nn.Module):
   @nn.compact
   def __call__(self, x):
     if self.with_conv:
-      kernel, bias = _ConvParams(x.shape[-1], name='conv')(x.shape[-1])
+      C = x.shape[-1]
+      kernel, bias = _KernelAndBias((3, 3, C, C), name='conv')()
       return upsample_conv(x.astype(self.dtype), kernel, bias)
     return jnp.repeat(jnp.repeat(x, 2, axis=1), 2, axis=2)
