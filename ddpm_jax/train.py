@@ -196,7 +196,7 @@ def train_and_evaluate(config, workdir: str, experiment: Experiment | None = Non
   step = start_step
   stopped_by = None
 
-  def consume_all(first: int, metrics, n: int) -> None:
+  def consume_dispatch(first: int, metrics, n: int) -> None:
     """Metrics of one dispatch of `n` steps from step `first`, fetched late (stacked if n > 1)."""
     if n == 1:
       consume(first, metrics)
@@ -223,7 +223,7 @@ def train_and_evaluate(config, workdir: str, experiment: Experiment | None = Non
           batch = sharding.global_batch_from_local(stacked, mesh, stacked=True)
           state, metrics = multi_step(state, batch)
         if pending is not None:
-          consume_all(*pending)
+          consume_dispatch(*pending)
         pending = (step + 1, metrics, n)
         step += n
         steps_in_window += n
@@ -233,11 +233,11 @@ def train_and_evaluate(config, workdir: str, experiment: Experiment | None = Non
 
         saved = False
         if crossed(tcfg.checkpoint_every, n) or step == tcfg.num_steps:
-          consume_all(*pending)  # Never checkpoint a state whose loss was not finite.
+          consume_dispatch(*pending)  # Never checkpoint a state whose loss was not finite.
           pending = None
           saved = checkpointer.save(step, state)
         elif crossed(preemption_every, n):
-          consume_all(*pending)
+          consume_dispatch(*pending)
           pending = None
           saved = checkpointer.save_preemption(step, state)
         if grid_fn is not None and (crossed(tcfg.sample_every, n) or step == tcfg.num_steps):
@@ -255,7 +255,7 @@ def train_and_evaluate(config, workdir: str, experiment: Experiment | None = Non
           stopped_by = (signal.Signals(stop['signal']).name if stop['signal'] is not None
                         else 'signal to another process')
           if pending is not None:
-            consume_all(*pending)
+            consume_dispatch(*pending)
             pending = None
           if not saved:
             checkpointer.save_preemption(step, state)
@@ -267,7 +267,7 @@ def train_and_evaluate(config, workdir: str, experiment: Experiment | None = Non
                             stopped_by)
           break
       if pending is not None:
-        consume_all(*pending)
+        consume_dispatch(*pending)
   finally:
     bar.close()
     checkpointer.close()

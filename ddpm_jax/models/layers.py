@@ -189,6 +189,13 @@ class Downsample(nn.Module):
     return nn.avg_pool(x, window_shape=(2, 2), strides=(2, 2), padding='SAME')
 
 
+def _fold_taps(w, axis: int, phase: int):
+  """The 3 taps of `w` along `axis` folded into the 2 that output phase `phase` sees:
+  [w0, w1 + w2] for phase 0, [w0 + w1, w2] for phase 1 (see `upsample_conv`)."""
+  t0, t1, t2 = (jnp.take(w, i, axis=axis) for i in range(3))
+  return jnp.stack((t0, t1 + t2) if phase == 0 else (t0 + t1, t2), axis=axis)
+
+
 def upsample_conv(x, kernel, bias):
   """conv3x3(nearest-neighbour x2 upsampling of x), 'SAME' padding, computed at the low
   resolution in 4/9 of the multiply-adds.
@@ -204,17 +211,13 @@ def upsample_conv(x, kernel, bias):
   """
   B, H, W, _ = x.shape
   w = kernel.astype(x.dtype)
-  # Row-summed kernels per phase a: (2, 3, Cin, Cout) each.
-  rows = (jnp.stack([w[0], w[1] + w[2]]), jnp.stack([w[0] + w[1], w[2]]))
   phases = []
   for a in (0, 1):
-    wa = rows[a]
-    cols = (jnp.stack([wa[:, 0], wa[:, 1] + wa[:, 2]], axis=1),
-            jnp.stack([wa[:, 0] + wa[:, 1], wa[:, 2]], axis=1))
     for b in (0, 1):
       xp = jnp.pad(x, ((0, 0), (1 - a, a), (1 - b, b), (0, 0)))
       phases.append(jax.lax.conv_general_dilated(
-          xp, cols[b], (1, 1), 'VALID', dimension_numbers=('NHWC', 'HWIO', 'NHWC')))
+          xp, _fold_taps(_fold_taps(w, 0, a), 1, b), (1, 1), 'VALID',
+          dimension_numbers=('NHWC', 'HWIO', 'NHWC')))
   out = jnp.stack(phases, axis=3).reshape(B, H, W, 2, 2, -1)   # (B, H, W, a, b, C)
   out = out.transpose(0, 1, 3, 2, 4, 5).reshape(B, 2 * H, 2 * W, -1)
   return out + bias.astype(x.dtype)
