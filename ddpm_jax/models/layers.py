@@ -23,6 +23,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from ddpm_jax.models.conv import conv2d
 from ddpm_jax.models.group_norm import group_norm
 
 Dtype = Any
@@ -96,12 +97,38 @@ class Normalize(nn.Module):
     return h.astype(self.dtype)
 
 
+def _kernel_and_bias(module: nn.Module, kernel_shape: tuple, zero: bool = False):
+  """Declare, in `module`, a `kernel` of `kernel_shape` (the paper's `default_init`, or zeros)
+  and a zero `bias` of its last dimension: the names, shapes and initialisers of
+  `flax.linen.Dense` / `flax.linen.Conv` under `nin` / `conv3x3`, so checkpoints are the
+  same for layers computed another way."""
+  kernel = module.param('kernel', zero_init if zero else default_init, tuple(kernel_shape),
+                        jnp.float32)
+  bias = module.param('bias', zero_init, (kernel_shape[-1],), jnp.float32)
+  return kernel, bias
+
+
+class Conv3x3(nn.Module):
+  """3x3 convolution with TF-style 'SAME' padding and the paper's initialisers, computed by
+  `conv2d` (Winograd's forward pass on CPU where that is faster). Parameters as
+  `flax.linen.Conv`'s (`kernel` (3, 3, C_in, features), `bias`), so checkpoints are
+  interchangeable."""
+  features: int
+  dtype: Dtype = jnp.float32
+  zero: bool = False
+  strides: int = 1
+
+  @nn.compact
+  def __call__(self, x):
+    kernel, bias = _kernel_and_bias(self, (3, 3, x.shape[-1], self.features), self.zero)
+    y = conv2d(x.astype(self.dtype), kernel.astype(self.dtype), (self.strides,) * 2, 'SAME')
+    return y + bias.astype(self.dtype)
+
+
 def conv3x3(features: int, dtype: Dtype, name: str, zero: bool = False,
-            strides: int = 1) -> nn.Conv:
+            strides: int = 1) -> Conv3x3:
   """3x3 convolution with TF-style 'SAME' padding and the paper's initialisers."""
-  return nn.Conv(features, kernel_size=(3, 3), strides=(strides, strides), padding='SAME',
-                 kernel_init=zero_init if zero else default_init, bias_init=zero_init,
-                 dtype=dtype, param_dtype=jnp.float32, name=name)
+  return Conv3x3(features, dtype, zero, strides, name=name)
 
 
 def nin(features: int, dtype: Dtype, name: str, zero: bool = False) -> nn.Dense:
@@ -138,17 +165,13 @@ class ResnetBlock(nn.Module):
 
 
 class _KernelAndBias(nn.Module):
-  """A `kernel` of `kernel_shape` (the paper's `default_init`) and a zero `bias` of its last
-  dimension, under the names, shapes and initialisers of `nin` / `conv3x3` (so parameters and
-  checkpoints are the same), for layers computed another way than `nn.Dense` / `nn.Conv` do
-  (the attention block's joint q/k/v matmul, `upsample_conv`)."""
+  """`_kernel_and_bias` as a submodule of its own (the attention block's joint q/k/v matmul,
+  `upsample_conv`)."""
   kernel_shape: tuple
 
   @nn.compact
   def __call__(self):
-    kernel = self.param('kernel', default_init, tuple(self.kernel_shape), jnp.float32)
-    bias = self.param('bias', zero_init, (self.kernel_shape[-1],), jnp.float32)
-    return kernel, bias
+    return _kernel_and_bias(self, self.kernel_shape)
 
 
 class AttnBlock(nn.Module):
@@ -215,9 +238,7 @@ def upsample_conv(x, kernel, bias):
   for a in (0, 1):
     for b in (0, 1):
       xp = jnp.pad(x, ((0, 0), (1 - a, a), (1 - b, b), (0, 0)))
-      phases.append(jax.lax.conv_general_dilated(
-          xp, _fold_taps(_fold_taps(w, 0, a), 1, b), (1, 1), 'VALID',
-          dimension_numbers=('NHWC', 'HWIO', 'NHWC')))
+      phases.append(conv2d(xp, _fold_taps(_fold_taps(w, 0, a), 1, b), (1, 1), 'VALID'))
   out = jnp.stack(phases, axis=3).reshape(B, H, W, 2, 2, -1)   # (B, H, W, a, b, C)
   out = out.transpose(0, 1, 3, 2, 4, 5).reshape(B, 2 * H, 2 * W, -1)
   return out + bias.astype(x.dtype)

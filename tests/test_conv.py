@@ -1,0 +1,50 @@
+"""Tests for the U-Net's convolution (`ddpm_jax.models.conv`)."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from ddpm_jax.models import conv
+
+
+def lax_conv(x, w, strides, padding):
+  return jax.lax.conv_general_dilated(x, w, strides, padding,
+                                      dimension_numbers=('NHWC', 'HWIO', 'NHWC'))
+
+
+@pytest.mark.parametrize('x_shape,w_shape,strides,padding,platform,want', [
+    ((8, 16, 16, 256), (3, 3, 256, 256), (1, 1), 'SAME', 'cpu', True),
+    ((8, 8, 8, 128), (3, 3, 128, 256), (1, 1), 'SAME', 'cpu', True),
+    ((8, 16, 16, 256), (3, 3, 256, 256), (1, 1), 'SAME', 'gpu', False),   # accelerators
+    ((8, 32, 32, 128), (3, 3, 128, 128), (1, 1), 'SAME', 'cpu', False),   # too large
+    ((8, 4, 4, 256), (3, 3, 256, 256), (1, 1), 'SAME', 'cpu', False),     # too small
+    ((8, 16, 16, 512), (3, 3, 512, 256), (1, 1), 'SAME', 'cpu', False),   # C_in > 256
+    ((8, 16, 16, 256), (3, 3, 256, 256), (2, 2), 'SAME', 'cpu', False),   # strided
+    ((8, 16, 16, 256), (2, 2, 256, 256), (1, 1), 'VALID', 'cpu', False),  # not 3x3 SAME
+    ((8, 14, 15, 256), (3, 3, 256, 256), (1, 1), 'SAME', 'cpu', False),   # odd width
+])
+def test_use_winograd(x_shape, w_shape, strides, padding, platform, want):
+  assert conv.use_winograd(x_shape, w_shape, strides, padding, platform) is want
+
+
+@pytest.mark.parametrize('x_shape,w_shape,strides,padding', [
+    ((2, 8, 8, 16), (3, 3, 16, 24), (1, 1), 'SAME'),          # the Winograd path on CPU
+    ((2, 16, 12, 8), (3, 3, 8, 8), (1, 1), 'SAME'),           # the Winograd path on CPU
+    ((2, 4, 4, 16), (3, 3, 16, 8), (1, 1), 'SAME'),           # direct
+    ((2, 8, 8, 16), (3, 3, 16, 16), (2, 2), 'SAME'),          # direct (Downsample)
+    ((2, 5, 5, 8), (2, 2, 8, 8), (1, 1), 'VALID'),            # direct (an upsampling phase)
+])
+def test_conv2d_matches_lax(x_shape, w_shape, strides, padding):
+  """Values and both gradients equal XLA's convolution, on either path, under jit."""
+  rng = np.random.default_rng(1)
+  x = jnp.asarray(rng.standard_normal(x_shape), jnp.float32)
+  w = jnp.asarray(rng.standard_normal(w_shape), jnp.float32)
+  f_ref = lambda x, w: lax_conv(x, w, strides, padding)
+  f = jax.jit(lambda x, w: conv.conv2d(x, w, strides, padding))
+  want = f_ref(x, w)
+  np.testing.assert_allclose(f(x, w), want, atol=2e-6 * float(jnp.max(jnp.abs(want))))
+  dy = jnp.asarray(rng.standard_normal(want.shape), jnp.float32)
+  grads = jax.jit(lambda x, w, dy: jax.vjp(f, x, w)[1](dy))(x, w, dy)
+  for got, ref in zip(grads, jax.vjp(f_ref, x, w)[1](dy)):
+    np.testing.assert_allclose(got, ref, rtol=1e-5, atol=1e-5 * float(jnp.max(jnp.abs(ref))))
