@@ -14,12 +14,14 @@ def lax_conv(x, w, strides, padding):
 
 
 @pytest.mark.parametrize('x_shape,w_shape,strides,padding,platform,want', [
-    ((8, 16, 16, 256), (3, 3, 256, 256), (1, 1), 'SAME', 'cpu', True),
-    ((8, 8, 8, 128), (3, 3, 128, 256), (1, 1), 'SAME', 'cpu', True),
+    ((8, 16, 16, 256), (3, 3, 256, 256), (1, 1), 'SAME', 'cpu', True),    # 8 MiB transformed
+    ((8, 16, 16, 384), (3, 3, 384, 256), (1, 1), 'SAME', 'cpu', True),    # 12 MiB: the limit
+    ((8, 8, 8, 512), (3, 3, 512, 256), (1, 1), 'SAME', 'cpu', True),
+    ((2, 32, 32, 128), (3, 3, 128, 128), (1, 1), 'SAME', 'cpu', True),
+    ((8, 32, 32, 128), (3, 3, 128, 128), (1, 1), 'SAME', 'cpu', False),   # 16 MiB
+    ((8, 16, 16, 512), (3, 3, 512, 256), (1, 1), 'SAME', 'cpu', False),   # 16 MiB
     ((8, 16, 16, 256), (3, 3, 256, 256), (1, 1), 'SAME', 'gpu', False),   # accelerators
-    ((8, 32, 32, 128), (3, 3, 128, 128), (1, 1), 'SAME', 'cpu', False),   # too large
     ((8, 4, 4, 256), (3, 3, 256, 256), (1, 1), 'SAME', 'cpu', False),     # too small
-    ((8, 16, 16, 512), (3, 3, 512, 256), (1, 1), 'SAME', 'cpu', False),   # C_in > 256
     ((8, 16, 16, 256), (3, 3, 256, 256), (2, 2), 'SAME', 'cpu', False),   # strided
     ((8, 16, 16, 256), (2, 2, 256, 256), (1, 1), 'VALID', 'cpu', False),  # not 3x3 SAME
     ((8, 14, 15, 256), (3, 3, 256, 256), (1, 1), 'SAME', 'cpu', False),   # odd width
@@ -28,10 +30,17 @@ def test_use_winograd(x_shape, w_shape, strides, padding, platform, want):
   assert conv.use_winograd(x_shape, w_shape, strides, padding, platform) is want
 
 
+def test_use_winograd_counts_bytes():
+  """bfloat16 halves the transformed input: 16x16x512 at batch 8 fits in 12 MiB."""
+  args = ((8, 16, 16, 512), (3, 3, 512, 256), (1, 1), 'SAME', 'cpu')
+  assert not conv.use_winograd(*args, itemsize=4)
+  assert conv.use_winograd(*args, itemsize=2)
+
+
 @pytest.mark.parametrize('x_shape,w_shape,strides,padding', [
     ((2, 8, 8, 16), (3, 3, 16, 24), (1, 1), 'SAME'),          # the Winograd path on CPU
     ((2, 16, 12, 8), (3, 3, 8, 8), (1, 1), 'SAME'),           # the Winograd path on CPU
-    ((2, 4, 4, 16), (3, 3, 16, 8), (1, 1), 'SAME'),           # direct
+    ((2, 4, 4, 16), (3, 3, 16, 8), (1, 1), 'SAME'),           # direct (too small)
     ((2, 8, 8, 16), (3, 3, 16, 16), (2, 2), 'SAME'),          # direct (Downsample)
     ((2, 5, 5, 8), (2, 2, 8, 8), (1, 1), 'VALID'),            # direct (an upsampling phase)
 ])
@@ -48,3 +57,17 @@ def test_conv2d_matches_lax(x_shape, w_shape, strides, padding):
   grads = jax.jit(lambda x, w, dy: jax.vjp(f, x, w)[1](dy))(x, w, dy)
   for got, ref in zip(grads, jax.vjp(f_ref, x, w)[1](dy)):
     np.testing.assert_allclose(got, ref, rtol=1e-5, atol=1e-5 * float(jnp.max(jnp.abs(ref))))
+
+
+def test_allow_winograd_false_is_the_direct_convolution():
+  """Training turns Winograd off: the result is then XLA's direct convolution, bit for bit,
+  where Winograd's differs by rounding."""
+  rng = np.random.default_rng(3)
+  x = jnp.asarray(rng.standard_normal((2, 8, 8, 16)), jnp.float32)
+  w = jnp.asarray(rng.standard_normal((3, 3, 16, 8)), jnp.float32)
+  want = jax.jit(lambda x, w: lax_conv(x, w, (1, 1), 'SAME'))(x, w)
+  direct = jax.jit(lambda x, w: conv.conv2d(x, w, allow_winograd=False))(x, w)
+  winograd = jax.jit(conv.conv2d)(x, w)
+  np.testing.assert_array_equal(direct, want)
+  assert not np.array_equal(winograd, want)
+  np.testing.assert_allclose(winograd, want, atol=2e-6 * float(jnp.max(jnp.abs(want))))

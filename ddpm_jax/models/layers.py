@@ -110,18 +110,19 @@ def _kernel_and_bias(module: nn.Module, kernel_shape: tuple, zero: bool = False)
 
 class Conv3x3(nn.Module):
   """3x3 convolution with TF-style 'SAME' padding and the paper's initialisers, computed by
-  `conv2d` (Winograd's forward pass on CPU where that is faster). Parameters as
-  `flax.linen.Conv`'s (`kernel` (3, 3, C_in, features), `bias`), so checkpoints are
-  interchangeable."""
+  `conv2d` (outside training, by Winograd's algorithm on CPU where that is faster).
+  Parameters as `flax.linen.Conv`'s (`kernel` (3, 3, C_in, features), `bias`), so
+  checkpoints are interchangeable."""
   features: int
   dtype: Dtype = jnp.float32
   zero: bool = False
   strides: int = 1
 
   @nn.compact
-  def __call__(self, x):
+  def __call__(self, x, train: bool = False):
     kernel, bias = _kernel_and_bias(self, (3, 3, x.shape[-1], self.features), self.zero)
-    y = conv2d(x.astype(self.dtype), kernel.astype(self.dtype), (self.strides,) * 2, 'SAME')
+    y = conv2d(x.astype(self.dtype), kernel.astype(self.dtype), (self.strides,) * 2, 'SAME',
+               allow_winograd=not train)
     return y + bias.astype(self.dtype)
 
 
@@ -154,11 +155,11 @@ class ResnetBlock(nn.Module):
   @nn.compact
   def __call__(self, x, temb, train: bool):  # `train` positional for nn.remat.
     h = Normalize(self.num_groups, dtype=self.dtype, name='norm1')(x)
-    h = conv3x3(self.out_ch, self.dtype, 'conv1')(h)
+    h = conv3x3(self.out_ch, self.dtype, 'conv1')(h, train)
     h = h + nin(self.out_ch, self.dtype, 'temb_proj')(nn.swish(temb))[:, None, None, :]
     h = Normalize(self.num_groups, dtype=self.dtype, dropout=self.dropout,
                   name='norm2')(h, train)
-    h = conv3x3(self.out_ch, self.dtype, 'conv2', zero=True)(h)
+    h = conv3x3(self.out_ch, self.dtype, 'conv2', zero=True)(h, train)
     if x.shape[-1] != self.out_ch:
       x = nin(self.out_ch, self.dtype, 'nin_shortcut')(x)
     return x + h

@@ -104,7 +104,7 @@ class UNet(nn.Module):
                        '(set config.model.num_classes for a class-conditional model).')
 
     # Down path.
-    hs = [conv3x3(self.ch, dtype, 'conv_in')(x.astype(dtype))]
+    hs = [conv3x3(self.ch, dtype, 'conv_in')(x.astype(dtype), train)]
     for i in range(num_levels):
       for j in range(self.num_res_blocks):
         h = resnet_block(self.ch * self.ch_mult[i], name=f'down_{i}_block_{j}',
@@ -136,7 +136,7 @@ class UNet(nn.Module):
 
     # Output.
     h = Normalize(self.num_groups, dtype=dtype, name='norm_out')(h)
-    h = conv3x3(self.out_ch, dtype, 'conv_out', zero=True)(h)
+    h = conv3x3(self.out_ch, dtype, 'conv_out', zero=True)(h, train)
     return h.astype(jnp.float32)
 
 
