@@ -43,8 +43,8 @@ def conv2d(x: jnp.ndarray, w: jnp.ndarray, strides=(1, 1), padding='SAME',
   step it measured 3 % slower per step, although faster layer by layer. `padding` is a
   string or a sequence of (low, high) pairs."""
   strides = tuple(strides)
-  if allow_winograd and use_winograd(x.shape, w.shape, strides, padding, jax.default_backend(),
-                  jnp.dtype(x.dtype).itemsize):
+  if allow_winograd and use_winograd(x.shape, w.shape, strides, padding,
+                                     jax.default_backend(), jnp.dtype(x.dtype).itemsize):
     return _winograd_forward_conv3x3(x, w)
   return _direct(x, w, strides, padding)
 

@@ -1,6 +1,6 @@
 """3x3 'SAME' convolution by Winograd's minimal filtering F(2x2, 3x3) (Lavin & Gray 2016,
 "Fast Algorithms for Convolutional Neural Networks"): the forward pass of the U-Net's
-mid-resolution convolutions on CPU.
+mid-resolution convolutions on CPU outside training (sampling, evaluation).
 
 Each 2x2 block of output pixels is computed from the 4x4 tile of (zero-padded) input around
 it. With the 4x4, 4x4 and 2x4 matrices B^T, G and A^T below,
@@ -17,10 +17,9 @@ G); each is one elementwise pass (`_transform`).
 Results equal the direct convolution to float32 rounding (relative error ~1e-6,
 tests/test_winograd.py). `ddpm_jax.models.conv.conv2d` uses it on CPU for the forward pass
 of the shapes where it is faster than XLA:CPU's direct convolution (`conv.use_winograd`),
-and takes the gradients from the direct convolution: a Winograd backward pass (the same
-algebra transposed) measured slower in the train step, its small matrix products running
-further below the matrix-multiply peak and its transformed inputs (4x the activations) kept
-for the backward pass.
+and takes the gradients from the direct convolution. The train step does not use it: there
+both this forward pass and a Winograd backward pass (the same algebra transposed) measured
+slower per step, although faster layer by layer.
 """
 
 from __future__ import annotations
