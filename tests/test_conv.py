@@ -21,6 +21,8 @@ def lax_conv(x, w, strides, padding):
     ((8, 32, 32, 128), (3, 3, 128, 128), (1, 1), 'SAME', 'cpu', False),   # 16 MiB
     ((8, 16, 16, 512), (3, 3, 512, 256), (1, 1), 'SAME', 'cpu', False),   # 16 MiB
     ((8, 16, 16, 256), (3, 3, 256, 256), (1, 1), 'SAME', 'gpu', False),   # accelerators
+    ((8, 8, 8, 128), (3, 3, 128, 128), (1, 1), 'SAME', 'cpu', False),     # 4.2 MFLOP products
+    ((16, 16, 16, 64), (3, 3, 64, 64), (1, 1), 'SAME', 'cpu', False),     # 64 channels
     ((8, 4, 4, 256), (3, 3, 256, 256), (1, 1), 'SAME', 'cpu', False),     # too small
     ((8, 16, 16, 256), (3, 3, 256, 256), (2, 2), 'SAME', 'cpu', False),   # strided
     ((8, 16, 16, 256), (2, 2, 256, 256), (1, 1), 'VALID', 'cpu', False),  # not 3x3 SAME
@@ -37,15 +39,26 @@ def test_use_winograd_counts_bytes():
   assert conv.use_winograd(*args, itemsize=2)
 
 
-@pytest.mark.parametrize('x_shape,w_shape,strides,padding', [
-    ((2, 8, 8, 16), (3, 3, 16, 24), (1, 1), 'SAME'),          # the Winograd path on CPU
-    ((2, 16, 12, 8), (3, 3, 8, 8), (1, 1), 'SAME'),           # the Winograd path on CPU
-    ((2, 4, 4, 16), (3, 3, 16, 8), (1, 1), 'SAME'),           # direct (too small)
-    ((2, 8, 8, 16), (3, 3, 16, 16), (2, 2), 'SAME'),          # direct (Downsample)
-    ((2, 5, 5, 8), (2, 2, 8, 8), (1, 1), 'VALID'),            # direct (an upsampling phase)
+def no_winograd_minimum(monkeypatch):
+  """Let small test shapes take the Winograd path (no channel and FLOP minimum)."""
+  monkeypatch.setattr(conv, 'WINOGRAD_MIN_CHANNELS', 1)
+  monkeypatch.setattr(conv, 'WINOGRAD_MIN_FLOPS', 0)
+
+
+@pytest.mark.parametrize('x_shape,w_shape,strides,padding,winograd', [
+    ((4, 16, 16, 128), (3, 3, 128, 128), (1, 1), 'SAME', True),   # Winograd as configured
+    ((2, 8, 8, 16), (3, 3, 16, 24), (1, 1), 'SAME', True),        # Winograd, no minimum
+    ((2, 16, 12, 8), (3, 3, 8, 8), (1, 1), 'SAME', True),         # Winograd, no minimum
+    ((2, 4, 4, 16), (3, 3, 16, 8), (1, 1), 'SAME', False),        # direct (too small)
+    ((2, 8, 8, 16), (3, 3, 16, 16), (2, 2), 'SAME', False),       # direct (Downsample)
+    ((2, 5, 5, 8), (2, 2, 8, 8), (1, 1), 'VALID', False),         # direct (upsampling phase)
 ])
-def test_conv2d_matches_lax(x_shape, w_shape, strides, padding):
+def test_conv2d_matches_lax(x_shape, w_shape, strides, padding, winograd, monkeypatch):
   """Values and both gradients equal XLA's convolution, on either path, under jit."""
+  if x_shape[-1] < 128:
+    no_winograd_minimum(monkeypatch)
+  assert conv.use_winograd(x_shape, w_shape, strides, padding, jax.default_backend()) is (
+      winograd and jax.default_backend() == 'cpu')
   rng = np.random.default_rng(1)
   x = jnp.asarray(rng.standard_normal(x_shape), jnp.float32)
   w = jnp.asarray(rng.standard_normal(w_shape), jnp.float32)
@@ -59,9 +72,10 @@ def test_conv2d_matches_lax(x_shape, w_shape, strides, padding):
     np.testing.assert_allclose(got, ref, rtol=1e-5, atol=1e-5 * float(jnp.max(jnp.abs(ref))))
 
 
-def test_allow_winograd_false_is_the_direct_convolution():
+def test_allow_winograd_false_is_the_direct_convolution(monkeypatch):
   """Training turns Winograd off: the result is then XLA's direct convolution, bit for bit,
   where Winograd's differs by rounding."""
+  no_winograd_minimum(monkeypatch)
   rng = np.random.default_rng(3)
   x = jnp.asarray(rng.standard_normal((2, 8, 8, 16)), jnp.float32)
   w = jnp.asarray(rng.standard_normal((3, 3, 16, 8)), jnp.float32)

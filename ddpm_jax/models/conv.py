@@ -13,20 +13,32 @@ from ddpm_jax.models.winograd import winograd_conv3x3
 # it measured 20-36 % faster than XLA:CPU's direct convolution in every case tried, from
 # 16 MiB on it was as often slower (its 16 matrix products stream from memory).
 WINOGRAD_MAX_BYTES = 12 * 2**20
+# ... and each of its 16 (tiles x C_in) x (C_in x C_out) matrix products must be worth at least
+# this many FLOPs, with at least 128 channels on either side: below that the transforms
+# cost more than the multiplications saved (8x8x128 -> 128 at batch 8: 1.0 -> 1.2 ms; the
+# quickstart model's 32- and 64-channel convolutions: up to 1.6x slower).
+WINOGRAD_MIN_FLOPS = 8e6
+WINOGRAD_MIN_CHANNELS = 128
 
 
 def use_winograd(x_shape, w_shape, strides, padding, platform: str, itemsize: int = 4) -> bool:
   """Whether `conv2d` runs this convolution's forward pass by Winograd F(2x2, 3x3): on CPU,
-  for 3x3 stride-1 'SAME' convolutions of even-sized images of at least 8x8 whose
-  transformed input (4x the input, `itemsize` bytes per value) fits in
-  `WINOGRAD_MAX_BYTES`. Measured on the 2-core benchmark machine, forward pass at batch 8:
-  16x16x256 -> 256 12.6 -> 9.0 ms, 16x16x384 -> 256 19.3 -> 12.9 ms, 8x8x512 -> 256 6.9 ->
-  5.4 ms; but 32x32x128 -> 128 (16 MiB transformed) 13.7 -> 18.1 ms, and 4x4 images 1.2 ->
-  1.7 ms. Accelerators keep their own convolution algorithms."""
-  B, H, W, C = x_shape
+  for 3x3 stride-1 'SAME' convolutions of even-sized images of at least 8x8, with at least
+  `WINOGRAD_MIN_CHANNELS` input and output channels, whose transformed input (4x the input,
+  `itemsize` bytes per value) fits in `WINOGRAD_MAX_BYTES` and whose Winograd-domain matrix
+  products are worth at least `WINOGRAD_MIN_FLOPS` each. Measured on the 2-core benchmark
+  machine, forward pass at batch 8: 16x16x256 -> 256 12.6 -> 9.0 ms, 16x16x384 -> 256 19.3 ->
+  12.9 ms, 8x8x512 -> 256 6.9 -> 5.4 ms; but 32x32x128 -> 128 (16 MiB transformed) 13.7 ->
+  18.1 ms, and 4x4 images 1.2 -> 1.7 ms. Accelerators keep their own convolution
+  algorithms."""
+  B, H, W, c_in = x_shape
+  c_out = w_shape[-1]
+  tiles = B * (H // 2) * (W // 2)
   return (platform == 'cpu' and tuple(w_shape[:2]) == (3, 3) and tuple(strides) == (1, 1)
           and padding == 'SAME' and H % 2 == 0 and W % 2 == 0 and H >= 8 and W >= 8
-          and 4 * B * H * W * C * itemsize <= WINOGRAD_MAX_BYTES)
+          and min(c_in, c_out) >= WINOGRAD_MIN_CHANNELS
+          and 2 * tiles * c_in * c_out >= WINOGRAD_MIN_FLOPS
+          and 16 * tiles * c_in * itemsize <= WINOGRAD_MAX_BYTES)
 
 
 def _direct(x, w, strides, padding):
