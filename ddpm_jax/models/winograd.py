@@ -73,7 +73,8 @@ def _input_tiles(x):
 def _to_image(blocks):
   """(4, B, T, S, C) output blocks (entry (p, q) of each 2x2 block) -> (B, 2T, 2S, C)."""
   _, B, T, S, C = blocks.shape
-  return blocks.reshape(2, 2, B, T, S, C).transpose(2, 3, 0, 4, 1, 5).reshape(B, 2 * T, 2 * S, C)
+  blocks = blocks.reshape(2, 2, B, T, S, C).transpose(2, 3, 0, 4, 1, 5)   # (B, T, p, S, q, C)
+  return blocks.reshape(B, 2 * T, 2 * S, C)
 
 
 def _batched(V, U):
