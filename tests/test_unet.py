@@ -2,6 +2,7 @@
 
 import math
 
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -10,6 +11,7 @@ import pytest
 from configs.default import get_config
 from ddpm_jax.models import (AttnBlock, Downsample, ResnetBlock, UNet, Upsample, count_params,
                              create_model, timestep_embedding)
+from ddpm_jax.models.layers import nin
 
 CIFAR10_PARAMS = 35_746_307  # The paper's CIFAR-10 network (as counted in PyTorch ports).
 LSUN256_PARAMS = 113_673_219  # ch_mult (1, 1, 2, 2, 4, 4) at 256x256 ("114M" in the paper).
@@ -407,3 +409,23 @@ def test_upsample_conv_equals_nearest_upsampling_then_conv(size):
   np.testing.assert_allclose(got[0], want[0], rtol=1e-4, atol=1e-4)
   np.testing.assert_allclose(got[1]['params']['conv']['kernel'], want[1], rtol=1e-4, atol=1e-4)
   np.testing.assert_allclose(got[1]['params']['conv']['bias'], want[2], rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize('shape', [(2, 4, 4, 8), (3, 8)])
+def test_nin_is_dense_with_dense_parameters(shape):
+  """`nin` runs as a 1x1 convolution on images and a matmul on vectors; both equal
+  `flax.linen.Dense` with the same parameters, values and gradients."""
+  x = jnp.asarray(np.random.default_rng(0).standard_normal(shape), jnp.float32)
+  layer, dense = nin(6, jnp.float32, 'n'), nn.Dense(6)
+  params = dense.init(jax.random.PRNGKey(0), x)['params']
+  params = {'kernel': params['kernel'], 'bias': params['bias'] + 0.5}
+  assert (jax.tree.map(jnp.shape, layer.init(jax.random.PRNGKey(0), x)['params'])
+          == jax.tree.map(jnp.shape, params))
+  out = layer.apply({'params': params}, x)
+  ref = np.asarray(x, np.float64) @ np.asarray(params['kernel'], np.float64) + 0.5
+  np.testing.assert_allclose(np.asarray(out), ref, rtol=1e-5, atol=1e-5)
+  loss = lambda f, p, x: jnp.sum(jnp.sin(f.apply({'params': p}, x)))
+  g_nin = jax.grad(lambda p, x: loss(layer, p, x), argnums=(0, 1))(params, x)
+  g_dense = jax.grad(lambda p, x: loss(dense, p, x), argnums=(0, 1))(params, x)
+  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5),
+               g_nin, g_dense)
