@@ -9,8 +9,7 @@ def test_presets_append_their_flags_and_respect_the_users_choice():
   env = {'XLA_FLAGS': '--xla_force_host_platform_device_count=4'}
   out = xla_flags.apply_cpu_preset('train', env)
   assert out == ('--xla_force_host_platform_device_count=4 '
-                 '--xla_cpu_experimental_ynn_fusion_type=-individual_convolution '
-                 '--xla_cpu_experimental_xnn_fusion_type=individual_convolution')
+                 '--xla_cpu_experimental_ynn_fusion_type=-individual_convolution')
   assert env['XLA_FLAGS'] == out
   assert xla_flags.apply_cpu_preset('inference', env) == out  # Already chosen: unchanged.
   env = {}
