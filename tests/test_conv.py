@@ -85,3 +85,52 @@ def test_allow_winograd_false_is_the_direct_convolution(monkeypatch):
   np.testing.assert_array_equal(direct, want)
   assert not np.array_equal(winograd, want)
   np.testing.assert_allclose(winograd, want, atol=2e-6 * float(jnp.max(jnp.abs(want))))
+
+
+@pytest.mark.parametrize('x_shape,w_shape,strides,padding,platform,want', [
+    ((8, 32, 32, 128), (3, 3, 128, 3), (1, 1), 'SAME', 'cpu', True),   # CIFAR-10 conv_out
+    ((32, 32, 32, 32), (3, 3, 32, 1), (1, 1), 'SAME', 'cpu', True),    # quickstart conv_out
+    ((2, 5, 7, 8), (3, 3, 8, 4), (1, 1), 'SAME', 'cpu', True),
+    ((2, 8, 8, 8), (3, 3, 8, 5), (1, 1), 'SAME', 'cpu', False),        # too many outputs
+    ((2, 8, 8, 8), (3, 3, 8, 3), (2, 2), 'SAME', 'cpu', False),        # strided
+    ((2, 8, 8, 8), (3, 3, 8, 3), (1, 1), 'VALID', 'cpu', False),
+    ((2, 8, 8, 8), (3, 3, 8, 3), (1, 1), 'SAME', 'gpu', False),
+])
+def test_use_shift_sum(x_shape, w_shape, strides, padding, platform, want):
+  assert conv.use_shift_sum(x_shape, w_shape, strides, padding, platform) is want
+
+
+@pytest.mark.parametrize('x_shape,c_out', [((2, 5, 7, 8), 3), ((1, 4, 4, 16), 1)])
+def test_shift_sum_conv3x3_matches_lax(x_shape, c_out):
+  """The nine shifted tap slices add up to XLA's 'SAME' convolution, borders included (odd
+  and even sizes), and their own gradients equal XLA's."""
+  rng = np.random.default_rng(4)
+  x = jnp.asarray(rng.standard_normal(x_shape), jnp.float32)
+  w = jnp.asarray(rng.standard_normal((3, 3, x_shape[-1], c_out)), jnp.float32)
+  f_ref = lambda x, w: lax_conv(x, w, (1, 1), 'SAME')
+  want = f_ref(x, w)
+  got = conv.shift_sum_conv3x3(x, w)
+  assert got.shape == want.shape
+  np.testing.assert_allclose(got, want, atol=2e-6 * float(jnp.max(jnp.abs(want))))
+  dy = jnp.asarray(rng.standard_normal(want.shape), jnp.float32)
+  for g, ref in zip(jax.vjp(conv.shift_sum_conv3x3, x, w)[1](dy), jax.vjp(f_ref, x, w)[1](dy)):
+    np.testing.assert_allclose(g, ref, rtol=1e-5, atol=1e-5 * float(jnp.max(jnp.abs(ref))))
+
+
+def test_conv2d_output_convolution_takes_shift_sum_forward_and_direct_gradients():
+  """conv2d's few-output-channel path: values equal XLA's up to rounding (and are not bit
+  for bit XLA's, so the path is taken on CPU); gradients are XLA's own, bit for bit."""
+  rng = np.random.default_rng(5)
+  x = jnp.asarray(rng.standard_normal((2, 8, 8, 16)), jnp.float32)
+  w = jnp.asarray(rng.standard_normal((3, 3, 16, 3)), jnp.float32)
+  f_ref = jax.jit(lambda x, w: lax_conv(x, w, (1, 1), 'SAME'))
+  f = jax.jit(lambda x, w: conv.conv2d(x, w, allow_winograd=False))
+  want, got = f_ref(x, w), f(x, w)
+  np.testing.assert_allclose(got, want, atol=2e-6 * float(jnp.max(jnp.abs(want))))
+  if jax.default_backend() == 'cpu':
+    assert not np.array_equal(got, want)
+  dy = jnp.asarray(rng.standard_normal(want.shape), jnp.float32)
+  grads = jax.jit(lambda x, w, dy: jax.vjp(f, x, w)[1](dy))(x, w, dy)
+  ref = jax.jit(lambda x, w, dy: jax.vjp(f_ref, x, w)[1](dy))(x, w, dy)
+  for g, r in zip(grads, ref):
+    np.testing.assert_array_equal(g, r)

@@ -1,6 +1,7 @@
 """The U-Net's 2-D convolution (NHWC input, HWIO kernel): XLA's direct convolution, or, on CPU
 for the shapes where it is faster, Winograd F(2x2, 3x3) (`ddpm_jax.models.winograd`) in the
-forward pass with the direct convolution's gradients.
+forward pass with the direct convolution's gradients, or, for the output convolution's few
+channels, one 1x1 convolution to all nine taps followed by a sum of shifted slices.
 """
 
 import jax
@@ -41,6 +42,35 @@ def use_winograd(x_shape, w_shape, strides, padding, platform: str, itemsize: in
           and 16 * tiles * c_in * itemsize <= WINOGRAD_MAX_BYTES)
 
 
+# At most this many output channels: a 3x3 'SAME' convolution runs as a 1x1 convolution to
+# 9 * C_out channels (one per tap) and a sum of nine shifted slices of its output. XLA:CPU's
+# direct convolution's forward pass is slow with so few output channels: the CIFAR-10 model's
+# output convolution (8x32x32x128 -> 3) 2.7 -> 0.46 ms, the quickstart model's (32x32x32 -> 1
+# at batch 250) 9.0 -> 3.0 ms. Gradients stay the direct convolution's.
+SHIFT_SUM_MAX_OUT = 4
+
+
+def use_shift_sum(x_shape, w_shape, strides, padding, platform: str) -> bool:
+  """Whether `conv2d` computes this convolution by `shift_sum_conv3x3`: on CPU, 3x3 stride-1
+  'SAME' convolutions with at most `SHIFT_SUM_MAX_OUT` output channels."""
+  return (platform == 'cpu' and tuple(w_shape[:2]) == (3, 3) and tuple(strides) == (1, 1)
+          and padding == 'SAME' and w_shape[-1] <= SHIFT_SUM_MAX_OUT)
+
+
+def shift_sum_conv3x3(x, w):
+  """3x3 'SAME' convolution as y[h, w] = sum over taps (i, j) of z[h + i - 1, w + j - 1, (i, j)]
+  with z = x @ w[i, j] for all nine taps at once (a 1x1 convolution to 9 * C_out channels,
+  zero outside the image). Equal to the direct convolution up to float rounding. Its
+  gradients, through these operations, can be slower than the direct convolution's
+  (32x32x32 -> 1 at batch 250: 38 -> 61 ms backward), so `conv2d` takes the latter's."""
+  B, H, W, c_in = x.shape
+  c_out = w.shape[-1]
+  taps = jnp.transpose(w, (2, 0, 1, 3)).reshape(1, 1, c_in, 9 * c_out)
+  z = _direct(x, taps, (1, 1), 'VALID').reshape(B, H, W, 3, 3, c_out)
+  z = jnp.pad(z, ((0, 0), (1, 1), (1, 1), (0, 0), (0, 0), (0, 0)))
+  return sum(z[:, i:i + H, j:j + W, i, j] for i in range(3) for j in range(3))
+
+
 def _direct(x, w, strides, padding):
   return jax.lax.conv_general_dilated(x, w, strides, padding,
                                       dimension_numbers=('NHWC', 'HWIO', 'NHWC'))
@@ -52,29 +82,37 @@ def conv2d(x: jnp.ndarray, w: jnp.ndarray, strides=(1, 1), padding='SAME',
   dimensions. With `allow_winograd`, for the shapes of `use_winograd` (on the default
   backend), the forward pass is Winograd's (equal to float32 rounding); gradients are always
   the direct convolution's. The U-Net allows it outside training only: inside the train
-  step it measured 3 % slower per step, although faster layer by layer. `padding` is a
-  string or a sequence of (low, high) pairs."""
+  step it measured 3 % slower per step, although faster layer by layer. For the shapes of
+  `use_shift_sum` (the output convolution), in training too, the forward pass is
+  `shift_sum_conv3x3`'s, the gradients again the direct convolution's.
+  `padding` is a string or a sequence of (low, high) pairs."""
   strides = tuple(strides)
   if allow_winograd and use_winograd(x.shape, w.shape, strides, padding,
                                      jax.default_backend(), jnp.dtype(x.dtype).itemsize):
     return _winograd_forward_conv3x3(x, w)
+  if use_shift_sum(x.shape, w.shape, strides, padding, jax.default_backend()):
+    return _shift_sum_forward_conv3x3(x, w)
   return _direct(x, w, strides, padding)
 
 
-@jax.custom_vjp
-def _winograd_forward_conv3x3(x, w):
-  """3x3 'SAME' convolution: forward pass by Winograd, backward pass by the direct
-  convolution (whose gradients are the same function's)."""
-  return winograd_conv3x3(x, w)
+def _forward_by(forward):
+  """A 3x3 'SAME' convolution whose forward pass is `forward(x, w)` (the same function computed
+  another way) and whose gradients are the direct convolution's."""
+
+  @jax.custom_vjp
+  def conv3x3(x, w):
+    return forward(x, w)
+
+  def conv3x3_fwd(x, w):
+    return forward(x, w), (x, w)
+
+  def conv3x3_bwd(residuals, dy):
+    x, w = residuals
+    return jax.vjp(lambda x, w: _direct(x, w, (1, 1), 'SAME'), x, w)[1](dy)
+
+  conv3x3.defvjp(conv3x3_fwd, conv3x3_bwd)
+  return conv3x3
 
 
-def _winograd_forward_fwd(x, w):
-  return winograd_conv3x3(x, w), (x, w)
-
-
-def _winograd_forward_bwd(residuals, dy):
-  x, w = residuals
-  return jax.vjp(lambda x, w: _direct(x, w, (1, 1), 'SAME'), x, w)[1](dy)
-
-
-_winograd_forward_conv3x3.defvjp(_winograd_forward_fwd, _winograd_forward_bwd)
+_winograd_forward_conv3x3 = _forward_by(winograd_conv3x3)
+_shift_sum_forward_conv3x3 = _forward_by(shift_sum_conv3x3)
