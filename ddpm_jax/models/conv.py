@@ -82,7 +82,7 @@ def conv2d(x: jnp.ndarray, w: jnp.ndarray, strides=(1, 1), padding='SAME',
   dimensions. With `allow_winograd`, for the shapes of `use_winograd` (on the default
   backend), the forward pass is Winograd's (equal to float32 rounding); gradients are always
   the direct convolution's. The U-Net allows it outside training only: inside the train
-  step it measured 3 % slower per step, although faster layer by layer. For the shapes of
+  step it measured 3-4 % slower per step (two sessions), although faster layer by layer. For the shapes of
   `use_shift_sum` (the output convolution), in training too, the forward pass is
   `shift_sum_conv3x3`'s, the gradients again the direct convolution's.
   `padding` is a string or a sequence of (low, high) pairs."""
