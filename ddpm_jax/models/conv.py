@@ -22,6 +22,11 @@ WINOGRAD_MIN_FLOPS = 8e6
 WINOGRAD_MIN_CHANNELS = 128
 
 
+def _is_3x3_same(w_shape, strides, padding) -> bool:
+  """A 3x3 kernel, stride 1, 'SAME' padding: the convolutions with another algorithm here."""
+  return tuple(w_shape[:2]) == (3, 3) and tuple(strides) == (1, 1) and padding == 'SAME'
+
+
 def use_winograd(x_shape, w_shape, strides, padding, platform: str, itemsize: int = 4) -> bool:
   """Whether `conv2d` runs this convolution's forward pass by Winograd F(2x2, 3x3): on CPU,
   for 3x3 stride-1 'SAME' convolutions of even-sized images of at least 8x8, with at least
@@ -35,8 +40,8 @@ def use_winograd(x_shape, w_shape, strides, padding, platform: str, itemsize: in
   B, H, W, c_in = x_shape
   c_out = w_shape[-1]
   tiles = B * (H // 2) * (W // 2)
-  return (platform == 'cpu' and tuple(w_shape[:2]) == (3, 3) and tuple(strides) == (1, 1)
-          and padding == 'SAME' and H % 2 == 0 and W % 2 == 0 and H >= 8 and W >= 8
+  return (platform == 'cpu' and _is_3x3_same(w_shape, strides, padding)
+          and H % 2 == 0 and W % 2 == 0 and H >= 8 and W >= 8
           and min(c_in, c_out) >= WINOGRAD_MIN_CHANNELS
           and 2 * tiles * c_in * c_out >= WINOGRAD_MIN_FLOPS
           and 16 * tiles * c_in * itemsize <= WINOGRAD_MAX_BYTES)
@@ -53,8 +58,8 @@ SHIFT_SUM_MAX_OUT = 4
 def use_shift_sum(x_shape, w_shape, strides, padding, platform: str) -> bool:
   """Whether `conv2d` computes this convolution by `shift_sum_conv3x3`: on CPU, 3x3 stride-1
   'SAME' convolutions with at most `SHIFT_SUM_MAX_OUT` output channels."""
-  return (platform == 'cpu' and tuple(w_shape[:2]) == (3, 3) and tuple(strides) == (1, 1)
-          and padding == 'SAME' and w_shape[-1] <= SHIFT_SUM_MAX_OUT)
+  return (platform == 'cpu' and _is_3x3_same(w_shape, strides, padding)
+          and w_shape[-1] <= SHIFT_SUM_MAX_OUT)
 
 
 def shift_sum_conv3x3(x, w):

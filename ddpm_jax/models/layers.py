@@ -132,6 +132,14 @@ def conv3x3(features: int, dtype: Dtype, name: str, zero: bool = False,
   return Conv3x3(features, dtype, zero, strides, name=name)
 
 
+def pointwise(x, kernel, bias, dtype: Dtype):
+  """x @ kernel + bias over the channels (last axis) in `dtype`: on images (NHWC) as a 1x1
+  convolution, on vectors as a matmul (see `Nin`)."""
+  x, kernel = x.astype(dtype), kernel.astype(dtype)
+  y = conv2d(x, kernel[None, None], (1, 1), 'VALID') if x.ndim == 4 else x @ kernel
+  return y + bias.astype(dtype)
+
+
 class Nin(nn.Module):
   """1x1 convolution ("network in network", `nn.nin` in the paper) with `flax.linen.Dense`'s
   parameters (`kernel` (C_in, features), `bias`). On images (NHWC) it runs as a 1x1
@@ -146,9 +154,7 @@ class Nin(nn.Module):
   @nn.compact
   def __call__(self, x):
     kernel, bias = _kernel_and_bias(self, (x.shape[-1], self.features), self.zero)
-    x, kernel = x.astype(self.dtype), kernel.astype(self.dtype)
-    y = conv2d(x, kernel[None, None], (1, 1), 'VALID') if x.ndim == 4 else x @ kernel
-    return y + bias.astype(self.dtype)
+    return pointwise(x, kernel, bias, self.dtype)
 
 
 def nin(features: int, dtype: Dtype, name: str, zero: bool = False) -> Nin:
@@ -210,9 +216,8 @@ class AttnBlock(nn.Module):
     B, H, W, C = x.shape
     h = Normalize(self.num_groups, swish=False, dtype=self.dtype, name='norm')(x)
     (wq, bq), (wk, bk), (wv, bv) = (_KernelAndBias((C, C), name=n)() for n in 'qkv')
-    kernel = jnp.concatenate([wq, wk, wv], axis=1).astype(self.dtype)
-    qkv = conv2d(h, kernel[None, None], (1, 1), 'VALID').reshape(B, H * W, 3 * C)
-    qkv = qkv + jnp.concatenate([bq, bk, bv]).astype(self.dtype)
+    qkv = pointwise(h, jnp.concatenate([wq, wk, wv], axis=1), jnp.concatenate([bq, bk, bv]),
+                    self.dtype).reshape(B, H * W, 3 * C)
     q, k, v = qkv[..., :C], qkv[..., C:2 * C], qkv[..., 2 * C:]
     logits = jnp.einsum('bic,bjc->bij', q, k, preferred_element_type=jnp.float32)
     w = nn.softmax(logits * (C ** -0.5), axis=-1)
