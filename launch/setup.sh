@@ -36,3 +36,5 @@ if [ ! -x .venv/bin/python ]; then
 fi
 .venv/bin/python -m pip install -q --disable-pip-version-check -r requirements.txt
 echo "setup: ready ($(.venv/bin/python -c 'import jax, flax; print("jax", jax.__version__, "flax", flax.__version__)'))"
+# Compiles the oneDNN convolutions now rather than in the first run (a few seconds).
+echo "setup: $(.venv/bin/python -c 'from ddpm_jax.models import onednn_conv; print(onednn_conv.describe())' 2>/dev/null)"

@@ -54,7 +54,9 @@ def no_winograd_minimum(monkeypatch):
     ((2, 5, 5, 8), (2, 2, 8, 8), (1, 1), 'VALID', False),         # direct (upsampling phase)
 ])
 def test_conv2d_matches_lax(x_shape, w_shape, strides, padding, winograd, monkeypatch):
-  """Values and both gradients equal XLA's convolution, on either path, under jit."""
+  """Values and both gradients equal XLA's convolution, on either path, under jit (with XLA's
+  direct convolution, the one Winograd is an alternative to)."""
+  monkeypatch.setattr(conv, 'use_onednn', lambda *args: False)
   if x_shape[-1] < 128:
     no_winograd_minimum(monkeypatch)
   assert conv.use_winograd(x_shape, w_shape, strides, padding, jax.default_backend()) is (
@@ -74,8 +76,10 @@ def test_conv2d_matches_lax(x_shape, w_shape, strides, padding, winograd, monkey
 
 def test_allow_winograd_false_is_the_direct_convolution(monkeypatch):
   """Training turns Winograd off: the result is then XLA's direct convolution, bit for bit,
-  where Winograd's differs by rounding."""
+  where Winograd's differs by rounding. (With oneDNN's direct convolution, Winograd is never
+  taken: tests/test_onednn_conv.py.)"""
   no_winograd_minimum(monkeypatch)
+  monkeypatch.setattr(conv, 'use_onednn', lambda *args: False)
   rng = np.random.default_rng(3)
   x = jnp.asarray(rng.standard_normal((2, 8, 8, 16)), jnp.float32)
   w = jnp.asarray(rng.standard_normal((3, 3, 16, 8)), jnp.float32)
@@ -119,7 +123,8 @@ def test_shift_sum_conv3x3_matches_lax(x_shape, c_out):
 
 def test_conv2d_output_convolution_takes_shift_sum_forward_and_direct_gradients():
   """conv2d's few-output-channel path: values equal XLA's up to rounding (and are not bit
-  for bit XLA's, so the path is taken on CPU); gradients are XLA's own, bit for bit."""
+  for bit XLA's, so the path is taken on CPU); gradients are the direct convolution's
+  (`conv._direct`: oneDNN's or XLA's), bit for bit."""
   rng = np.random.default_rng(5)
   x = jnp.asarray(rng.standard_normal((2, 8, 8, 16)), jnp.float32)
   w = jnp.asarray(rng.standard_normal((3, 3, 16, 3)), jnp.float32)
@@ -131,6 +136,7 @@ def test_conv2d_output_convolution_takes_shift_sum_forward_and_direct_gradients(
     assert not np.array_equal(got, want)
   dy = jnp.asarray(rng.standard_normal(want.shape), jnp.float32)
   grads = jax.jit(lambda x, w, dy: jax.vjp(f, x, w)[1](dy))(x, w, dy)
-  ref = jax.jit(lambda x, w, dy: jax.vjp(f_ref, x, w)[1](dy))(x, w, dy)
+  f_direct = lambda x, w: conv._direct(x, w, (1, 1), 'SAME')
+  ref = jax.jit(lambda x, w, dy: jax.vjp(f_direct, x, w)[1](dy))(x, w, dy)
   for g, r in zip(grads, ref):
     np.testing.assert_array_equal(g, r)

@@ -1,12 +1,16 @@
-"""The U-Net's 2-D convolution (NHWC input, HWIO kernel): XLA's direct convolution, or, on CPU
+"""The U-Net's 2-D convolution (NHWC input, HWIO kernel): the direct convolution, or, on CPU
 for the shapes where it is faster, Winograd F(2x2, 3x3) (`ddpm_jax.models.winograd`) in the
 forward pass with the direct convolution's gradients, or, for the output convolution's few
 channels, one 1x1 convolution to all nine taps followed by a sum of shifted slices.
+
+The direct convolution is oneDNN's (`ddpm_jax.models.onednn_conv`) on a single CPU device in
+float32 where it is available, XLA's otherwise.
 """
 
 import jax
 import jax.numpy as jnp
 
+from ddpm_jax.models import onednn_conv
 from ddpm_jax.models.winograd import winograd_conv3x3
 
 
@@ -76,7 +80,16 @@ def shift_sum_conv3x3(x, w):
   return sum(z[:, i:i + H, j:j + W, i, j] for i in range(3) for j in range(3))
 
 
+def use_onednn(dtype, platform: str, device_count: int) -> bool:
+  """Whether the direct convolution is oneDNN's: float32 on a single CPU device (XLA cannot
+  split its custom call across devices), when `onednn_conv.available()`."""
+  return (platform == 'cpu' and jnp.dtype(dtype) == jnp.float32 and device_count == 1
+          and onednn_conv.available())
+
+
 def _direct(x, w, strides, padding):
+  if use_onednn(x.dtype, jax.default_backend(), jax.device_count()):
+    return onednn_conv.conv2d(x, w, strides, padding)
   return jax.lax.conv_general_dilated(x, w, strides, padding,
                                       dimension_numbers=('NHWC', 'HWIO', 'NHWC'))
 
@@ -84,16 +97,21 @@ def _direct(x, w, strides, padding):
 def conv2d(x: jnp.ndarray, w: jnp.ndarray, strides=(1, 1), padding='SAME',
            allow_winograd: bool = True) -> jnp.ndarray:
   """`jax.lax.conv_general_dilated(x, w, strides, padding)` with NHWC / HWIO / NHWC
-  dimensions. With `allow_winograd`, for the shapes of `use_winograd` (on the default
-  backend), the forward pass is Winograd's (equal to float32 rounding); gradients are always
-  the direct convolution's. The U-Net allows it outside training only: inside the train
-  step it measured 3-4 % slower per step (two sessions), although faster layer by layer. For the shapes of
-  `use_shift_sum` (the output convolution), in training too, the forward pass is
-  `shift_sum_conv3x3`'s, the gradients again the direct convolution's.
+  dimensions, by the direct convolution (`_direct`: oneDNN's where `use_onednn`, else XLA's),
+  except:
+  * with `allow_winograd` and XLA's direct convolution, for the shapes of `use_winograd`, the
+    forward pass is Winograd's (equal to float32 rounding), the gradients the direct
+    convolution's. The U-Net allows it outside training only: inside the train step it
+    measured 3-4 % slower per step (two sessions), although faster layer by layer. Against
+    oneDNN's direct convolution it loses: the CIFAR-10 forward pass at batch 8 is 3 % faster
+    with oneDNN's convolutions alone than with Winograd's where it applies (paired, 30 calls).
+  * for the shapes of `use_shift_sum` (the output convolution), in training too, the forward
+    pass is `shift_sum_conv3x3`'s, the gradients again the direct convolution's.
   `padding` is a string or a sequence of (low, high) pairs."""
   strides = tuple(strides)
-  if allow_winograd and use_winograd(x.shape, w.shape, strides, padding,
-                                     jax.default_backend(), jnp.dtype(x.dtype).itemsize):
+  onednn = use_onednn(x.dtype, jax.default_backend(), jax.device_count())
+  if allow_winograd and not onednn and use_winograd(
+      x.shape, w.shape, strides, padding, jax.default_backend(), jnp.dtype(x.dtype).itemsize):
     return _winograd_forward_conv3x3(x, w)
   if use_shift_sum(x.shape, w.shape, strides, padding, jax.default_backend()):
     return _shift_sum_forward_conv3x3(x, w)
