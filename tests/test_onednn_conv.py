@@ -121,3 +121,15 @@ def test_conv2d_with_onednn_takes_no_winograd(monkeypatch):
   assert conv.use_winograd(x.shape, w.shape, (1, 1), 'SAME', 'cpu')
   got = jax.jit(conv.conv2d)(x, w)
   np.testing.assert_array_equal(got, jax.jit(lambda x, w: conv._direct(x, w, (1, 1), 'SAME'))(x, w))
+
+
+@needs_onednn
+def test_vmap_over_a_leading_axis():
+  """jax.vmap of the convolution and its gradients (one call per vmapped element)."""
+  x = jax.random.normal(jax.random.PRNGKey(5), (3, 2, 8, 8, 4))
+  w = jax.random.normal(jax.random.PRNGKey(6), (3, 3, 4, 5)) * 0.2
+  f = lambda x: jnp.sum(onednn_conv.conv2d(x, w) ** 2)
+  f_ref = lambda x: jnp.sum(_xla(x, w, (1, 1), 'SAME') ** 2)
+  np.testing.assert_allclose(jax.vmap(f)(x), jax.vmap(f_ref)(x), rtol=1e-5)
+  np.testing.assert_allclose(jax.vmap(jax.grad(f))(x), jax.vmap(jax.grad(f_ref))(x),
+                             rtol=1e-4, atol=1e-4)

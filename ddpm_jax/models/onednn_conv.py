@@ -148,8 +148,10 @@ def output_shape(x_shape, w_shape, strides, pads) -> tuple:
 
 
 def _call(kind: str, shape, a, b, strides, pads):
+  # Under jax.vmap (the samplers vmap the model in places), one call per vmapped element.
   (pt, pb), (pl, pr) = pads
-  return jax.ffi.ffi_call(TARGETS[kind], jax.ShapeDtypeStruct(shape, a.dtype))(
+  return jax.ffi.ffi_call(TARGETS[kind], jax.ShapeDtypeStruct(shape, a.dtype),
+                          vmap_method='sequential')(
       a, b, sh=np.int64(strides[0]), sw=np.int64(strides[1]), pt=np.int64(pt),
       pb=np.int64(pb), pl=np.int64(pl), pr=np.int64(pr))
 
