@@ -129,7 +129,7 @@ ffi::Error Run(ffi::AnyBuffer a, ffi::AnyBuffer b, ffi::Result<ffi::AnyBuffer> o
   const int64_t* bd = b.dimensions().begin();
   const int64_t* od = out->dimensions().begin();
   const int64_t* x = kind == kInputGrad ? od : ad;
-  const int64_t* w = kind == kForward ? bd : (kind == kInputGrad ? bd : od);
+  const int64_t* w = kind == kKernelGrad ? od : bd;
   const int64_t* y = kind == kForward ? od : (kind == kInputGrad ? ad : bd);
   try {
     Conv* c = GetConv(x, w, y, sh, sw, pt, pb, pl, pr);
