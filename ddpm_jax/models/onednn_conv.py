@@ -187,7 +187,6 @@ def conv2d(x, w, strides=(1, 1), padding='SAME'):
   return _conv(x, w, strides, pads)
 
 
-
 def _valid_taps(size: int, kernel: int, out: int, stride: int, pad_low: int) -> int:
   """Kernel taps, summed over output positions, that land inside an input of `size`."""
   return sum(1 for o in range(out) for k in range(kernel) if 0 <= o * stride - pad_low + k < size)
