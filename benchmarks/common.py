@@ -60,12 +60,12 @@ def spread(times: np.ndarray) -> str:
 def compiled_flops(compiled) -> float:
   """FLOPs of one call from XLA's cost analysis (0 when the backend does not report them),
   plus those of the oneDNN convolutions, which it does not see."""
-  from ddpm_jax.models import onednn_conv
+  from ddpm_jax.kernels import onednn
   cost = compiled.cost_analysis()
   if isinstance(cost, (list, tuple)):
     cost = cost[0] if cost else {}
   return (float((cost or {}).get('flops', 0.0))
-          + onednn_conv.custom_call_flops(compiled.as_text()))
+          + onednn.custom_call_flops(compiled.as_text()))
 
 
 def matmul_peak_gflops(dtype=jnp.float32, n: int = 2048, reps: int = 10) -> float:

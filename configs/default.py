@@ -32,6 +32,10 @@ def get_config() -> ml_collections.ConfigDict:
   model.resamp_with_conv = True
   model.remat = False  # Recompute each ResnetBlock/AttnBlock in the backward pass (memory).
   model.num_classes = 0  # > 0: class-conditional (label embedding + a null label for CFG).
+  # What the network computes with (ddpm_jax/kernels/): xla = stock JAX on every platform;
+  # cpu = oneDNN convolutions and a fused GroupNorm (one CPU device); auto = cpu on one CPU
+  # device in float32, xla elsewhere. Same parameters and function with each.
+  model.kernels = 'auto'
 
   # Forward process and objective.
   config.diffusion = diffusion = ml_collections.ConfigDict()

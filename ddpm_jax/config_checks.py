@@ -7,7 +7,7 @@ typed overrides); this module checks the values themselves. Model shapes are che
 
 from __future__ import annotations
 
-from ddpm_jax import diffusion, samplers, schedules
+from ddpm_jax import diffusion, kernels, samplers, schedules
 
 
 def _require(ok: bool, key: str, value, expect: str) -> None:
@@ -33,6 +33,8 @@ def validate(config) -> None:
            'a non-empty tuple of positive integers')
   _require(m.num_res_blocks >= 1, 'model.num_res_blocks', m.num_res_blocks, 'an integer >= 1')
   _require(0.0 <= m.dropout < 1.0, 'model.dropout', m.dropout, 'a rate in [0, 1)')
+  _require(m.get('kernels', 'auto') in kernels.KERNELS, 'model.kernels', m.get('kernels'),
+           'one of ' + ', '.join(map(repr, kernels.KERNELS)))
   _choice(config, 'diffusion.schedule', schedules.SCHEDULE_NAMES)
   _choice(config, 'diffusion.mean_type', diffusion.MEAN_TYPES)
   _choice(config, 'diffusion.var_type', diffusion.VAR_TYPES)

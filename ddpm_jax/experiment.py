@@ -1,7 +1,8 @@
 """Everything built from a config before a train or sample job runs.
 
-`Experiment` bundles the model, the schedule, the optimizer, the mesh and the train state's
-layout, so that training, sampling and evaluation build them one way.
+`Experiment` bundles the model (with the kernels backend of `config.model.kernels`), the
+schedule, the optimizer, the mesh and the train state's layout, so that training, sampling and
+evaluation build them one way.
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ import logging
 import jax
 import optax
 
-from ddpm_jax import config_checks, sharding
+from ddpm_jax import config_checks, kernels, sharding
 from ddpm_jax.checkpointing import Checkpointer
 from ddpm_jax.models import count_params, create_model
 from ddpm_jax.optim import make_optimizer
@@ -34,7 +35,7 @@ class Experiment:
     config_checks.validate(config)
     if mesh is None:
       mesh = sharding.make_mesh(mesh_shape=config.train.get('mesh_shape', (-1, 1)))
-    return cls(config=config, model=create_model(config),
+    return cls(config=config, model=create_model(config, ops=kernels.from_config(config, mesh)),
                schedule=schedule_from_config(config.diffusion),
                tx=make_optimizer(config.optim), mesh=mesh)
 

@@ -6,8 +6,8 @@ CIFAR-10 model (benchmarks/, README "Performance"):
   8 (3.81 -> 4.09 images/s). (XNNPACK, which an earlier version of this preset also named,
   takes none of the U-Net's convolutions: the compiled train step is the same without it.)
 * `inference`: convolutions and dots left to XLA's own emitters instead of YNNPACK (reductions
-  stay with YNNPACK, which the GroupNorm of `ddpm_jax.models.group_norm` needs; it is about
-  2x slower with XLA's own reductions): forward pass 563 -> 526 ms at batch 8 (14.2 -> 15.2
+  stay with YNNPACK, which the CPU backend's GroupNorm, `ddpm_jax.kernels.group_norm`, needs;
+  it is about 2x slower with XLA's own reductions): forward pass 563 -> 526 ms at batch 8 (14.2 -> 15.2
   images/s, measured with the earlier Flax GroupNorm and XLA's reductions); the same flags slow
   training down (2.29 s per step), hence two presets.
 

@@ -1,142 +1,117 @@
-"""Tests for the U-Net's convolution (`ddpm_jax.models.conv`)."""
+"""The CPU backend's convolution and dense product (`ddpm_jax.kernels.conv`): XLA's
+convolution and `nn.Dense` in value and gradient, oneDNN taken where it applies, XLA's own
+computation (bit for bit) everywhere else."""
 
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from jax import lax
 
-from ddpm_jax.models import conv
+from ddpm_jax.kernels import conv, onednn
+
+NHWC = ('NHWC', 'HWIO', 'NHWC')
 
 
 def lax_conv(x, w, strides, padding):
-  return jax.lax.conv_general_dilated(x, w, strides, padding,
-                                      dimension_numbers=('NHWC', 'HWIO', 'NHWC'))
+  return lax.conv_general_dilated(x, w, strides, padding, dimension_numbers=NHWC)
 
 
-@pytest.mark.parametrize('x_shape,w_shape,strides,padding,platform,want', [
-    ((8, 16, 16, 256), (3, 3, 256, 256), (1, 1), 'SAME', 'cpu', True),    # 8 MiB transformed
-    ((8, 16, 16, 384), (3, 3, 384, 256), (1, 1), 'SAME', 'cpu', True),    # 12 MiB: the limit
-    ((8, 8, 8, 512), (3, 3, 512, 256), (1, 1), 'SAME', 'cpu', True),
-    ((2, 32, 32, 128), (3, 3, 128, 128), (1, 1), 'SAME', 'cpu', True),
-    ((8, 32, 32, 128), (3, 3, 128, 128), (1, 1), 'SAME', 'cpu', False),   # 16 MiB
-    ((8, 16, 16, 512), (3, 3, 512, 256), (1, 1), 'SAME', 'cpu', False),   # 16 MiB
-    ((8, 16, 16, 256), (3, 3, 256, 256), (1, 1), 'SAME', 'gpu', False),   # accelerators
-    ((8, 8, 8, 128), (3, 3, 128, 128), (1, 1), 'SAME', 'cpu', False),     # 4.2 MFLOP products
-    ((16, 16, 16, 64), (3, 3, 64, 64), (1, 1), 'SAME', 'cpu', False),     # 64 channels
-    ((8, 4, 4, 256), (3, 3, 256, 256), (1, 1), 'SAME', 'cpu', False),     # too small
-    ((8, 16, 16, 256), (3, 3, 256, 256), (2, 2), 'SAME', 'cpu', False),   # strided
-    ((8, 16, 16, 256), (2, 2, 256, 256), (1, 1), 'VALID', 'cpu', False),  # not 3x3 SAME
-    ((8, 14, 15, 256), (3, 3, 256, 256), (1, 1), 'SAME', 'cpu', False),   # odd width
+def _random(rng, *shapes):
+  return [jnp.asarray(rng.standard_normal(s) / np.sqrt(np.prod(s[:-1])), jnp.float32)
+          for s in shapes]
+
+
+@pytest.mark.parametrize('x_shape,w_shape,strides,padding', [
+    ((2, 8, 8, 16), (3, 3, 16, 32), (1, 1), 'SAME'),          # the U-Net's 3x3
+    ((2, 8, 8, 16), (3, 3, 16, 16), (2, 2), 'SAME'),          # Downsample
+    ((2, 8, 8, 16), (1, 1, 16, 24), (1, 1), 'VALID'),         # 1x1
+    ((2, 8, 8, 32), (3, 3, 32, 3), (1, 1), 'SAME'),           # conv_out (shifted slices)
+    ((2, 5, 7, 8), (3, 3, 8, 1), (1, 1), 'SAME'),             # odd sizes, one channel out
+    ((2, 7, 5, 3), (3, 3, 3, 4), (1, 1), ((0, 1), (2, 0))),   # explicit, asymmetric padding
 ])
-def test_use_winograd(x_shape, w_shape, strides, padding, platform, want):
-  assert conv.use_winograd(x_shape, w_shape, strides, padding, platform) is want
-
-
-def test_use_winograd_counts_bytes():
-  """bfloat16 halves the transformed input: 16x16x512 at batch 8 fits in 12 MiB."""
-  args = ((8, 16, 16, 512), (3, 3, 512, 256), (1, 1), 'SAME', 'cpu')
-  assert not conv.use_winograd(*args, itemsize=4)
-  assert conv.use_winograd(*args, itemsize=2)
-
-
-def no_winograd_minimum(monkeypatch):
-  """Let small test shapes take the Winograd path (no channel and FLOP minimum)."""
-  monkeypatch.setattr(conv, 'WINOGRAD_MIN_CHANNELS', 1)
-  monkeypatch.setattr(conv, 'WINOGRAD_MIN_FLOPS', 0)
-
-
-@pytest.mark.parametrize('x_shape,w_shape,strides,padding,winograd', [
-    ((4, 16, 16, 128), (3, 3, 128, 128), (1, 1), 'SAME', True),   # Winograd as configured
-    ((2, 8, 8, 16), (3, 3, 16, 24), (1, 1), 'SAME', True),        # Winograd, no minimum
-    ((2, 16, 12, 8), (3, 3, 8, 8), (1, 1), 'SAME', True),         # Winograd, no minimum
-    ((2, 4, 4, 16), (3, 3, 16, 8), (1, 1), 'SAME', False),        # direct (too small)
-    ((2, 8, 8, 16), (3, 3, 16, 16), (2, 2), 'SAME', False),       # direct (Downsample)
-    ((2, 5, 5, 8), (2, 2, 8, 8), (1, 1), 'VALID', False),         # direct (upsampling phase)
-])
-def test_conv2d_matches_lax(x_shape, w_shape, strides, padding, winograd, monkeypatch):
-  """Values and both gradients equal XLA's convolution, on either path, under jit (with XLA's
-  direct convolution, the one Winograd is an alternative to)."""
-  monkeypatch.setattr(conv, 'use_onednn', lambda *args: False)
-  if x_shape[-1] < 128:
-    no_winograd_minimum(monkeypatch)
-  assert conv.use_winograd(x_shape, w_shape, strides, padding, jax.default_backend()) is (
-      winograd and jax.default_backend() == 'cpu')
-  rng = np.random.default_rng(1)
-  x = jnp.asarray(rng.standard_normal(x_shape), jnp.float32)
-  w = jnp.asarray(rng.standard_normal(w_shape), jnp.float32)
-  f_ref = lambda x, w: lax_conv(x, w, strides, padding)
-  f = jax.jit(lambda x, w: conv.conv2d(x, w, strides, padding))
-  want = f_ref(x, w)
-  np.testing.assert_allclose(f(x, w), want, atol=2e-6 * float(jnp.max(jnp.abs(want))))
-  dy = jnp.asarray(rng.standard_normal(want.shape), jnp.float32)
+def test_conv_general_dilated_equals_xla_in_value_and_gradient(x_shape, w_shape, strides,
+                                                                padding):
+  rng = np.random.default_rng(0)
+  x, w = _random(rng, x_shape, w_shape)
+  f = jax.jit(lambda x, w: conv.conv_general_dilated(x, w, strides, padding,
+                                                     dimension_numbers=NHWC))
+  f_ref = jax.jit(lambda x, w: lax_conv(x, w, strides, padding))
+  y, y_ref = f(x, w), f_ref(x, w)
+  scale = float(jnp.max(jnp.abs(y_ref)))
+  np.testing.assert_allclose(y, y_ref, atol=2e-6 * scale, rtol=1e-5)
+  dy = jnp.asarray(rng.standard_normal(y.shape), jnp.float32)
   grads = jax.jit(lambda x, w, dy: jax.vjp(f, x, w)[1](dy))(x, w, dy)
-  for got, ref in zip(grads, jax.vjp(f_ref, x, w)[1](dy)):
-    np.testing.assert_allclose(got, ref, rtol=1e-5, atol=1e-5 * float(jnp.max(jnp.abs(ref))))
+  grads_ref = jax.jit(lambda x, w, dy: jax.vjp(f_ref, x, w)[1](dy))(x, w, dy)
+  for g, g_ref in zip(grads, grads_ref):
+    np.testing.assert_allclose(g, g_ref, atol=1e-5 * float(jnp.max(jnp.abs(g_ref))), rtol=1e-4)
 
 
-def test_allow_winograd_false_is_the_direct_convolution(monkeypatch):
-  """Training turns Winograd off: the result is then XLA's direct convolution, bit for bit,
-  where Winograd's differs by rounding. (With oneDNN's direct convolution, Winograd is never
-  taken: tests/test_onednn_conv.py.)"""
-  no_winograd_minimum(monkeypatch)
-  monkeypatch.setattr(conv, 'use_onednn', lambda *args: False)
-  rng = np.random.default_rng(3)
-  x = jnp.asarray(rng.standard_normal((2, 8, 8, 16)), jnp.float32)
-  w = jnp.asarray(rng.standard_normal((3, 3, 16, 8)), jnp.float32)
-  want = jax.jit(lambda x, w: lax_conv(x, w, (1, 1), 'SAME'))(x, w)
-  direct = jax.jit(lambda x, w: conv.conv2d(x, w, allow_winograd=False))(x, w)
-  winograd = jax.jit(conv.conv2d)(x, w)
-  np.testing.assert_array_equal(direct, want)
-  assert not np.array_equal(winograd, want)
-  np.testing.assert_allclose(winograd, want, atol=2e-6 * float(jnp.max(jnp.abs(want))))
+@pytest.mark.skipif(not onednn.available(), reason='oneDNN convolutions not available here')
+@pytest.mark.parametrize('c_out,taps_out', [(16, None), (3, 27)])
+def test_float32_nhwc_convolutions_run_through_onednn(c_out, taps_out):
+  """A 3x3 convolution is one oneDNN call; the output convolution's (3 channels) is one
+  oneDNN 1x1 convolution to its 9 x 3 taps."""
+  x = jnp.ones((2, 8, 8, 16))
+  w = jnp.ones((3, 3, 16, c_out))
+  hlo = jax.jit(lambda x, w: conv.conv_general_dilated(x, w, (1, 1), 'SAME',
+                                                       dimension_numbers=NHWC)
+                ).lower(x, w).compile().as_text()
+  calls = [line for line in hlo.splitlines() if onednn.TARGETS['forward'] in line
+           and 'custom-call(' in line]
+  assert len(calls) == 1
+  assert f'f32[2,8,8,{taps_out or c_out}]' in calls[0]
 
 
-@pytest.mark.parametrize('x_shape,w_shape,strides,padding,platform,want', [
-    ((8, 32, 32, 128), (3, 3, 128, 3), (1, 1), 'SAME', 'cpu', True),   # CIFAR-10 conv_out
-    ((32, 32, 32, 32), (3, 3, 32, 1), (1, 1), 'SAME', 'cpu', True),    # quickstart conv_out
-    ((2, 5, 7, 8), (3, 3, 8, 4), (1, 1), 'SAME', 'cpu', True),
-    ((2, 8, 8, 8), (3, 3, 8, 5), (1, 1), 'SAME', 'cpu', False),        # too many outputs
-    ((2, 8, 8, 8), (3, 3, 8, 3), (2, 2), 'SAME', 'cpu', False),        # strided
-    ((2, 8, 8, 8), (3, 3, 8, 3), (1, 1), 'VALID', 'cpu', False),
-    ((2, 8, 8, 8), (3, 3, 8, 3), (1, 1), 'SAME', 'gpu', False),
-])
-def test_use_shift_sum(x_shape, w_shape, strides, padding, platform, want):
-  assert conv.use_shift_sum(x_shape, w_shape, strides, padding, platform) is want
+@pytest.mark.parametrize('case', ['nchw', 'dilated', 'groups', 'bfloat16'])
+def test_other_convolutions_are_xla_bit_for_bit(case):
+  rng = np.random.default_rng(1)
+  x, w = _random(rng, (2, 8, 8, 4), (3, 3, 4, 4))
+  kwargs = dict(dimension_numbers=NHWC)
+  if case == 'nchw':
+    x, w = jnp.transpose(x, (0, 3, 1, 2)), jnp.transpose(w, (3, 2, 0, 1))
+    kwargs = dict(dimension_numbers=('NCHW', 'OIHW', 'NCHW'))
+  elif case == 'dilated':
+    kwargs['rhs_dilation'] = (2, 2)
+  elif case == 'groups':
+    w = w[:, :, :2]
+    kwargs['feature_group_count'] = 2
+  else:
+    x, w = x.astype(jnp.bfloat16), w.astype(jnp.bfloat16)
+  got = jax.jit(lambda x, w: conv.conv_general_dilated(x, w, (1, 1), 'SAME', **kwargs))(x, w)
+  want = jax.jit(lambda x, w: lax.conv_general_dilated(x, w, (1, 1), 'SAME', **kwargs))(x, w)
+  np.testing.assert_array_equal(got, want)
 
 
 @pytest.mark.parametrize('x_shape,c_out', [((2, 5, 7, 8), 3), ((1, 4, 4, 16), 1)])
 def test_shift_sum_conv3x3_matches_lax(x_shape, c_out):
   """The nine shifted tap slices add up to XLA's 'SAME' convolution, borders included (odd
-  and even sizes), and their own gradients equal XLA's."""
+  and even sizes)."""
   rng = np.random.default_rng(4)
-  x = jnp.asarray(rng.standard_normal(x_shape), jnp.float32)
-  w = jnp.asarray(rng.standard_normal((3, 3, x_shape[-1], c_out)), jnp.float32)
-  f_ref = lambda x, w: lax_conv(x, w, (1, 1), 'SAME')
-  want = f_ref(x, w)
+  x, w = _random(rng, x_shape, (3, 3, x_shape[-1], c_out))
+  want = lax_conv(x, w, (1, 1), 'SAME')
   got = conv.shift_sum_conv3x3(x, w)
   assert got.shape == want.shape
   np.testing.assert_allclose(got, want, atol=2e-6 * float(jnp.max(jnp.abs(want))))
-  dy = jnp.asarray(rng.standard_normal(want.shape), jnp.float32)
-  for g, ref in zip(jax.vjp(conv.shift_sum_conv3x3, x, w)[1](dy), jax.vjp(f_ref, x, w)[1](dy)):
-    np.testing.assert_allclose(g, ref, rtol=1e-5, atol=1e-5 * float(jnp.max(jnp.abs(ref))))
 
 
-def test_conv2d_output_convolution_takes_shift_sum_forward_and_direct_gradients():
-  """conv2d's few-output-channel path: values equal XLA's up to rounding (and are not bit
-  for bit XLA's, so the path is taken on CPU); gradients are the direct convolution's
-  (`conv._direct`: oneDNN's or XLA's), bit for bit."""
-  rng = np.random.default_rng(5)
-  x = jnp.asarray(rng.standard_normal((2, 8, 8, 16)), jnp.float32)
-  w = jnp.asarray(rng.standard_normal((3, 3, 16, 3)), jnp.float32)
-  f_ref = jax.jit(lambda x, w: lax_conv(x, w, (1, 1), 'SAME'))
-  f = jax.jit(lambda x, w: conv.conv2d(x, w, allow_winograd=False))
-  want, got = f_ref(x, w), f(x, w)
-  np.testing.assert_allclose(got, want, atol=2e-6 * float(jnp.max(jnp.abs(want))))
-  if jax.default_backend() == 'cpu':
-    assert not np.array_equal(got, want)
-  dy = jnp.asarray(rng.standard_normal(want.shape), jnp.float32)
-  grads = jax.jit(lambda x, w, dy: jax.vjp(f, x, w)[1](dy))(x, w, dy)
-  f_direct = lambda x, w: conv._direct(x, w, (1, 1), 'SAME')
-  ref = jax.jit(lambda x, w, dy: jax.vjp(f_direct, x, w)[1](dy))(x, w, dy)
-  for g, r in zip(grads, ref):
-    np.testing.assert_array_equal(g, r)
+@pytest.mark.parametrize('shape', [(2, 4, 4, 8), (3, 8), (2, 3, 8)])
+def test_dense_through_dot_general_is_flax_dense(shape):
+  """`nn.Dense(dot_general=conv.dot_general)`: on images a 1x1 convolution, otherwise XLA's
+  product; both equal stock `nn.Dense` with the same parameters, values and gradients."""
+  x = jnp.asarray(np.random.default_rng(0).standard_normal(shape), jnp.float32)
+  dense, stock = nn.Dense(6, dot_general=conv.dot_general), nn.Dense(6)
+  params = stock.init(jax.random.PRNGKey(0), x)['params']
+  params = {'kernel': params['kernel'], 'bias': params['bias'] + 0.5}
+  assert (jax.tree.map(jnp.shape, dense.init(jax.random.PRNGKey(0), x)['params'])
+          == jax.tree.map(jnp.shape, params))
+  out = dense.apply({'params': params}, x)
+  ref = np.asarray(x, np.float64) @ np.asarray(params['kernel'], np.float64) + 0.5
+  np.testing.assert_allclose(np.asarray(out), ref, rtol=1e-5, atol=1e-5)
+  loss = lambda f, p, x: jnp.sum(jnp.sin(f.apply({'params': p}, x)))
+  got = jax.grad(lambda p, x: loss(dense, p, x), argnums=(0, 1))(params, x)
+  want = jax.grad(lambda p, x: loss(stock, p, x), argnums=(0, 1))(params, x)
+  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5), got, want)
+  if len(shape) != 4:
+    np.testing.assert_array_equal(out, stock.apply({'params': params}, x))

@@ -1,5 +1,6 @@
-"""The fused GroupNorm (+ swish) and its hand-written backward pass against Flax's GroupNorm
-and automatic differentiation."""
+"""The CPU backend's fused GroupNorm (+ swish, + dropout) and its hand-written backward pass
+(ddpm_jax/kernels/group_norm.py) against Flax's GroupNorm, swish and Dropout and automatic
+differentiation."""
 
 import flax.linen as nn
 import jax
@@ -7,7 +8,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from ddpm_jax.models.group_norm import group_norm, group_stats
+from ddpm_jax.kernels.group_norm import group_norm, group_stats
 
 EPS = 1e-6
 
@@ -80,29 +81,30 @@ def test_indivisible_channels_raise():
     group_norm(x, jnp.ones(6), jnp.zeros(6), 4, EPS, True)
 
 
-def test_fused_dropout_matches_explicit_mask_and_its_gradient():
-  """Dropout inside group_norm == GroupNorm + swish, then the same mask / (1 - rate), in value
-  and in gradient; the mask keeps about 1 - rate of the elements."""
-  from ddpm_jax.models.group_norm import _keep_mask
+def test_fused_dropout_is_flax_dropout_with_the_same_key():
+  """Dropout inside group_norm == GroupNorm, swish, then `nn.Dropout` with the same key (the
+  same mask), in value and in gradient; the mask keeps about 1 - rate of the elements."""
   x, scale, bias, ct = inputs((4, 8, 8, 32), seed=5)
   key, rate = jax.random.PRNGKey(7), 0.25
-  keep = _keep_mask(key, x.shape, rate)
-  assert abs(float(jnp.mean(keep)) - 0.75) < 0.02
 
   def fused(x, s, b):
     return group_norm(x, s, b, 8, EPS, True, rate, key)
 
-  def explicit(x, s, b):
-    return jnp.where(keep, reference(x, s, b, 8, True) / (1 - rate), 0.0)
+  def flax_dropout(x, s, b):
+    return nn.Dropout(rate).apply({}, reference(x, s, b, 8, True), deterministic=False,
+                                  rng=key)
 
-  np.testing.assert_allclose(fused(x, scale, bias), explicit(x, scale, bias), atol=1e-5,
-                             rtol=1e-5)
+  y = fused(x, scale, bias)
+  assert abs(float(jnp.mean(y == 0)) - rate) < 0.02
+  np.testing.assert_array_equal(y == 0, flax_dropout(x, scale, bias) == 0)
+  np.testing.assert_allclose(y, flax_dropout(x, scale, bias), atol=1e-5, rtol=1e-5)
   loss = lambda f: (lambda x, s, b: jnp.sum(f(x, s, b) * ct))
   got = jax.grad(loss(fused), argnums=(0, 1, 2))(x, scale, bias)
-  want = jax.grad(loss(explicit), argnums=(0, 1, 2))(x, scale, bias)
+  want = jax.grad(loss(flax_dropout), argnums=(0, 1, 2))(x, scale, bias)
   for g, w in zip(got, want):
     np.testing.assert_allclose(g, w, atol=1e-5 * float(jnp.max(jnp.abs(w))), rtol=1e-4)
   # Another key, another mask; no key with dropout is an error.
-  assert not np.array_equal(keep, _keep_mask(jax.random.PRNGKey(8), x.shape, rate))
+  other = group_norm(x, scale, bias, 8, EPS, True, rate, jax.random.PRNGKey(8))
+  assert not np.array_equal(y == 0, other == 0)
   with pytest.raises(ValueError, match='needs a dropout_key'):
     group_norm(x, scale, bias, 8, EPS, True, rate, None)

@@ -1,4 +1,4 @@
-"""Models: the DDPM U-Net and helpers."""
+"""Models: the DDPM U-Net in stock Flax, and the functions it computes with (`ops`)."""
 
 import math
 
@@ -6,10 +6,11 @@ import jax
 
 from ddpm_jax.models.layers import (AttnBlock, Downsample, ResnetBlock, Upsample,
                                     timestep_embedding)
+from ddpm_jax.models.ops import XLA, Ops
 from ddpm_jax.models.unet import UNet, create_model
 
 __all__ = ['UNet', 'create_model', 'count_params', 'timestep_embedding', 'ResnetBlock',
-           'AttnBlock', 'Downsample', 'Upsample']
+           'AttnBlock', 'Downsample', 'Upsample', 'Ops', 'XLA']
 
 
 def count_params(params) -> int:

@@ -1,7 +1,7 @@
-"""Building blocks of the DDPM U-Net (Ho et al. 2020, appendix B).
+"""Building blocks of the DDPM U-Net (Ho et al. 2020, appendix B), in stock Flax layers.
 
-These follow the paper's TensorFlow code (`diffusion_tf/models/unet.py` and
-`diffusion_tf/nn.py`):
+They follow the paper's TensorFlow code (`diffusion_tf/models/unet.py`, `diffusion_tf/nn.py`)
+and read side by side with score_sde's `models/ddpm.py`:
 
 * `timestep_embedding`: the Transformer sinusoidal embedding of the timestep.
 * `ResnetBlock`: GroupNorm -> swish -> conv3x3, plus a projection of the timestep
@@ -13,7 +13,9 @@ These follow the paper's TensorFlow code (`diffusion_tf/models/unet.py` and
   x2 followed by a 3x3 conv.
 
 Parameters are always float32; `dtype` is the compute dtype. GroupNorm and the attention
-softmax are always computed in float32.
+softmax are always computed in float32. Every block takes `ops` (`ddpm_jax.models.ops`): the
+functions its convolutions, dense layers and GroupNorms compute with, stock JAX by default.
+Parameter names and shapes are `nn.Conv`'s, `nn.Dense`'s and `nn.GroupNorm`'s whatever `ops`.
 """
 
 import math
@@ -23,8 +25,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from ddpm_jax.models.conv import conv2d
-from ddpm_jax.models.group_norm import group_norm
+from ddpm_jax.models.ops import XLA, Ops
 
 Dtype = Any
 
@@ -63,166 +64,110 @@ def timestep_embedding(t: jnp.ndarray, dim: int) -> jnp.ndarray:
   return emb
 
 
+def conv3x3(features: int, dtype: Dtype, ops: Ops, name: str, zero: bool = False,
+            strides: int = 1, conv_general_dilated=None) -> nn.Conv:
+  """The paper's `nn.conv2d` with a 3x3 kernel: TF-style 'SAME' padding, `default_init` (or
+  zeros for the zero-initialised layers)."""
+  return nn.Conv(features, (3, 3), strides=strides, padding='SAME', dtype=dtype,
+                 kernel_init=zero_init if zero else default_init,
+                 conv_general_dilated=conv_general_dilated or ops.conv_general_dilated,
+                 name=name)
+
+
+def dense(features: int, dtype: Dtype, ops: Ops, name: str, zero: bool = False) -> nn.Dense:
+  """The paper's `nn.dense` and `nn.nin` (a 1x1 convolution is a dense layer over the
+  channels): `default_init`, or zeros."""
+  return nn.Dense(features, dtype=dtype, kernel_init=zero_init if zero else default_init,
+                  dot_general=ops.dot_general, name=name)
+
+
 class _GroupNormParams(nn.Module):
-  """The per-channel `scale` (ones) and `bias` (zeros) of a GroupNorm, under the same names
-  and shapes as `flax.linen.GroupNorm`'s, so checkpoints are interchangeable."""
+  """`nn.GroupNorm`'s parameters (`scale` ones, `bias` zeros, (C,)) for a backend's own
+  GroupNorm function."""
 
   @nn.compact
   def __call__(self, channels: int):
-    scale = self.param('scale', nn.initializers.ones, (channels,), jnp.float32)
-    bias = self.param('bias', nn.initializers.zeros, (channels,), jnp.float32)
-    return scale, bias
+    return (self.param('scale', nn.initializers.ones, (channels,), jnp.float32),
+            self.param('bias', nn.initializers.zeros, (channels,), jnp.float32))
 
 
 class Normalize(nn.Module):
-  """GroupNorm(num_groups, eps=1e-6) computed in float32, optionally followed by swish and
-  (with `train=True`) dropout, all in one fused function with a hand-written backward pass
-  (`ddpm_jax.models.group_norm`).
+  """GroupNorm(num_groups, eps=1e-6) in float32 (the paper's `normalize`), then swish unless
+  `swish=False`, then dropout at rate `dropout` when `train`; the result in `dtype`.
 
-  The result is cast to the compute `dtype`.
+  The variance is computed from x - mean, as the paper's `tf.nn.moments` does. A backend's
+  `ops.group_norm` computes all three in one function, with the same parameters and mask.
   """
   num_groups: int
   swish: bool = True
-  dtype: Dtype = jnp.float32
   dropout: float = 0.0
+  dtype: Dtype = jnp.float32
+  ops: Ops = XLA
 
   @nn.compact
   def __call__(self, x, train: bool = False):
-    scale, bias = _GroupNormParams(name='group_norm')(x.shape[-1])
-    rate, key = 0.0, None
-    if train and self.dropout > 0:
-      rate, key = self.dropout, self.make_rng('dropout')
-    h = group_norm(x.astype(jnp.float32), scale, bias, self.num_groups, GROUPNORM_EPSILON,
-                   self.swish, rate, key)
+    x = x.astype(jnp.float32)
+    rate = self.dropout if train else 0.0
+    key = self.make_rng('dropout') if rate > 0 else None
+    if self.ops.group_norm is not None:
+      scale, bias = _GroupNormParams(name='group_norm')(x.shape[-1])
+      h = self.ops.group_norm(x, scale, bias, self.num_groups, GROUPNORM_EPSILON, self.swish,
+                              rate, key)
+    else:
+      h = nn.GroupNorm(self.num_groups, epsilon=GROUPNORM_EPSILON, use_fast_variance=False,
+                       name='group_norm')(x)
+      h = nn.swish(h) if self.swish else h
+      h = nn.Dropout(rate)(h, deterministic=rate == 0, rng=key)
     return h.astype(self.dtype)
 
 
-def _kernel_and_bias(module: nn.Module, kernel_shape: tuple, zero: bool = False):
-  """Declare, in `module`, a `kernel` of `kernel_shape` (the paper's `default_init`, or zeros)
-  and a zero `bias` of its last dimension: the names, shapes and initialisers of
-  `flax.linen.Dense` / `flax.linen.Conv` under `nin` / `conv3x3`, so checkpoints are the
-  same for layers computed another way."""
-  kernel = module.param('kernel', zero_init if zero else default_init, tuple(kernel_shape),
-                        jnp.float32)
-  bias = module.param('bias', zero_init, (kernel_shape[-1],), jnp.float32)
-  return kernel, bias
-
-
-class Conv3x3(nn.Module):
-  """3x3 convolution with TF-style 'SAME' padding and the paper's initialisers, computed by
-  `conv2d` (outside training, by Winograd's algorithm on CPU where that is faster).
-  Parameters as `flax.linen.Conv`'s (`kernel` (3, 3, C_in, features), `bias`), so
-  checkpoints are interchangeable."""
-  features: int
-  dtype: Dtype = jnp.float32
-  zero: bool = False
-  strides: int = 1
-
-  @nn.compact
-  def __call__(self, x, train: bool = False):
-    kernel, bias = _kernel_and_bias(self, (3, 3, x.shape[-1], self.features), self.zero)
-    y = conv2d(x.astype(self.dtype), kernel.astype(self.dtype), (self.strides,) * 2, 'SAME',
-               allow_winograd=not train)
-    return y + bias.astype(self.dtype)
-
-
-def conv3x3(features: int, dtype: Dtype, name: str, zero: bool = False,
-            strides: int = 1) -> Conv3x3:
-  """3x3 convolution with TF-style 'SAME' padding and the paper's initialisers."""
-  return Conv3x3(features, dtype, zero, strides, name=name)
-
-
-def pointwise(x, kernel, bias, dtype: Dtype):
-  """x @ kernel + bias over the channels (last axis) in `dtype`: on images (NHWC) as a 1x1
-  convolution, on vectors as a matmul (see `Nin`)."""
-  x, kernel = x.astype(dtype), kernel.astype(dtype)
-  y = conv2d(x, kernel[None, None], (1, 1), 'VALID') if x.ndim == 4 else x @ kernel
-  return y + bias.astype(dtype)
-
-
-class Nin(nn.Module):
-  """1x1 convolution ("network in network", `nn.nin` in the paper) with `flax.linen.Dense`'s
-  parameters (`kernel` (C_in, features), `bias`). On images (NHWC) it runs as a 1x1
-  convolution, on vectors as a matmul: XLA:CPU computes a 1x1 convolution and its gradients
-  faster than the same matmul (train step of the CIFAR-10 model at batch 8: 5 % faster;
-  forward + backward of 8x16x16x256 -> 768 17.4 -> 14.7 ms, 8x32x32x256 -> 128 15.1 ->
-  11.2 ms)."""
-  features: int
-  dtype: Dtype = jnp.float32
-  zero: bool = False
-
-  @nn.compact
-  def __call__(self, x):
-    kernel, bias = _kernel_and_bias(self, (x.shape[-1], self.features), self.zero)
-    return pointwise(x, kernel, bias, self.dtype)
-
-
-def nin(features: int, dtype: Dtype, name: str, zero: bool = False) -> Nin:
-  """1x1 convolution ("network in network", `nn.nin` in the paper) on channels."""
-  return Nin(features, dtype, zero, name=name)
-
-
 class ResnetBlock(nn.Module):
-  """Residual block with timestep conditioning (paper's `resnet_block`).
+  """Residual block with timestep conditioning (the paper's `resnet_block`).
 
   h = conv1(swish(norm1(x)))
   h += temb_proj(swish(temb))[:, None, None, :]
-  h = conv2(dropout(swish(norm2(h))))       # conv2 zero-initialised; norm, swish and
-                                            # dropout fused (`Normalize`)
+  h = conv2(dropout(swish(norm2(h))))       # conv2 zero-initialised
   return nin_shortcut(x) + h                # shortcut only when in_ch != out_ch
   """
   out_ch: int
   num_groups: int
   dropout: float = 0.0
   dtype: Dtype = jnp.float32
+  ops: Ops = XLA
 
   @nn.compact
   def __call__(self, x, temb, train: bool):  # `train` positional for nn.remat.
-    h = Normalize(self.num_groups, dtype=self.dtype, name='norm1')(x)
-    h = conv3x3(self.out_ch, self.dtype, 'conv1')(h, train)
-    h = h + nin(self.out_ch, self.dtype, 'temb_proj')(nn.swish(temb))[:, None, None, :]
-    h = Normalize(self.num_groups, dtype=self.dtype, dropout=self.dropout,
+    dtype, ops = self.dtype, self.ops
+    h = Normalize(self.num_groups, dtype=dtype, ops=ops, name='norm1')(x)
+    h = conv3x3(self.out_ch, dtype, ops, 'conv1')(h)
+    h = h + dense(self.out_ch, dtype, ops, 'temb_proj')(nn.swish(temb))[:, None, None, :]
+    h = Normalize(self.num_groups, dropout=self.dropout, dtype=dtype, ops=ops,
                   name='norm2')(h, train)
-    h = conv3x3(self.out_ch, self.dtype, 'conv2', zero=True)(h, train)
+    h = conv3x3(self.out_ch, dtype, ops, 'conv2', zero=True)(h)
     if x.shape[-1] != self.out_ch:
-      x = nin(self.out_ch, self.dtype, 'nin_shortcut')(x)
+      x = dense(self.out_ch, dtype, ops, 'nin_shortcut')(x)
     return x + h
 
 
-class _KernelAndBias(nn.Module):
-  """`_kernel_and_bias` as a submodule of its own (the attention block's joint q/k/v matmul,
-  `upsample_conv`)."""
-  kernel_shape: tuple
-
-  @nn.compact
-  def __call__(self):
-    return _kernel_and_bias(self, self.kernel_shape)
-
-
 class AttnBlock(nn.Module):
-  """Single-head self-attention over all spatial positions (paper's `attn_block`).
+  """Single-head self-attention over all spatial positions (the paper's `attn_block`).
 
   q, k, v = 1x1 projections of GroupNorm(x); w = softmax(q k^T / sqrt(C)) over the H*W
-  key positions; out = proj_out(w v) with proj_out zero-initialised; return x + out.
-  The q, k and v projections keep their own parameters (`q`, `k`, `v`) but run as one
-  C -> 3C 1x1 convolution (see `Nin`): fewer, larger products in the forward and backward
-  passes.
+  key positions (logits and softmax in float32); out = proj_out(w v) with proj_out
+  zero-initialised; return x + out.
   """
   num_groups: int
   dtype: Dtype = jnp.float32
+  ops: Ops = XLA
 
   @nn.compact
   def __call__(self, x):
     B, H, W, C = x.shape
-    h = Normalize(self.num_groups, swish=False, dtype=self.dtype, name='norm')(x)
-    (wq, bq), (wk, bk), (wv, bv) = (_KernelAndBias((C, C), name=n)() for n in 'qkv')
-    qkv = pointwise(h, jnp.concatenate([wq, wk, wv], axis=1), jnp.concatenate([bq, bk, bv]),
-                    self.dtype).reshape(B, H * W, 3 * C)
-    q, k, v = qkv[..., :C], qkv[..., C:2 * C], qkv[..., 2 * C:]
-    logits = jnp.einsum('bic,bjc->bij', q, k, preferred_element_type=jnp.float32)
-    w = nn.softmax(logits * (C ** -0.5), axis=-1)
-    h = jnp.einsum('bij,bjc->bic', w.astype(self.dtype), v).reshape(B, H, W, C)
-    h = nin(C, self.dtype, 'proj_out', zero=True)(h)
+    dtype, ops = self.dtype, self.ops
+    h = Normalize(self.num_groups, swish=False, dtype=dtype, ops=ops, name='norm')(x)
+    q, k, v = (dense(C, dtype, ops, n)(h).reshape(B, H * W, 1, C) for n in 'qkv')
+    h = jax.nn.dot_product_attention(q, k, v).reshape(B, H, W, C)
+    h = dense(C, dtype, ops, 'proj_out', zero=True)(h)
     return x + h
 
 
@@ -230,56 +175,28 @@ class Downsample(nn.Module):
   """Halve the resolution: 3x3 conv with stride 2 ('SAME' padding), or 2x2 average pool."""
   with_conv: bool = True
   dtype: Dtype = jnp.float32
+  ops: Ops = XLA
 
   @nn.compact
   def __call__(self, x):
     if self.with_conv:
-      return conv3x3(x.shape[-1], self.dtype, 'conv', strides=2)(x)
+      return conv3x3(x.shape[-1], self.dtype, self.ops, 'conv', strides=2)(x)
     return nn.avg_pool(x, window_shape=(2, 2), strides=(2, 2), padding='SAME')
 
 
-def _fold_taps(w, axis: int, phase: int):
-  """The 3 taps of `w` along `axis` folded into the 2 that output phase `phase` sees:
-  [w0, w1 + w2] for phase 0, [w0 + w1, w2] for phase 1 (see `upsample_conv`)."""
-  t0, t1, t2 = (jnp.take(w, i, axis=axis) for i in range(3))
-  return jnp.stack((t0, t1 + t2) if phase == 0 else (t0 + t1, t2), axis=axis)
-
-
-def upsample_conv(x, kernel, bias):
-  """conv3x3(nearest-neighbour x2 upsampling of x), 'SAME' padding, computed at the low
-  resolution in 4/9 of the multiply-adds.
-
-  Output pixel (2i + a, 2j + b) of the 3x3 convolution of the upsampled image only sees
-  input pixels of rows {i - 1, i} (a = 0) or {i, i + 1} (a = 1), and likewise for columns; the
-  taps that land on the same input pixel add up. So each of the four output phases (a, b) is
-  a 2x2 'VALID' convolution of x, padded by one row and column on the side it reaches out to,
-  with a kernel of summed 3x3 taps:
-      rows for a = 0: [w0, w1 + w2],   a = 1: [w0 + w1, w2]   (the same for columns and b).
-  The phases are then interleaved. Equal to upsample-then-convolve up to float rounding
-  (tests/test_unet.py).
-  """
-  B, H, W, _ = x.shape
-  w = kernel.astype(x.dtype)
-  phases = []
-  for a in (0, 1):
-    for b in (0, 1):
-      xp = jnp.pad(x, ((0, 0), (1 - a, a), (1 - b, b), (0, 0)))
-      phases.append(conv2d(xp, _fold_taps(_fold_taps(w, 0, a), 1, b), (1, 1), 'VALID'))
-  out = jnp.stack(phases, axis=3).reshape(B, H, W, 2, 2, -1)   # (B, H, W, a, b, C)
-  out = out.transpose(0, 1, 3, 2, 4, 5).reshape(B, 2 * H, 2 * W, -1)
-  return out + bias.astype(x.dtype)
-
-
 class Upsample(nn.Module):
-  """Double the resolution: nearest-neighbour x2, then (optionally) a 3x3 conv (computed at
-  the low resolution, `upsample_conv`; parameters as `conv3x3`'s, under `conv`)."""
+  """Double the resolution: nearest-neighbour x2, then (optionally) a 3x3 conv."""
   with_conv: bool = True
   dtype: Dtype = jnp.float32
+  ops: Ops = XLA
 
   @nn.compact
   def __call__(self, x):
+    if self.with_conv and self.ops.upsample_conv is not None:
+      # The same convolution, which the backend computes from x at the low resolution.
+      return conv3x3(x.shape[-1], self.dtype, self.ops, 'conv',
+                     conv_general_dilated=self.ops.upsample_conv)(x)
+    x = jnp.repeat(jnp.repeat(x, 2, axis=1), 2, axis=2)
     if self.with_conv:
-      C = x.shape[-1]
-      kernel, bias = _KernelAndBias((3, 3, C, C), name='conv')()
-      return upsample_conv(x.astype(self.dtype), kernel, bias)
-    return jnp.repeat(jnp.repeat(x, 2, axis=1), 2, axis=2)
+      x = conv3x3(x.shape[-1], self.dtype, self.ops, 'conv')(x)
+    return x

@@ -29,7 +29,8 @@ import flax.linen as nn
 import jax.numpy as jnp
 
 from ddpm_jax.models.layers import (AttnBlock, Downsample, Normalize, ResnetBlock, Upsample,
-                                    conv3x3, nin, timestep_embedding)
+                                    conv3x3, dense, timestep_embedding)
+from ddpm_jax.models.ops import XLA, Ops
 
 Dtype = Any
 
@@ -53,6 +54,8 @@ class UNet(nn.Module):
       memory for about one more forward pass of compute; same parameters and results.
     num_classes: 0 for an unconditional model; else labels in [0, num_classes) are embedded
       and added to the timestep embedding, and label `num_classes` means "no label".
+    ops: the functions the layers compute with (`ddpm_jax.models.ops`; stock JAX by default,
+      a platform's backend from `ddpm_jax.kernels`); same parameters and function either way.
   """
   ch: int = 128
   out_ch: int = 3
@@ -65,6 +68,7 @@ class UNet(nn.Module):
   dtype: Dtype = jnp.float32
   num_classes: int = 0
   remat: bool = False
+  ops: Ops = XLA
 
   @nn.compact
   def __call__(self, x, t, label=None, *, train: bool = False):
@@ -82,8 +86,8 @@ class UNet(nn.Module):
     t = jnp.asarray(t)
     if t.ndim == 0:
       t = jnp.broadcast_to(t, (B,))
-    dtype = self.dtype
-    block_kwargs = dict(num_groups=self.num_groups, dropout=self.dropout, dtype=dtype)
+    dtype, ops = self.dtype, self.ops
+    block_kwargs = dict(num_groups=self.num_groups, dropout=self.dropout, dtype=dtype, ops=ops)
     # remat: keep only each block's inputs for the backward pass and recompute the rest.
     # Parameter names are unchanged, so checkpoints load with either setting.
     resnet_block = nn.remat(ResnetBlock, static_argnums=(3,)) if self.remat else ResnetBlock
@@ -91,8 +95,8 @@ class UNet(nn.Module):
 
     # Timestep embedding.
     temb = timestep_embedding(t, self.ch)
-    temb = nin(4 * self.ch, dtype, 'temb_dense0')(temb)
-    temb = nin(4 * self.ch, dtype, 'temb_dense1')(nn.swish(temb))
+    temb = dense(4 * self.ch, dtype, ops, 'temb_dense0')(temb)
+    temb = dense(4 * self.ch, dtype, ops, 'temb_dense1')(nn.swish(temb))
     if self.num_classes > 0:
       if label is None:
         label = jnp.full((B,), self.num_classes, jnp.int32)
@@ -104,22 +108,22 @@ class UNet(nn.Module):
                        '(set config.model.num_classes for a class-conditional model).')
 
     # Down path.
-    hs = [conv3x3(self.ch, dtype, 'conv_in')(x.astype(dtype), train)]
+    hs = [conv3x3(self.ch, dtype, ops, 'conv_in')(x)]
     for i in range(num_levels):
       for j in range(self.num_res_blocks):
         h = resnet_block(self.ch * self.ch_mult[i], name=f'down_{i}_block_{j}',
                          **block_kwargs)(hs[-1], temb, train)
         if h.shape[1] in self.attn_resolutions:
-          h = attn_block(self.num_groups, dtype=dtype, name=f'down_{i}_attn_{j}')(h)
+          h = attn_block(self.num_groups, dtype=dtype, ops=ops, name=f'down_{i}_attn_{j}')(h)
         hs.append(h)
       if i != num_levels - 1:
-        hs.append(Downsample(self.resamp_with_conv, dtype=dtype,
+        hs.append(Downsample(self.resamp_with_conv, dtype=dtype, ops=ops,
                              name=f'down_{i}_downsample')(hs[-1]))
 
     # Middle.
     h = hs[-1]
     h = resnet_block(h.shape[-1], name='mid_block_1', **block_kwargs)(h, temb, train)
-    h = attn_block(self.num_groups, dtype=dtype, name='mid_attn_1')(h)
+    h = attn_block(self.num_groups, dtype=dtype, ops=ops, name='mid_attn_1')(h)
     h = resnet_block(h.shape[-1], name='mid_block_2', **block_kwargs)(h, temb, train)
 
     # Up path.
@@ -129,14 +133,14 @@ class UNet(nn.Module):
         h = resnet_block(self.ch * self.ch_mult[i], name=f'up_{i}_block_{j}',
                          **block_kwargs)(h, temb, train)
         if h.shape[1] in self.attn_resolutions:
-          h = attn_block(self.num_groups, dtype=dtype, name=f'up_{i}_attn_{j}')(h)
+          h = attn_block(self.num_groups, dtype=dtype, ops=ops, name=f'up_{i}_attn_{j}')(h)
       if i != 0:
-        h = Upsample(self.resamp_with_conv, dtype=dtype, name=f'up_{i}_upsample')(h)
+        h = Upsample(self.resamp_with_conv, dtype=dtype, ops=ops, name=f'up_{i}_upsample')(h)
     assert not hs, 'every skip connection must be consumed'
 
     # Output.
-    h = Normalize(self.num_groups, dtype=dtype, name='norm_out')(h)
-    h = conv3x3(self.out_ch, dtype, 'conv_out', zero=True)(h, train)
+    h = Normalize(self.num_groups, dtype=dtype, ops=ops, name='norm_out')(h)
+    h = conv3x3(self.out_ch, dtype, ops, 'conv_out', zero=True)(h)
     return h.astype(jnp.float32)
 
 
@@ -190,8 +194,10 @@ def compute_dtype_name(config) -> str:
   return train.get('compute_dtype', 'float32')
 
 
-def create_model(config) -> UNet:
-  """Build the `UNet` described by `config.model` and `config.data` (validated first).
+def create_model(config, ops: Ops = XLA) -> UNet:
+  """Build the `UNet` described by `config.model` and `config.data` (validated first),
+  computing with `ops` (stock JAX by default; `ddpm_jax.kernels.from_config` picks a
+  platform's backend from `config.model.kernels`).
 
   The output has 2 * channels channels when `config.diffusion.var_type` is learned (mean and
   variance outputs, see `ddpm_jax.diffusion.split_model_output`).
@@ -212,4 +218,5 @@ def create_model(config) -> UNet:
       dtype=_DTYPES[compute_dtype_name(config)],
       num_classes=int(m.get('num_classes', 0)),
       remat=bool(m.get('remat', False)),
+      ops=ops,
   )

@@ -1,5 +1,5 @@
 // ddpm-jax: 2-D convolutions through oneDNN on CPU, as XLA FFI handlers
-// (ddpm_jax/models/onednn_conv.py builds this file and registers the handlers).
+// (ddpm_jax/kernels/onednn.py builds this file and registers the handlers).
 //
 // Activations NHWC, kernels HWIO, float32, any stride, explicit (low, high) padding. Three
 // handlers: the forward pass y = conv(x, w), the input gradient dx and the kernel gradient dw.

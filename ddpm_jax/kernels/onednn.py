@@ -1,24 +1,23 @@
 """2-D convolutions through oneDNN on CPU (`onednn_conv.cc`, called as XLA FFI custom calls),
-with the forward pass, input gradient and kernel gradient each one oneDNN primitive.
+with the forward pass, input gradient and kernel gradient each one oneDNN primitive: the CPU
+backend's convolutions (`ddpm_jax.kernels.conv`).
 
 Why: on the 2-core benchmark CPU, XLA:CPU's own convolution runs the U-Net's 3x3
 convolutions at 150-200 GFLOP/s; oneDNN's at 220-250 GFLOP/s (8x32x32x128 -> 128: forward,
 input and kernel gradient 12.6 / 12.5 / 12.9-17.9 ms with XLA, 10.2 / 10.3 / 10.9 ms with
-oneDNN), and it skips the zero padding. The CIFAR-10 train step at batch 8 is 6-10 % faster
-(README, "Performance").
+oneDNN), and it skips the zero padding (README, "Benchmarks").
 
-`conv2d` (ddpm_jax.models.conv) uses it when `available()` and the computation runs on a single
-CPU device in float32. On several devices it keeps XLA's convolution: XLA cannot split a
-custom call across devices.
+The custom call runs on one device: XLA cannot split it across devices, so the CPU backend
+is for a single CPU device (`ddpm_jax.kernels.select`).
 
 The first use in a process compiles `onednn_conv.cc` (g++, a few seconds) against jaxlib's FFI
 headers and the oneDNN of the pip packages `onednn-cpu-gomp` and `onednn-devel-cpu-gomp`
-(requirements.txt), into `$DDPM_JAX_NATIVE_DIR` (default ~/.cache/ddpm_jax/native), under a
-name that changes with the source and the versions; later processes load it. If anything of
-that is missing (another OS or CPU architecture, no compiler, no oneDNN), `available()` is
-False, with one warning saying why, and `conv2d` keeps XLA's convolution. Setting
-DDPM_JAX_ONEDNN=0 does the same by choice. oneDNN's threads are GNU OpenMP's (OMP_NUM_THREADS;
-all cores by default).
+(the `[cpu]` extra, requirements.txt), into `$DDPM_JAX_NATIVE_DIR` (default
+~/.cache/ddpm_jax/native), under a name that changes with the source and the versions; later
+processes load it. If anything of that is missing (another OS or CPU architecture, no
+compiler, no oneDNN), `available()` is False, with one warning saying why, and the CPU backend
+keeps XLA's convolutions. oneDNN's threads are GNU OpenMP's (OMP_NUM_THREADS; all cores by
+default).
 """
 
 from __future__ import annotations
@@ -75,16 +74,14 @@ def library_path() -> str:
 
 def unavailable_reason() -> str | None:
   """Why oneDNN cannot be used here without trying to build, or None."""
-  if os.environ.get('DDPM_JAX_ONEDNN', '1') == '0':
-    return 'DDPM_JAX_ONEDNN=0'
   if not sys.platform.startswith('linux') or platform.machine() not in ('x86_64', 'AMD64'):
     return f'oneDNN convolutions are built for Linux x86-64 only, not {sys.platform} ' \
            f'{platform.machine()}'
   prefix = _prefix()
   if not os.path.exists(os.path.join(prefix, 'include', 'oneapi', 'dnnl', 'dnnl.hpp')) or \
      not os.path.exists(os.path.join(prefix, 'lib', 'libdnnl.so')):
-    return (f'no oneDNN headers and library under {prefix} (pip install onednn-cpu-gomp '
-            'onednn-devel-cpu-gomp, see requirements.txt)')
+    return (f'no oneDNN headers and library under {prefix} (pip install ddpm-jax[cpu], or '
+            'onednn-cpu-gomp and onednn-devel-cpu-gomp as in requirements.txt)')
   return None
 
 
@@ -130,7 +127,7 @@ def available() -> bool:
           _STATUS['library'] = lib
         except (OSError, RuntimeError, AttributeError) as e:
           reason = str(e)
-      if reason is not None and reason != 'DDPM_JAX_ONEDNN=0':
+      if reason is not None:
         logging.getLogger(__name__).warning(
             'Using XLA\'s convolutions on CPU, not oneDNN\'s: %s', reason)
       _STATUS['ok'] = reason is None

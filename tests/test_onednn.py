@@ -1,5 +1,5 @@
-"""oneDNN convolutions (ddpm_jax/models/onednn_conv.py): equal to XLA's convolution and its
-gradients, FLOPs counted as XLA counts them, and `conv2d`'s choice of them."""
+"""oneDNN convolutions (ddpm_jax/kernels/onednn.py): equal to XLA's convolution and its
+gradients, FLOPs counted as XLA counts them, under jax.vmap too."""
 
 import importlib.metadata
 import platform
@@ -12,7 +12,7 @@ import pytest
 from jax import lax
 
 from benchmarks import common
-from ddpm_jax.models import conv, onednn_conv
+from ddpm_jax.kernels import onednn
 
 
 def _installed() -> bool:
@@ -23,7 +23,7 @@ def _installed() -> bool:
     return False
 
 
-needs_onednn = pytest.mark.skipif(not onednn_conv.available(),
+needs_onednn = pytest.mark.skipif(not onednn.available(),
                                   reason='oneDNN convolutions not available here')
 
 
@@ -37,23 +37,18 @@ CASES = [
     ((2, 8, 8, 16), (3, 3, 16, 8), (2, 2), 'SAME'),           # Downsample
     ((1, 7, 9, 5), (3, 3, 5, 6), (2, 2), 'SAME'),             # odd sizes, stride 2
     ((2, 9, 9, 16), (2, 2, 16, 8), (1, 1), 'VALID'),          # upsample_conv's phases
-    ((2, 8, 8, 16), (1, 1, 16, 24), (1, 1), 'VALID'),         # Nin
+    ((2, 8, 8, 16), (1, 1, 16, 24), (1, 1), 'VALID'),         # dense layers on images
     ((2, 8, 8, 32), (3, 3, 32, 3), (1, 1), 'SAME'),           # conv_out
     ((2, 7, 5, 3), (3, 3, 3, 4), (1, 1), ((0, 1), (2, 0))),   # explicit, asymmetric padding
 ]
 
 
 def test_available_where_installed():
-  """CI installs requirements.txt on Linux x86-64: the oneDNN path must then be the one used,
-  not a silent fallback."""
+  """CI installs requirements.txt on Linux x86-64 (as does the `[cpu]` extra): the oneDNN
+  path must then be the one used, not a silent fallback."""
   if not (sys.platform.startswith('linux') and platform.machine() == 'x86_64' and _installed()):
     pytest.skip('oneDNN packages not installed on this platform')
-  assert onednn_conv.available(), onednn_conv.describe()
-
-
-def test_switch_off_by_environment(monkeypatch):
-  monkeypatch.setenv('DDPM_JAX_ONEDNN', '0')
-  assert onednn_conv.unavailable_reason() == 'DDPM_JAX_ONEDNN=0'
+  assert onednn.available(), onednn.describe()
 
 
 @needs_onednn
@@ -62,7 +57,7 @@ def test_equals_xla_convolution_and_gradients(x_shape, w_shape, strides, padding
   kx, kw, kd = jax.random.split(jax.random.PRNGKey(0), 3)
   x = jax.random.normal(kx, x_shape)
   w = jax.random.normal(kw, w_shape) / np.sqrt(np.prod(w_shape[:3]))
-  y, vjp = jax.vjp(lambda x, w: onednn_conv.conv2d(x, w, strides, padding), x, w)
+  y, vjp = jax.vjp(lambda x, w: onednn.conv2d(x, w, strides, padding), x, w)
   y_ref, vjp_ref = jax.vjp(lambda x, w: _xla(x, w, strides, padding), x, w)
   assert y.shape == y_ref.shape
   np.testing.assert_allclose(y, y_ref, rtol=1e-5, atol=1e-5)
@@ -76,7 +71,7 @@ def test_equals_xla_convolution_and_gradients(x_shape, w_shape, strides, padding
 def test_flops_counted_as_xla_counts_them(x_shape, w_shape, strides, padding):
   x, w = jnp.ones(x_shape), jnp.ones(w_shape)
   dy = jnp.ones(jax.eval_shape(lambda: _xla(x, w, strides, padding)).shape)
-  for impl in (onednn_conv.conv2d, _xla):
+  for impl in (onednn.conv2d, _xla):
     fwd = jax.jit(lambda x, w, impl=impl: impl(x, w, strides, padding)).lower(x, w).compile()
     bwd = jax.jit(lambda x, w, impl=impl: jax.vjp(
         lambda x, w: impl(x, w, strides, padding), x, w)[1](dy)).lower(x, w).compile()
@@ -89,46 +84,12 @@ def test_flops_counted_as_xla_counts_them(x_shape, w_shape, strides, padding):
   assert ref[1] == 2 * ref[0]
 
 
-def test_use_onednn_only_for_float32_on_one_cpu_device():
-  on = onednn_conv.available()
-  assert conv.use_onednn(jnp.float32, 'cpu', 1) == on
-  assert not conv.use_onednn(jnp.bfloat16, 'cpu', 1)
-  assert not conv.use_onednn(jnp.float32, 'cpu', 8)
-  assert not conv.use_onednn(jnp.float32, 'gpu', 1)
-
-
-@needs_onednn
-def test_conv2d_runs_through_onednn_on_one_cpu_device():
-  if jax.default_backend() != 'cpu' or jax.device_count() != 1:
-    pytest.skip('needs exactly one CPU device')
-  x = jax.random.normal(jax.random.PRNGKey(1), (2, 8, 8, 16))
-  w = jax.random.normal(jax.random.PRNGKey(2), (3, 3, 16, 16)) * 0.1
-  f = jax.jit(lambda x, w: conv.conv2d(x, w, allow_winograd=False))
-  assert onednn_conv.TARGETS['forward'] in f.lower(x, w).compile().as_text()
-  np.testing.assert_allclose(f(x, w), _xla(x, w, (1, 1), 'SAME'), rtol=1e-5, atol=1e-5)
-
-
-@needs_onednn
-def test_conv2d_with_onednn_takes_no_winograd(monkeypatch):
-  """Winograd's forward pass is slower than oneDNN's direct convolution: with oneDNN, conv2d
-  computes even Winograd's shapes directly (bit for bit `conv._direct`)."""
-  if jax.default_backend() != 'cpu' or jax.device_count() != 1:
-    pytest.skip('needs exactly one CPU device')
-  monkeypatch.setattr(conv, 'WINOGRAD_MIN_CHANNELS', 1)
-  monkeypatch.setattr(conv, 'WINOGRAD_MIN_FLOPS', 0)
-  x = jax.random.normal(jax.random.PRNGKey(3), (2, 8, 8, 16))
-  w = jax.random.normal(jax.random.PRNGKey(4), (3, 3, 16, 16)) * 0.1
-  assert conv.use_winograd(x.shape, w.shape, (1, 1), 'SAME', 'cpu')
-  got = jax.jit(conv.conv2d)(x, w)
-  np.testing.assert_array_equal(got, jax.jit(lambda x, w: conv._direct(x, w, (1, 1), 'SAME'))(x, w))
-
-
 @needs_onednn
 def test_vmap_over_a_leading_axis():
   """jax.vmap of the convolution and its gradients (one call per vmapped element)."""
   x = jax.random.normal(jax.random.PRNGKey(5), (3, 2, 8, 8, 4))
   w = jax.random.normal(jax.random.PRNGKey(6), (3, 3, 4, 5)) * 0.2
-  f = lambda x: jnp.sum(onednn_conv.conv2d(x, w) ** 2)
+  f = lambda x: jnp.sum(onednn.conv2d(x, w) ** 2)
   f_ref = lambda x: jnp.sum(_xla(x, w, (1, 1), 'SAME') ** 2)
   np.testing.assert_allclose(jax.vmap(f)(x), jax.vmap(f_ref)(x), rtol=1e-5)
   np.testing.assert_allclose(jax.vmap(jax.grad(f))(x), jax.vmap(jax.grad(f_ref))(x),
