@@ -45,5 +45,10 @@ def main(argv):
     sampling.sample_from_workdir(FLAGS.config, FLAGS.workdir, experiment=experiment)
 
 
+def run():
+  """The `ddpm-jax` console script (pyproject.toml): `python -m ddpm_jax.main` by name."""
+  app.run(main)
+
+
 if __name__ == '__main__':
   app.run(main)
