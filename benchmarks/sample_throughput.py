@@ -19,6 +19,8 @@ flags.DEFINE_integer('batch', 8, 'Images per chain.')
 flags.DEFINE_integer('steps', 1000, 'Length of the chain (num_timesteps of the schedule).')
 flags.DEFINE_integer('repeats', 3, 'Timed chains.')
 flags.DEFINE_integer('forward_repeats', 20, 'Timed bare forward passes.')
+flags.DEFINE_enum('kernels', None, ['auto', 'xla', 'cpu'],
+                  'Kernels backend (config.model.kernels); the config\'s when not given.')
 common.define_cpu_preset_flag('inference')
 FLAGS = flags.FLAGS
 
@@ -31,7 +33,10 @@ def main(argv):
   from ddpm_jax import sampling
   from ddpm_jax.experiment import Experiment
 
-  config = common.load_config(FLAGS.config, {'diffusion.num_timesteps': FLAGS.steps})
+  overrides = {'diffusion.num_timesteps': FLAGS.steps}
+  if FLAGS.kernels:
+    overrides['model.kernels'] = FLAGS.kernels
+  config = common.load_config(FLAGS.config, overrides)
   exp = Experiment.from_config(config)
   params = exp.init_state().params
   # Non-zero output layers so that the chain does real arithmetic.
@@ -44,8 +49,10 @@ def main(argv):
   compile_s = time.perf_counter() - t0
   chain_t = common.time_calls(lambda: chain_c(params, key), FLAGS.repeats, warmup=1)
 
-  x = jnp.zeros((FLAGS.batch,) + exp.image_shape)
-  t = jnp.full((FLAGS.batch,), FLAGS.steps // 2, jnp.int32)
+  # Random images in [-1, 1] and timesteps, not zeros (which can run faster than real data).
+  x = jax.random.uniform(jax.random.PRNGKey(1), (FLAGS.batch,) + exp.image_shape, jnp.float32,
+                         -1.0, 1.0)
+  t = jax.random.randint(jax.random.PRNGKey(2), (FLAGS.batch,), 0, FLAGS.steps)
   fwd = jax.jit(lambda p, x, t: exp.model.apply({'params': p}, x, t, train=False))
   fwd_c = fwd.lower(params, x, t).compile()
   fwd_t = common.time_calls(lambda: fwd_c(params, x, t), FLAGS.forward_repeats)
@@ -56,7 +63,7 @@ def main(argv):
   per_step = chain_med / FLAGS.steps
   peak = common.matmul_peak_gflops()
   head = (f'config={FLAGS.config} batch={FLAGS.batch} device={common.device_name()} '
-          f'jax={jax.__version__} cpu_preset={FLAGS.cpu_preset} |')
+          f'jax={jax.__version__} cpu_preset={FLAGS.cpu_preset} kernels={exp.model.ops.name} |')
   print(f'sample_chain {head} {FLAGS.batch / chain_med:.3f} images/s, {FLAGS.steps}-step chain '
         f'{chain_med:.2f} s (n={len(chain_t)}), {per_step * 1e3:.1f} ms/step, compile '
         f'{compile_s:.1f} s, peak host mem {common.peak_host_memory_gib():.2f} GiB, device mem '

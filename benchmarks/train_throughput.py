@@ -17,6 +17,8 @@ flags.DEFINE_integer('batch', 8, 'Global batch size.')
 flags.DEFINE_integer('steps', 10, 'Timed steps after warm-up.')
 flags.DEFINE_integer('warmup', 2, 'Untimed steps after compilation.')
 flags.DEFINE_string('dtype', None, 'Compute dtype (config.train.compute_dtype), e.g. bfloat16.')
+flags.DEFINE_enum('kernels', None, ['auto', 'xla', 'cpu'],
+                  'Kernels backend (config.model.kernels); the config\'s when not given.')
 common.define_cpu_preset_flag('train')
 FLAGS = flags.FLAGS
 
@@ -31,11 +33,15 @@ def main(argv):
   overrides = {'train.batch_size': FLAGS.batch}
   if FLAGS.dtype:
     overrides['train.compute_dtype'] = FLAGS.dtype
+  if FLAGS.kernels:
+    overrides['model.kernels'] = FLAGS.kernels
   config = common.load_config(FLAGS.config, overrides)
   exp = Experiment.from_config(config)
   state = exp.init_state()
+  # Random images in [-1, 1], not zeros (which can run faster than real data).
   batch = jax.device_put(
-      jnp.zeros((FLAGS.batch,) + exp.image_shape, jnp.float32),
+      jax.random.uniform(jax.random.PRNGKey(1), (FLAGS.batch,) + exp.image_shape,
+                         jnp.float32, -1.0, 1.0),
       jax.sharding.NamedSharding(exp.mesh, jax.sharding.PartitionSpec('data')))
   step = exp.jitted_train_step()
   t0 = time.perf_counter()
@@ -55,7 +61,7 @@ def main(argv):
   peak = common.matmul_peak_gflops()
   print(f'train_throughput config={FLAGS.config} batch={FLAGS.batch} '
         f'params={exp.num_params():,} device={common.device_name()} jax={jax.__version__} '
-        f'cpu_preset={FLAGS.cpu_preset} | '
+        f'cpu_preset={FLAGS.cpu_preset} kernels={exp.model.ops.name} | '
         f'{FLAGS.batch / med:.2f} images/s, {1 / med:.3f} steps/s, step {common.spread(times)} '
         f'over {len(times)} steps, compile {compile_s:.1f} s, '
         f'peak host mem {common.peak_host_memory_gib():.2f} GiB, '

@@ -1,6 +1,6 @@
 """The CPU backend's convolution and dense product (`ddpm_jax.kernels.conv`): XLA's
-convolution and `nn.Dense` in value and gradient, oneDNN taken where it applies, XLA's own
-computation (bit for bit) everywhere else."""
+convolution and `nn.Dense` in value and gradient, oneDNN taken where it applies (dense layers
+on images included), XLA's own computation (bit for bit) everywhere else."""
 
 import flax.linen as nn
 import jax
@@ -27,7 +27,7 @@ def _random(rng, *shapes):
     ((2, 8, 8, 16), (3, 3, 16, 32), (1, 1), 'SAME'),          # the U-Net's 3x3
     ((2, 8, 8, 16), (3, 3, 16, 16), (2, 2), 'SAME'),          # Downsample
     ((2, 8, 8, 16), (1, 1, 16, 24), (1, 1), 'VALID'),         # 1x1
-    ((2, 8, 8, 32), (3, 3, 32, 3), (1, 1), 'SAME'),           # conv_out (shifted slices)
+    ((2, 8, 8, 32), (3, 3, 32, 3), (1, 1), 'SAME'),           # conv_out
     ((2, 5, 7, 8), (3, 3, 8, 1), (1, 1), 'SAME'),             # odd sizes, one channel out
     ((2, 7, 5, 3), (3, 3, 3, 4), (1, 1), ((0, 1), (2, 0))),   # explicit, asymmetric padding
 ])
@@ -49,19 +49,21 @@ def test_conv_general_dilated_equals_xla_in_value_and_gradient(x_shape, w_shape,
 
 
 @pytest.mark.skipif(not onednn.available(), reason='oneDNN convolutions not available here')
-@pytest.mark.parametrize('c_out,taps_out', [(16, None), (3, 27)])
-def test_float32_nhwc_convolutions_run_through_onednn(c_out, taps_out):
-  """A 3x3 convolution is one oneDNN call; the output convolution's (3 channels) is one
-  oneDNN 1x1 convolution to its 9 x 3 taps."""
+def test_float32_nhwc_convolutions_and_dense_layers_on_images_run_through_onednn():
   x = jnp.ones((2, 8, 8, 16))
-  w = jnp.ones((3, 3, 16, c_out))
-  hlo = jax.jit(lambda x, w: conv.conv_general_dilated(x, w, (1, 1), 'SAME',
-                                                       dimension_numbers=NHWC)
-                ).lower(x, w).compile().as_text()
-  calls = [line for line in hlo.splitlines() if onednn.TARGETS['forward'] in line
-           and 'custom-call(' in line]
-  assert len(calls) == 1
-  assert f'f32[2,8,8,{taps_out or c_out}]' in calls[0]
+  w, k = jnp.ones((3, 3, 16, 3)), jnp.ones((16, 5))
+
+  def onednn_calls(f, *args):
+    hlo = jax.jit(f).lower(*args).compile().as_text()
+    return [line for line in hlo.splitlines()
+            if onednn.TARGETS['forward'] in line and 'custom-call(' in line]
+
+  calls = onednn_calls(lambda x, w: conv.conv_general_dilated(x, w, (1, 1), 'SAME',
+                                                              dimension_numbers=NHWC), x, w)
+  assert len(calls) == 1 and 'f32[2,8,8,3]' in calls[0]
+  calls = onednn_calls(lambda x, k: nn.Dense(5, dot_general=conv.dot_general).apply(
+      {'params': {'kernel': k, 'bias': jnp.zeros(5)}}, x), x, k)
+  assert len(calls) == 1 and 'f32[2,8,8,5]' in calls[0]
 
 
 @pytest.mark.parametrize('case', ['nchw', 'dilated', 'groups', 'bfloat16'])
@@ -82,18 +84,6 @@ def test_other_convolutions_are_xla_bit_for_bit(case):
   got = jax.jit(lambda x, w: conv.conv_general_dilated(x, w, (1, 1), 'SAME', **kwargs))(x, w)
   want = jax.jit(lambda x, w: lax.conv_general_dilated(x, w, (1, 1), 'SAME', **kwargs))(x, w)
   np.testing.assert_array_equal(got, want)
-
-
-@pytest.mark.parametrize('x_shape,c_out', [((2, 5, 7, 8), 3), ((1, 4, 4, 16), 1)])
-def test_shift_sum_conv3x3_matches_lax(x_shape, c_out):
-  """The nine shifted tap slices add up to XLA's 'SAME' convolution, borders included (odd
-  and even sizes)."""
-  rng = np.random.default_rng(4)
-  x, w = _random(rng, x_shape, (3, 3, x_shape[-1], c_out))
-  want = lax_conv(x, w, (1, 1), 'SAME')
-  got = conv.shift_sum_conv3x3(x, w)
-  assert got.shape == want.shape
-  np.testing.assert_allclose(got, want, atol=2e-6 * float(jnp.max(jnp.abs(want))))
 
 
 @pytest.mark.parametrize('shape', [(2, 4, 4, 8), (3, 8), (2, 3, 8)])

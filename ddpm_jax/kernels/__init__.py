@@ -3,9 +3,10 @@ chosen once per run from `config.model.kernels`:
 
 * 'xla': stock JAX (`ddpm_jax.models.ops.XLA`), on every platform.
 * 'cpu': the CPU backend, for a single CPU device: convolutions through oneDNN
-  (`onednn.py`, when it can be built here; XLA's otherwise), dense layers over images as
-  1x1 convolutions and the output convolution's shifted-slice sum (`conv.py`), and GroupNorm,
-  swish and dropout fused with a hand-written backward pass (`group_norm.py`).
+  (`onednn.py`, when it can be built here; XLA's otherwise) with dense layers over images as
+  1x1 convolutions (`conv.py`), the upsampling convolution computed at the low resolution
+  (`upsample.py`), and GroupNorm, swish and dropout fused with a hand-written backward pass
+  (`group_norm.py`).
 * 'auto' (the default): 'cpu' on a single CPU device in float32, where it measured faster
   (README, "Benchmarks"); 'xla' elsewhere (accelerators, several devices, bfloat16).
 

@@ -33,6 +33,10 @@ def _fold_taps(w, axis: int, phase: int):
   return jnp.stack((t0, t1 + t2) if phase == 0 else (t0 + t1, t2), axis=axis)
 
 
+def _is_3x3_same(w_shape, strides, padding) -> bool:
+  return tuple(w_shape[:2]) == (3, 3) and tuple(strides) == (1, 1) and padding == 'SAME'
+
+
 def upsample_conv(lhs, rhs, window_strides, padding, **kwargs):
   """`conv.conv_general_dilated(nearest_x2(lhs), rhs, window_strides, padding, **kwargs)`,
   by phases for 3x3 stride-1 'SAME' convolutions in NHWC / HWIO (`nn.Conv`'s)."""
@@ -40,7 +44,7 @@ def upsample_conv(lhs, rhs, window_strides, padding, **kwargs):
                                                              'feature_group_count',
                                                              'batch_group_count'))
   if not (plain and conv._is_nhwc(lhs, rhs, kwargs.get('dimension_numbers'))
-          and conv._is_3x3_same(rhs.shape, tuple(window_strides), padding)):
+          and _is_3x3_same(rhs.shape, tuple(window_strides), padding)):
     return conv.conv_general_dilated(nearest_x2(lhs), rhs, window_strides, padding, **kwargs)
   B, H, W, _ = lhs.shape
   phases = []
