@@ -57,6 +57,22 @@ def test_from_config_reads_the_mesh_and_the_compute_dtype():
   assert kernels.describe(kernels.CPU).startswith('cpu (fused GroupNorm; oneDNN convolutions: ')
 
 
+def test_stock_backend_never_touches_onednn(monkeypatch):
+  """A GPU or TPU run (and 'xla' anywhere) neither loads nor compiles the oneDNN library."""
+  def fail():
+    raise AssertionError('oneDNN consulted')
+  monkeypatch.setattr(kernels.onednn, 'available', fail)
+  ops = kernels.select('auto', 'gpu', 1, 'float32')
+  model = create_model(small_config(), ops=ops)
+  x, t = jnp.zeros((2, 16, 16, 3)), jnp.zeros((2,), jnp.int32)
+  jax.eval_shape(lambda: jax.grad(lambda v: jnp.sum(model.apply(
+      v, x, t, train=True, rngs={'dropout': jax.random.PRNGKey(0)})))(
+          model.init(jax.random.PRNGKey(0), x, t)))
+  with pytest.raises(AssertionError, match='oneDNN consulted'):   # the CPU backend does
+    jax.eval_shape(lambda: create_model(small_config(), ops=kernels.CPU).init(
+        jax.random.PRNGKey(0), x, t))
+
+
 def small_config():
   """Every kind of layer: attention, both resamplings with convolutions, 1x1 shortcuts,
   dropout, an output convolution to 3 channels."""

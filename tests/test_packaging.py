@@ -4,6 +4,7 @@ pinned version, and what the installed package reads at run time ships with it."
 import os
 import re
 import subprocess
+import sys
 import tomllib
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -69,3 +70,18 @@ def test_setup_script_checks_the_python_version_first(tmp_path):
   assert result.stderr.strip().splitlines() == [
       f'setup: ddpm-jax needs Python 3.11 or later; {fake} is Python 3.10 (set '
       'PYTHON=python3.11 or newer).']
+
+
+def test_cli_reads_a_config_from_another_directory(tmp_path):
+  """From a directory that is not the repository (ddpm_jax and configs importable, as an
+  install makes them), `--config=/abs/path/configs/x.py` loads, and its values are checked:
+  a wrong backend name is one error naming the key."""
+  env = dict(os.environ, PYTHONPATH=ROOT)
+  config = os.path.join(ROOT, 'configs', 'fashion_mnist.py')
+  out = subprocess.run([sys.executable, '-m', 'ddpm_jax.main', f'--config={config}',
+                        f'--workdir={tmp_path / "run"}', '--config.model.kernels=gpu'],
+                       cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300,
+                       stdin=subprocess.DEVNULL, check=False)
+  assert out.returncode != 0
+  assert "config.model.kernels='gpu' is invalid: expected one of 'auto', 'xla', 'cpu'" in (
+      out.stderr)

@@ -80,8 +80,8 @@ def unavailable_reason() -> str | None:
   prefix = _prefix()
   if not os.path.exists(os.path.join(prefix, 'include', 'oneapi', 'dnnl', 'dnnl.hpp')) or \
      not os.path.exists(os.path.join(prefix, 'lib', 'libdnnl.so')):
-    return (f'no oneDNN headers and library under {prefix} (pip install ddpm-jax[cpu], or '
-            'onednn-cpu-gomp and onednn-devel-cpu-gomp as in requirements.txt)')
+    return (f'no oneDNN headers and library under {prefix} (the [cpu] extra: pip '
+            'install ".[cpu]", or requirements.txt)')
   return None
 
 
