@@ -53,6 +53,7 @@ def validate(config) -> None:
   _require(s.num >= 1, 'sample.num', s.num, 'a positive integer')
   _require(s.batch_size >= 1, 'sample.batch_size', s.batch_size, 'a positive integer')
   _validate_objective_and_sampler(config)
+  _validate_editing(config)
   _validate_parallelism(config)
 
 
@@ -97,7 +98,28 @@ def _validate_objective_and_sampler(config) -> None:
            'an integer >= 2')
 
 
-SAMPLE_MODES = ('grid', 'progressive', 'interpolate', 'reconstruct')
+SAMPLE_MODES = ('grid', 'progressive', 'interpolate', 'reconstruct', 'inpaint', 'colorize',
+                'edit')
+
+
+def _validate_editing(config) -> None:
+  """The editing modes' fields (inpaint, colorize, edit); `.get` so that configs saved before
+  they existed still validate. Masks and input files are checked when they are read."""
+  s, num_timesteps = config.sample, config.diffusion.num_timesteps
+  mode = s.get('mode', 'grid')
+  if mode == 'edit':
+    _require(1 <= s.t0 <= num_timesteps, 'sample.t0', s.t0,
+             f'a step in [1, config.diffusion.num_timesteps={num_timesteps}]')
+  if mode == 'colorize':
+    _require(config.data.channels == 3, 'sample.mode', mode,
+             'a colour model (config.data.channels=3) for colorize: this model has '
+             f'{config.data.channels} channel and no colours to generate')
+  _require(s.get('resample', 1) >= 1, 'sample.resample', s.get('resample'),
+           'an integer >= 1 (1 = no RePaint resampling)')
+  _require(s.get('jump_length', 1) >= 1, 'sample.jump_length', s.get('jump_length'),
+           'an integer >= 1')
+  _require(mode != 'inpaint' or bool(str(s.get('mask', 'center')).strip()), 'sample.mask',
+           s.get('mask'), 'center, left, strokes, or a mask PNG or folder of them')
 
 
 def _validate_parallelism(config) -> None:

@@ -39,10 +39,14 @@ def main(argv):
     evaluate.eval_job(FLAGS.config, FLAGS.workdir, experiment=experiment)
   else:
     from ddpm_jax import sampling, sharding
+    from ddpm_jax.edit_inputs import InputError
     from ddpm_jax.experiment import Experiment
     # Sampling replicates the parameters, whatever config.train.mesh_shape trained them.
     experiment = Experiment.from_config(FLAGS.config, mesh=sharding.make_mesh())
-    sampling.sample_from_workdir(FLAGS.config, FLAGS.workdir, experiment=experiment)
+    try:
+      sampling.sample_from_workdir(FLAGS.config, FLAGS.workdir, experiment=experiment)
+    except InputError as e:  # A bad image or mask: the message alone, no traceback.
+      raise SystemExit(f'Error: {e}') from None
 
 
 if __name__ == '__main__':

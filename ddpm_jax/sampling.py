@@ -216,6 +216,9 @@ def sample_from_workdir(config, workdir: str, experiment=None) -> dict:
   interpolate: `num` pairs of `data_split` images interpolated at `interp_t` (Fig. 8), PNG.
   reconstruct: `num` `data_split` images DDIM-encoded to x_T (eta = 0) and decoded back, PNG
                (columns: original, x_T / 3, reconstruction) and the mean squared error.
+  inpaint, colorize, edit: controllable generation on `num` images of `input_dir` or
+               `data_split` (`ddpm_jax.editing`): PNG of input | masked input (grey image,
+               noised input) | result, and the results as `arr_0` of an `.npz`.
   Returns the paths.
   """
   from ddpm_jax.experiment import Experiment  # Local import: experiment imports the models.
@@ -254,6 +257,9 @@ def sample_from_workdir(config, workdir: str, experiment=None) -> dict:
     paths = _interpolate(config, experiment, params, key, stem, is_main)
   elif mode == 'reconstruct':
     paths = _reconstruct(config, experiment, params, stem, is_main)
+  elif mode in ('inpaint', 'colorize', 'edit'):
+    from ddpm_jax import editing  # pylint: disable=g-import-not-at-top
+    paths = editing.run(config, experiment, params, key, stem, is_main)
   else:
     raise ValueError(f'Unknown config.sample.mode {mode!r}.')
   if is_main:
