@@ -5,8 +5,9 @@ split (`ddpm_jax.edit_inputs`).
 Writes, under `workdir/samples/`, a PNG grid of (input | condition | result) triplets, where the
 condition is the masked input (inpaint; the pixels to generate in mid grey), the grey image the
 model sees (colorize) or the input noised to t0 (edit), and an `.npz` with the results under
-`arr_0` (uint8, N x H x W x C) and the inputs (and masks) beside them. The chain is `config.sample`'s: sampler, steps
-(respacing), eta, clipping; RePaint resampling with `jump_length` and `resample`.
+`arr_0` (uint8, N x H x W x C) and the inputs (and masks) beside them. The chain is
+`config.sample`'s: sampler, steps (respacing), eta, clipping; RePaint resampling with
+`jump_length` and `resample`.
 """
 
 from __future__ import annotations
@@ -59,7 +60,8 @@ def _suffix(config) -> str:
 
 
 def _edit_fn(config, experiment, params):
-  """(jitted `(x, mask, key) -> (result, condition)` in [-1, 1], the start index of edit)."""
+  """(jitted `(x, mask, key) -> (result, condition)` in [-1, 1], the start index of edit, the
+  chain)."""
   s = config.sample
   chain = sampling.chain_for(experiment)
   denoise_fn, kwargs = sampling.chain_setup(experiment, chain,
