@@ -25,14 +25,14 @@ from ml_collections import config_flags
 from ddpm_jax import runtime
 from ddpm_jax.interop import InteropError
 
+config_flags.DEFINE_config_file('config', None, 'The config the run was trained with.',
+                                lock_config=True)
 flags.DEFINE_string('workdir', None, 'The run whose checkpoint to export.')
 flags.DEFINE_string('out', None, 'Folder to write the diffusers files into.')
 flags.DEFINE_integer('step', None, 'Checkpoint step (default: the newest).')
 flags.DEFINE_enum('params', 'ema', ['ema', 'raw'], 'EMA parameters (what sampling uses) or '
                   'the raw trained parameters.')
 flags.DEFINE_bool('overwrite', False, 'Replace diffusers files already in --out.')
-config_flags.DEFINE_config_file('config', None, 'The config the run was trained with.',
-                                lock_config=True)
 flags.mark_flags_as_required(['config', 'workdir', 'out'])
 FLAGS = flags.FLAGS
 

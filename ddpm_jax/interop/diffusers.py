@@ -45,12 +45,16 @@ class Folder:
   scheduler_file: str | None
 
 
-def _read_json(path: str) -> dict:
+def _read_config(path: str) -> dict:
+  """A diffusers config file: a JSON object, or InteropError."""
   try:
     with open(path) as f:
-      return json.load(f)
+      config = json.load(f)
   except (OSError, ValueError) as e:
     raise InteropError(f'Cannot read {path}: {e}') from e
+  if not isinstance(config, dict):
+    raise InteropError(f'{path} is not a diffusers config (a JSON object).')
+  return config
 
 
 def _local_folder(source: str, path: str) -> Folder:
@@ -128,9 +132,9 @@ def check_config(folder: Folder, config) -> None:
   """Raises one InteropError listing every difference between the folder's configs and
   `config`; returns quietly when they describe the same model."""
   problems = diffusers_config.check_unet_config(
-      _read_json(os.path.join(folder.unet_dir, CONFIG)), config)
+      _read_config(os.path.join(folder.unet_dir, CONFIG)), config)
   if folder.scheduler_file:
-    problems += diffusers_config.check_scheduler_config(_read_json(folder.scheduler_file),
+    problems += diffusers_config.check_scheduler_config(_read_config(folder.scheduler_file),
                                                         config)
   if problems:
     raise InteropError(f'--init_from={folder.source} does not match the config: '
