@@ -82,6 +82,9 @@ def test_import_then_export_gives_the_same_tensors_bit_for_bit(tmp_path):
   paths = diffusers.write_folder(params, config, str(tmp_path / 'out'))
   original = load_file(os.path.join(PIPELINE, 'unet', diffusers.WEIGHTS_SAFETENSORS))
   exported = load_file(paths[1])
+  umask = os.umask(0)
+  os.umask(umask)
+  assert os.stat(paths[1]).st_mode & 0o777 == 0o666 & ~umask  # Not safetensors' owner-only.
   assert len(original) == 268 and sorted(exported) == sorted(original)
   for key, value in original.items():
     assert exported[key].dtype == value.dtype and exported[key].shape == value.shape, key

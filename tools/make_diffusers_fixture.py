@@ -26,6 +26,10 @@ Every weight is random and non-zero, including those the paper initialises to ze
 `cifar10 DIR` writes `google/ddpm-cifar10-32`'s `DDPMPipeline` layout and configs with random
 non-zero weights (35.7M parameters, 143 MB; not committed).
 
+`io MODEL OUT.npz` writes a fixed batch (`x` NHWC, timesteps `t` = 0, 1, T/2, T-1, labels `y`
+for a class-conditional model) and diffusers' output `out` (NHWC) for any diffusers folder, to
+compare with ddpm-jax's network on the same model.
+
 `compare REF OUT` loads two diffusers folders (a pipeline or a `UNet2DModel` folder, e.g. one
 imported into ddpm-jax and exported back with `python -m ddpm_jax.export`) with
 `UNet2DModel.from_pretrained` and `DDPMScheduler.from_pretrained`, and prints whether every
@@ -167,11 +171,24 @@ def compare(ref: str, out: str) -> bool:
   return same_keys and len(equal) == len(da)
 
 
+def write_io(model_dir: str, out_path: str) -> None:
+  unet, scheduler = _load(model_dir)
+  n = scheduler.config.num_train_timesteps
+  y = None if unet.config.num_class_embeds is None else np.arange(4) % unet.config.num_class_embeds
+  arrays = _io(unet, 6, [0, 1, n // 2, n - 1], y)
+  np.savez(out_path, **arrays)
+  print(f'Wrote {out_path}: x {arrays["x"].shape}, t {arrays["t"].tolist()}, out '
+        f'{arrays["out"].shape}')
+
+
 def main(argv=None) -> int:
   parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
   sub = parser.add_subparsers(dest='command', required=True)
   sub.add_parser('fixture').add_argument('out_dir')
   sub.add_parser('cifar10').add_argument('out_dir')
+  p = sub.add_parser('io')
+  p.add_argument('model_dir')
+  p.add_argument('out_path')
   p = sub.add_parser('compare')
   p.add_argument('reference')
   p.add_argument('other')
@@ -180,6 +197,8 @@ def main(argv=None) -> int:
     make_fixture(args.out_dir)
   elif args.command == 'cifar10':
     make_cifar10(args.out_dir)
+  elif args.command == 'io':
+    write_io(args.model_dir, args.out_path)
   else:
     return 0 if compare(args.reference, args.other) else 1
   return 0

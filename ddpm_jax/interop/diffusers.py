@@ -181,8 +181,13 @@ def place(params, abstract):
 
 
 def _write_atomic(path: str, write) -> None:
+  """`write(tmp)` then rename, with the permissions of a file the user creates (safetensors
+  writes its files readable by their owner only)."""
   tmp = path + '.tmp'
   write(tmp)
+  umask = os.umask(0)
+  os.umask(umask)
+  os.chmod(tmp, 0o666 & ~umask)
   os.replace(tmp, path)
 
 
