@@ -25,26 +25,32 @@ from ml_collections import config_flags
 from ddpm_jax import runtime
 from ddpm_jax.interop import InteropError
 
-config_flags.DEFINE_config_file('config', None, 'The config the run was trained with.',
-                                lock_config=True)
-flags.DEFINE_string('workdir', None, 'The run whose checkpoint to export.')
-flags.DEFINE_string('out', None, 'Folder to write the diffusers files into.')
-flags.DEFINE_integer('step', None, 'Checkpoint step (default: the newest).')
-flags.DEFINE_enum('params', 'ema', ['ema', 'raw'], 'EMA parameters (what sampling uses) or '
-                  'the raw trained parameters.')
-flags.DEFINE_bool('overwrite', False, 'Replace diffusers files already in --out.')
-flags.mark_flags_as_required(['config', 'workdir', 'out'])
 FLAGS = flags.FLAGS
+
+
+def _define_flags() -> None:
+  """The command line's flags, defined only when it runs (the library function `export`
+  imports without them, next to other command lines' flags)."""
+  config_flags.DEFINE_config_file('config', None, 'The config the run was trained with.',
+                                  lock_config=True)
+  flags.DEFINE_string('workdir', None, 'The run whose checkpoint to export.')
+  flags.DEFINE_string('out', None, 'Folder to write the diffusers files into.')
+  flags.DEFINE_integer('step', None, 'Checkpoint step (default: the newest).')
+  flags.DEFINE_enum('params', 'ema', ['ema', 'raw'], 'EMA parameters (what sampling uses) or '
+                    'the raw trained parameters.')
+  flags.DEFINE_bool('overwrite', False, 'Replace diffusers files already in --out.')
+  flags.mark_flags_as_required(['config', 'workdir', 'out'])
 
 
 def export(config, workdir: str, out: str, step: int | None = None, params: str = 'ema',
            overwrite: bool = False) -> tuple[list[str], int]:
   """Writes checkpoint `step` (default: the newest) of `workdir` as a diffusers folder `out`;
   returns (the paths written, the step)."""
-  from ddpm_jax import sharding  # pylint: disable=g-import-not-at-top
-  from ddpm_jax.checkpointing import Checkpointer, CheckpointError  # pylint: disable=g-import-not-at-top
-  from ddpm_jax.experiment import Experiment  # pylint: disable=g-import-not-at-top
-  from ddpm_jax.interop import diffusers, diffusers_config  # pylint: disable=g-import-not-at-top
+  # pylint: disable=g-import-not-at-top  (JAX only once the flags are parsed)
+  from ddpm_jax import sharding
+  from ddpm_jax.checkpointing import Checkpointer, CheckpointError
+  from ddpm_jax.experiment import Experiment
+  from ddpm_jax.interop import diffusers, diffusers_config
   diffusers_config.unet_config(config)  # What diffusers cannot express fails here, first.
   diffusers_config.scheduler_config(config)
   experiment = Experiment.from_config(config, mesh=sharding.make_mesh())
@@ -81,4 +87,5 @@ def main(argv):
 
 
 if __name__ == '__main__':
+  _define_flags()
   app.run(main)

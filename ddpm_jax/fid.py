@@ -24,20 +24,25 @@ import os
 import numpy as np
 from absl import app, flags
 
-from ddpm_jax import runtime  # pylint: disable=unused-import  (its flags: --cpu_preset, ...)
+from ddpm_jax import runtime
 
-flags.DEFINE_string('inception_weights', '', "pytorch-fid's "
-                    'pt_inception-2015-12-05-6726825d.pth (read without torch) or an .npz from '
-                    'tools/convert_inception_weights.py.')
-flags.DEFINE_enum('features', 'inception', ['inception', 'fmnist'],
-                  'inception: FID / IS / KID; fmnist: FD-FMNIST (ddpm-jax\'s Fashion-MNIST '
-                  'classifier, 32x32 grey images).')
-flags.DEFINE_string('save_stats', '', 'Write the reference statistics (mu, sigma) here.')
-flags.DEFINE_string('data_dir', '', 'Where a dataset REFERENCE is (config.data.data_dir).')
-flags.DEFINE_integer('reference_examples', 50_000, 'Images of a dataset REFERENCE to use.')
-flags.DEFINE_integer('batch_size', 100, 'Images per Inception call.')
-flags.DEFINE_integer('is_splits', 10, 'Inception Score splits (10 as the original code).')
 FLAGS = flags.FLAGS
+
+
+def _define_flags() -> None:
+  """The command line's flags, defined only when it runs (the library functions import
+  without them, next to other command lines' flags)."""
+  flags.DEFINE_string('inception_weights', '', "pytorch-fid's "
+                      'pt_inception-2015-12-05-6726825d.pth (read without torch) or an .npz from '
+                      'tools/convert_inception_weights.py.')
+  flags.DEFINE_enum('features', 'inception', ['inception', 'fmnist'],
+                    'inception: FID / IS / KID; fmnist: FD-FMNIST (ddpm-jax\'s Fashion-MNIST '
+                    'classifier, 32x32 grey images).')
+  flags.DEFINE_string('save_stats', '', 'Write the reference statistics (mu, sigma) here.')
+  flags.DEFINE_string('data_dir', '', 'Where a dataset REFERENCE is (config.data.data_dir).')
+  flags.DEFINE_integer('reference_examples', 50_000, 'Images of a dataset REFERENCE to use.')
+  flags.DEFINE_integer('batch_size', 100, 'Images per Inception call.')
+  flags.DEFINE_integer('is_splits', 10, 'Inception Score splits (10 as the original code).')
 
 
 class InputError(ValueError):
@@ -219,4 +224,5 @@ def main(argv):
 
 
 if __name__ == '__main__':
+  _define_flags()
   app.run(main)

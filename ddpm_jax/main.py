@@ -1,5 +1,9 @@
 """Command line: `python -m ddpm_jax.main --config=configs/cifar10.py --workdir=DIR --mode=train`.
 
+`--init_from=SOURCE` starts from a diffusers model (a folder or a Hugging Face Hub id such as
+google/ddpm-cifar10-32, see `ddpm_jax.interop.diffusers`): a fine-tune with --mode=train, the
+model to sample or evaluate when the workdir holds no checkpoint.
+
 Config fields are overridden with `--config.a.b=value` (ml_collections config_flags); unknown keys
 and values of the wrong type are refused by ml_collections before anything runs.
 

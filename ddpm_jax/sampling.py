@@ -187,8 +187,9 @@ def _restore_params(config, workdir: str, experiment, init_from: str | None = No
   if init_from and not checkpointing.has_checkpoint(workdir):
     from ddpm_jax.interop import diffusers as hf_interop  # pylint: disable=g-import-not-at-top
     params, folder = hf_interop.load_for_experiment(init_from, experiment)
-    logging.info('No checkpoint in %s: using --init_from=%s (%s).', workdir, init_from,
-                 folder.unet_dir)
+    if jax.process_index() == 0:
+      print(f'No checkpoint in {workdir}: using --init_from={init_from} ({folder.unet_dir}).',
+            flush=True)
     return params, None
   checkpointer = Checkpointer(workdir, max_to_keep=None, async_save=False)
   if checkpointer.latest_step() is None:

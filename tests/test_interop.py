@@ -112,7 +112,8 @@ def test_bin_with_older_attention_names_reads_like_safetensors(tmp_path):
   state = load_file(os.path.join(PIPELINE, 'unet', diffusers.WEIGHTS_SAFETENSORS))
   old = {k.replace('.to_q.', '.query.').replace('.to_k.', '.key.').replace('.to_v.', '.value.')
           .replace('.to_out.0.', '.proj_attn.'): v for k, v in state.items()}
-  assert sum('.query.' in k for k in old) == 12  # 6 attention blocks and not any('.to_q.' in k for k in old)
+  assert sum('.query.' in k for k in old) == 12  # 6 attention blocks, weight and bias.
+  assert not any('.to_q.' in k for k in old)
   folder = tmp_path / 'old'
   folder.mkdir()
   shutil.copy(os.path.join(PIPELINE, 'unet', 'config.json'), folder / 'config.json')
