@@ -57,6 +57,11 @@ def test_npz_folder_and_statistics_give_the_same_fd_fmnist(tmp_path):
   assert 'reference: statistics' in protocol3
   same, _ = fid.evaluate(npz, sample_dir, features='fmnist')
   assert abs(same['fd_fmnist']) < 1e-4  # Identical sets (sqrtm rounding of a rank-40 sigma).
+  # A dataset split as the reference, read as training reads it.
+  data, protocol = fid.evaluate(npz, 'fashion_mnist:test', features='fmnist',
+                                reference_examples=64)
+  assert data['num_reference'] == 64 and 'reference: fashion_mnist/test (64 images)' in protocol
+  assert data['fd_fmnist'] > 1
 
 
 def test_inception_metrics_with_random_weights(tmp_path, random_variables, monkeypatch):
