@@ -148,3 +148,16 @@ class Checkpointer:
     self.wait()
     self._manager.close()
     self._preempt.close()
+
+
+def has_checkpoint(workdir: str) -> bool:
+  """Whether `workdir` holds a finished checkpoint in either stream. Reads only: creates
+  nothing, and asks orbax only when a checkpoint folder exists."""
+  from etils import epath  # pylint: disable=g-import-not-at-top  (local paths and gs://)
+  if not any(epath.Path(_join(workdir, d)).exists() for d in (PERMANENT_DIR, PREEMPTION_DIR)):
+    return False
+  checkpointer = Checkpointer(workdir, max_to_keep=None, async_save=False, read_only=True)
+  try:
+    return checkpointer.latest_step() is not None
+  finally:
+    checkpointer.close()

@@ -21,7 +21,7 @@ import time
 import jax
 import numpy as np
 
-from ddpm_jax import input_pipeline, sampling, sharding
+from ddpm_jax import checkpointing, input_pipeline, sampling, sharding
 from ddpm_jax.checkpointing import Checkpointer, CheckpointError
 from ddpm_jax.experiment import Experiment
 from ddpm_jax.metrics import bpd as bpd_lib
@@ -143,8 +143,7 @@ class Evaluator:
       from ddpm_jax.metrics import image_metrics
       params, mu, sigma = self._fmnist_reference()
       feats, _ = fc.features_and_logits(params, samples_uint8)
-      mu_s, sigma_s = image_metrics.feature_statistics(feats)
-      out['fd_fmnist'] = float(image_metrics.frechet_distance(mu_s, sigma_s, mu, sigma))
+      out['fd_fmnist'] = image_metrics.sample_quality(feats, (mu, sigma))['fd']
     if cfg.eval.inception_weights:
       out.update(self._inception_metrics(samples_uint8))
     return out
@@ -166,13 +165,8 @@ class Evaluator:
       if jax.process_index() == 0:
         np.savez(path, features=ref_feats)
     feats, logits = inception.extract_features(params, samples_uint8, ev.inception_batch_size)
-    mu1, s1 = image_metrics.feature_statistics(feats)
-    mu2, s2 = image_metrics.feature_statistics(ref_feats)
-    kid = image_metrics.kernel_inception_distance(
-        feats, ref_feats, subset_size=min(1000, len(feats), len(ref_feats)))
-    return {'fid': float(image_metrics.frechet_distance(mu1, s1, mu2, s2)),
-            'is': float(image_metrics.inception_score(logits, splits=min(ev.is_splits, len(logits)))[0]),
-            'kid': float(kid[0])}
+    q = image_metrics.sample_quality(feats, ref_feats, logits, is_splits=ev.is_splits)
+    return {'fid': q['fd'], 'is': q['is'], 'kid': q['kid']}
 
   # Both ---------------------------------------------------------------------------------------
 
@@ -251,23 +245,45 @@ def _save_state(path: str, state: dict) -> None:
   os.replace(tmp, path)
 
 
+def _record(workdir: str, row: dict, evaluator: Evaluator) -> None:
+  """Process 0: appends `row` to eval_results.csv, saves the per-term bits/dim, prints it."""
+  append_csv(os.path.join(workdir, CSV_NAME), row)
+  if 'bpd' in row:
+    save_bpd_terms(workdir, row['step'], evaluator.last_bpd_terms, row)
+  print('eval ' + ' '.join(f'{k}={v:.5g}' if isinstance(v, float) else f'{k}={v}'
+                           for k, v in row.items()), flush=True)
+
+
 def eval_job(config, workdir: str, experiment: Experiment | None = None,
-             progress: bool = True, sleep=time.sleep) -> list[dict]:
+             progress: bool = True, sleep=time.sleep, init_from: str | None = None) -> list[dict]:
   """`--mode=eval`: evaluates every checkpoint of `workdir` once, newest last, then waits for
   new ones until the final step (`config.train.num_steps`) is done or no checkpoint arrived for
   `config.eval.timeout_seconds`. Finished steps are recorded in `eval_state.json`, so a killed
-  job resumes where it stopped; results are appended to `eval_results.csv`."""
+  job resumes where it stopped; results are appended to `eval_results.csv`.
+
+  With `init_from` (a diffusers model, see `ddpm_jax.interop.diffusers`) and no checkpoint in
+  the workdir, that model is evaluated once instead (as step 0) and the job ends."""
   # A data-parallel mesh: evaluation replicates the parameters whatever mesh trained them.
   experiment = experiment or Experiment.from_config(config, mesh=sharding.make_mesh())
   ev = config.eval
   evaluator = Evaluator(experiment, workdir)
   state_path = os.path.join(workdir, STATE_NAME)
-  csv_path = os.path.join(workdir, CSV_NAME)
   done = set(_load_state(state_path)['done'])
   rows = []
   is_main = jax.process_index() == 0
   if is_main:
     print(protocol(config), flush=True)
+  if init_from and not checkpointing.has_checkpoint(workdir):
+    from ddpm_jax.interop import diffusers as hf_interop  # pylint: disable=g-import-not-at-top
+    params, folder = hf_interop.load_for_experiment(init_from, experiment)
+    if is_main:
+      print(f'No checkpoint in {workdir}: evaluating --init_from={init_from} '
+            f'({folder.unet_dir}) as step 0.', flush=True)
+    row = evaluator.evaluate(params, 0, ev.bpd_num_examples, ev.num_samples, progress)
+    if is_main:
+      os.makedirs(workdir, exist_ok=True)
+      _record(workdir, row, evaluator)
+    return [row]
   last_new = time.monotonic()
   while True:
     # Read-only: never clean up (or race with) the trainer's saves in flight.
@@ -285,12 +301,8 @@ def eval_job(config, workdir: str, experiment: Experiment | None = None,
       rows.append(row)
       done.add(step)
       if is_main:
-        append_csv(csv_path, row)
-        if 'bpd' in row:
-          save_bpd_terms(workdir, step, evaluator.last_bpd_terms, row)
+        _record(workdir, row, evaluator)
         _save_state(state_path, {'done': sorted(done)})
-        print('eval ' + ' '.join(f'{k}={v:.5g}' if isinstance(v, float) else f'{k}={v}'
-                                 for k, v in row.items()), flush=True)
       last_new = time.monotonic()
     checkpointer.close()
     if config.train.num_steps in done:

@@ -62,9 +62,15 @@ class Experiment:
   def state_sharding(self):
     return jax.tree.map(lambda s: s.sharding, self.abstract_state())
 
-  def init_state(self) -> TrainState:
-    """A fresh train state created directly on the devices with its final sharding."""
-    init = jax.jit(self._init_fn(), out_shardings=self.state_sharding())
+  def init_state(self, params=None) -> TrainState:
+    """A fresh train state created directly on the devices with its final sharding; with
+    `params` (laid out as `abstract_state().params`), one that starts from them."""
+    shardings = self.state_sharding()
+    if params is not None:
+      init = jax.jit(lambda rng, p: self._init_fn()(rng, params=p),
+                     in_shardings=(None, shardings.params), out_shardings=shardings)
+      return init(self._rng(), params)
+    init = jax.jit(self._init_fn(), out_shardings=shardings)
     return init(self._rng())
 
   def restore_or_init(self, checkpointer: Checkpointer) -> tuple[TrainState, bool]:

@@ -23,9 +23,11 @@ import jax
 import numpy as np
 from tqdm.auto import tqdm
 
-from ddpm_jax import evaluate, distributed, images, input_pipeline, sampling, sharding
+from ddpm_jax import (checkpointing, evaluate, distributed, images, input_pipeline, sampling,
+                      sharding)
 from ddpm_jax.checkpointing import Checkpointer
 from ddpm_jax.experiment import Experiment
+from ddpm_jax.interop import diffusers as hf_interop
 from ddpm_jax.metric_writers import MetricWriter
 
 
@@ -116,9 +118,14 @@ def _sample_grid(experiment, sample_fn, state, step: int, workdir: str, writer) 
 
 
 def train_and_evaluate(config, workdir: str, experiment: Experiment | None = None,
-                       progress: bool = True) -> dict:
+                       progress: bool = True, init_from: str | None = None) -> dict:
   """Trains `config` in `workdir` up to `config.train.num_steps`, resuming from its newest
-  checkpoint. Returns a summary dict (final step, last loss, images/s, paths)."""
+  checkpoint. Returns a summary dict (final step, last loss, images/s, paths).
+
+  `init_from`: a diffusers model (folder or Hub id, `ddpm_jax.interop.diffusers`) whose
+  weights start a fine-tune as params and EMA params, saved as checkpoint 0; ignored (with a
+  message) when the workdir already holds a checkpoint, which is resumed.
+  """
   is_main = jax.process_index() == 0
   tcfg = config.train
 
@@ -127,8 +134,16 @@ def train_and_evaluate(config, workdir: str, experiment: Experiment | None = Non
   mesh = experiment.mesh
   sharding.check_divisible(tcfg.batch_size, mesh,
                            grad_accum_steps=tcfg.get('grad_accum_steps', 1))
+  imported = None  # Read and checked before anything is written.
+  if init_from and not checkpointing.has_checkpoint(workdir):
+    layout = experiment.abstract_state().params
+    imported = hf_interop.load_params(init_from, config, layout)
   checkpointer = Checkpointer(workdir, max_to_keep=tcfg.keep_checkpoints)
-  state, resumed = experiment.restore_or_init(checkpointer)
+  if imported is not None:
+    state, resumed = experiment.init_state(hf_interop.place(imported[0], layout)), False
+    checkpointer.save(0, state)
+  else:
+    state, resumed = experiment.restore_or_init(checkpointer)
   start_step = int(state.step)
   if is_main:
     _save_config(config, workdir)
@@ -137,10 +152,15 @@ def train_and_evaluate(config, workdir: str, experiment: Experiment | None = Non
           f'({jax.devices()[0].platform}; mesh {mesh_desc}); processes: {jax.process_count()}; '
           f'global batch {tcfg.batch_size}.', flush=True)
     if resumed:
-      print(f'Resuming from step {start_step}', flush=True)
+      print(f'Resuming from step {start_step}' + (
+          f' (the workdir holds a checkpoint: --init_from={init_from} is not used)'
+          if init_from else ''), flush=True)
+    elif imported is not None:
+      print(f'Starting from {imported[1].unet_dir} (--init_from={init_from}): its weights as '
+            'params and EMA params, a fresh optimizer; saved as checkpoint 0.', flush=True)
 
-  # Input.
-  batches = input_pipeline.create_train_iterator(
+  # Input (none needed when no step is left, e.g. an import with num_steps=0).
+  batches = None if start_step >= tcfg.num_steps else input_pipeline.create_train_iterator(
       config.data, tcfg.batch_size, tcfg.seed, start_step=start_step,
       process_index=jax.process_index(), process_count=jax.process_count(),
       num_classes=int(config.model.get('num_classes', 0)))

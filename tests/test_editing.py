@@ -130,7 +130,7 @@ def test_every_editing_mode_from_the_command_line(tmp_path):
   out = _run(*base, '--config.sample.mode=inpaint', f'--config.sample.mask={tmp_path}/mask.png')
   assert out.returncode == 1 and 'Traceback' not in out.stderr
   assert out.stderr.strip().splitlines()[-1] == (
-      f'Error: Mask {tmp_path}/mask.png is 16x16 but the images are 8x8 '
+      f'error: Mask {tmp_path}/mask.png is 16x16 but the images are 8x8 '
       '(config.data.image_size): a mask must have the size of the images.')
   out = _run(*base, '--config.sample.mode=colorize')
   assert out.returncode != 0
