@@ -36,16 +36,6 @@ def triplet_grid(columns, per_row: int | None = None) -> np.ndarray:
   return images.make_grid(triplets, ncols=per_row, padding=6)
 
 
-def save_npz(path: str, results_uint8, **extra) -> str:
-  """Results under `arr_0` (the improved-diffusion / ADM convention) and `extra` arrays,
-  written atomically."""
-  os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-  tmp = path + '.tmp.npz'
-  np.savez(tmp, arr_0=np.asarray(results_uint8, np.uint8), **extra)
-  os.replace(tmp, path)
-  return path
-
-
 def _suffix(config) -> str:
   s = config.sample
   if s.mode == 'edit':
@@ -134,7 +124,7 @@ def run(config, experiment, params, key, stem: str, is_main: bool) -> dict:
     what += f'; RePaint resampling {s.resample}x every {s.jump_length} steps'
   paths = {'png': images.save_png(stem + '.png', triplet_grid(np.stack([originals, conds,
                                                                         results]))),
-           'npz': save_npz(stem + '.npz', results, **extra), **summary}
+           'npz': images.save_npz(stem + '.npz', results, **extra), **summary}
   cond_name = {'inpaint': 'masked input', 'colorize': 'grey input', 'edit': 'input noised to t0'}
   chain_text = sampling.describe(config, experiment.schedule.num_timesteps)
   print(f'{s.mode.capitalize()} of {n} images ({chain_text}; {what}): {paths["png"]} (input | '
