@@ -11,7 +11,7 @@ on every host with `--distributed` (or `DDPM_DISTRIBUTED=1`), or with explicit
 from absl import app, flags
 from ml_collections import config_flags
 
-from ddpm_jax import runtime
+from ddpm_jax import cli, runtime
 
 flags.DEFINE_string('workdir', None, 'Directory for checkpoints, samples and logs (on storage '
                     'that every host sees when running on several hosts).')
@@ -46,4 +46,4 @@ def main(argv):
 
 
 if __name__ == '__main__':
-  app.run(main)
+  cli.run(main)
