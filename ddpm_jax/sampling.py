@@ -172,7 +172,9 @@ def generate(sample_fn, params, key, num: int, batch_size: int, progress: bool =
 
 
 def _restore_params(config, workdir: str, experiment):
-  checkpointer = Checkpointer(workdir, max_to_keep=None, async_save=False)
+  # Read-only: a writer's start-up clean-up would delete a running trainer's save in flight.
+  checkpointer = Checkpointer(workdir, max_to_keep=None, async_save=False, read_only=True,
+                              config=config)
   if checkpointer.latest_step() is None:
     raise FileNotFoundError(
         f'No checkpoint in {checkpointer.directory}: train first with --mode=train '
