@@ -42,16 +42,18 @@ def decode(path, channels: int) -> np.ndarray:
     return np.asarray(im.convert('L' if channels == 1 else 'RGB'))
 
 
-def shape_warning(height: int, width: int, image_size: int | None = None) -> str | None:
-  """Why preprocessing an H x W image (centre crop to a square, resize to `image_size`) loses
-  or invents most of it, or None: an aspect ratio beyond `MAX_ASPECT`, or a square side less
-  than half of `image_size` (upscaled more than 2x)."""
+def shape_warning(height: int, width: int, image_size: int | None = None
+                  ) -> tuple[str, str] | None:
+  """(kind, why) when preprocessing an H x W image (centre crop to a square, resize to
+  `image_size`) loses or invents most of it, else None. Kinds: 'empty'; 'aspect', a ratio
+  beyond `MAX_ASPECT`; 'upscaled', a square side less than half of `image_size`."""
   short, long = min(height, width), max(height, width)
   if short < 1:
-    return f'it is empty ({height}x{width})'
+    return 'empty', f'it is empty ({height}x{width})'
   if long > MAX_ASPECT * short:
-    return (f'it is {height}x{width}: the centre crop keeps only {100 * short / long:.2g}% of '
-            'it')
+    return 'aspect', (f'it is {height}x{width}: the centre crop keeps only '
+                      f'{100 * short / long:.2g}% of it')
   if image_size and 2 * short < image_size:
-    return f'it is {height}x{width}: it is upscaled {image_size / short:.1f}x to {image_size}'
+    return 'upscaled', (f'it is {height}x{width}: it is upscaled {image_size / short:.1f}x to '
+                        f'{image_size}')
   return None

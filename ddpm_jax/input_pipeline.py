@@ -583,8 +583,9 @@ class TfdsSource:
 class FolderSource:
   """Every image file under `root` (recursive, sorted), decoded to RGB, or to L when
   `channels == 1`; 16-bit images are scaled, not clipped (`image_files.decode`). The first
-  image that preprocessing to `image_size` would mostly crop away or upscale is reported with a
-  warning (once: a folder of them would flood the log)."""
+  image that preprocessing to `image_size` would mostly crop away, and the first it would
+  upscale more than 2x, are reported with a warning (once each: a folder of them would flood
+  the log)."""
 
   def __init__(self, root: str, channels: int = 3, image_size: Optional[int] = None):
     if not root:
@@ -600,7 +601,7 @@ class FolderSource:
                          f"'{self.root}' (config.data.data_dir).")
     self.channels = channels
     self.image_size = image_size
-    self._warned = threading.Event()
+    self._reported = set()  # Kinds of `image_files.shape_warning` already logged.
 
   def __len__(self) -> int:
     return len(self.files)
@@ -611,12 +612,11 @@ class FolderSource:
       array = image_files.decode(path, self.channels)
     except Exception as e:  # pylint: disable=broad-except
       raise DatasetError(f"Could not decode image '{path}': {e}.") from None
-    if not self._warned.is_set():
-      why = image_files.shape_warning(array.shape[0], array.shape[1], self.image_size)
-      if why:
-        self._warned.set()
-        log.warning("Image '%s': %s (further such images in %s are not reported).", path, why,
-                    self.root)
+    problem = image_files.shape_warning(array.shape[0], array.shape[1], self.image_size)
+    if problem and problem[0] not in self._reported:
+      self._reported.add(problem[0])  # (A race between loader threads costs a second line.)
+      log.warning("Image '%s': %s (further such images in %s are not reported).", path,
+                  problem[1], self.root)
     return _as_hwc(array), None
 
 

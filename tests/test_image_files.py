@@ -45,19 +45,22 @@ def test_a_strip_of_pixels_is_reported_once(tmp_path, caplog):
   """A 1x200 image became a flat square without a word."""
   for i in range(3):
     Image.fromarray(np.full((1, 200), 100 + i, np.uint8)).save(tmp_path / f'strip{i}.png')
+  Image.fromarray(np.zeros((4, 4), np.uint8)).save(tmp_path / 'tiny.png')
   source = input_pipeline.FolderSource(str(tmp_path), 1, image_size=32)
   with caplog.at_level(logging.WARNING):
-    for i in range(3):
+    for i in range(4):
       source[i]
   warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
-  assert len(warnings) == 1
+  assert len(warnings) == 2  # One per kind, not one per image.
   assert 'strip0.png' in warnings[0] and 'it is 1x200: the centre crop keeps only 0.5%' in (
       warnings[0])
+  assert 'tiny.png' in warnings[1] and 'upscaled 8.0x to 32' in warnings[1]
 
 
-@pytest.mark.parametrize('shape,size,expect', [
-    ((64, 64), 32, None), ((48, 64), 32, None), ((32, 100), 32, 'keeps only 32%'),
-    ((12, 12), 32, 'upscaled 2.7x'), ((28, 28), 32, None)])
-def test_shape_warning(shape, size, expect):
+@pytest.mark.parametrize('shape,size,kind,expect', [
+    ((64, 64), 32, None, None), ((48, 64), 32, None, None),
+    ((32, 100), 32, 'aspect', 'keeps only 32%'), ((12, 12), 32, 'upscaled', 'upscaled 2.7x'),
+    ((28, 28), 32, None, None), ((0, 5), 32, 'empty', 'empty')])
+def test_shape_warning(shape, size, kind, expect):
   got = image_files.shape_warning(*shape, size)
-  assert got == expect if expect is None else expect in got
+  assert got is None if kind is None else (got[0] == kind and expect in got[1])
