@@ -296,8 +296,7 @@ def eval_job(config, workdir: str, experiment: Experiment | None = None,
   ev = config.eval
   evaluator = Evaluator(experiment, workdir)
   evaluator.check_inputs(ev.bpd_num_examples, ev.num_samples)
-  lock = workdir_lock.acquire(workdir, workdir_lock.EVAL, what='evaluation') if (
-      jax.process_index() == 0) else None
+  lock = workdir_lock.acquire_for_run(workdir, workdir_lock.EVAL, what='evaluation')
   try:
     return _follow_checkpoints(config, workdir, experiment, evaluator, progress, sleep)
   finally:

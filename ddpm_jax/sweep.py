@@ -185,7 +185,7 @@ def final_evaluation(config, member_dir: str, progress: bool = True) -> dict | N
 def run_member(name: str, overrides: dict, config, sweep_dir: str, final_eval: bool = True,
                progress: bool = True) -> str:
   """Trains (or resumes, or skips) one member, holding its workdir's lock; returns its status."""
-  from ddpm_jax import evaluate, train
+  from ddpm_jax import evaluate, workdir_lock
   member_dir = os.path.join(sweep_dir, name)
   record = read_member(member_dir)
   if record.get('status') == 'done':
@@ -193,7 +193,7 @@ def run_member(name: str, overrides: dict, config, sweep_dir: str, final_eval: b
     return 'skipped'
   if final_eval:  # Before the training: the final evaluation's inputs exist.
     evaluate.check_inputs(config, config.eval.train_bpd_examples, config.eval.train_num_samples)
-  lock = train.lock_workdir(member_dir)
+  lock = workdir_lock.acquire_for_run(member_dir, what=f'sweep member {name}')
   try:
     return _run_member(name, overrides, config, member_dir, record, final_eval, progress)
   finally:

@@ -66,24 +66,6 @@ def stop_on_signals(signals=(signal.SIGTERM, signal.SIGINT)):
       signal.signal(s, signal.SIG_DFL if h is None else h)  # None: a handler set outside Python.
 
 
-def lock_workdir(workdir: str):
-  """Process 0 takes the workdir's writer lock for the run; every process learns whether it
-  could (so that all of them stop together when another run holds it)."""
-  lock, error = None, None
-  if jax.process_index() == 0:
-    try:
-      lock = workdir_lock.acquire(workdir, what='training')
-    except workdir_lock.WorkdirLockedError as e:
-      error = e
-  if jax.process_count() > 1:
-    from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
-    if int(multihost_utils.broadcast_one_to_all(np.int32(error is not None))) and not error:
-      error = workdir_lock.WorkdirLockedError(f'{workdir} is in use (see process 0).')
-  if error is not None:
-    raise error
-  return lock
-
-
 def _check_state(check_fn, state, batch, step: int, checkpointer) -> None:
   """Raises `NonFiniteLossError` unless the updated `state` is finite with a finite loss on the
   step's `batch` (run before any save: no checkpoint is a diverged state)."""
@@ -169,7 +151,7 @@ def train_and_evaluate(config, workdir: str, experiment: Experiment | None = Non
     evaluator.check_inputs(config.eval.train_bpd_examples, config.eval.train_num_samples)
 
   # The workdir: one trainer at a time.
-  lock = lock_workdir(workdir)
+  lock = workdir_lock.acquire_for_run(workdir, what='training')
   try:
     return _train(config, workdir, experiment, source, sample_experiment, evaluator, progress)
   finally:

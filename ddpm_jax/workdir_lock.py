@@ -1,7 +1,8 @@
 """One writer per workdir: a lock file naming its owner (pid, host, command).
 
-A trainer holds `WORKDIR/writer.lock` from before it touches the workdir until it exits; an
-evaluation job (`--mode=eval`) holds `WORKDIR/eval.lock`. A second process that asks for the
+A trainer (or a sweep member) holds `WORKDIR/writer.lock` from before it touches the workdir
+until it exits; an evaluation job (`--mode=eval`) holds `WORKDIR/eval.lock`; with several JAX
+processes, process 0 holds it for all (`acquire_for_run`). A second process that asks for the
 same lock gets `WorkdirLockedError`, one line naming the owner. Readers (sampling, evaluation
 reading checkpoints) take no lock: they open checkpoints read-only.
 
@@ -64,10 +65,11 @@ def _pid_running(pid: int, start: str | None) -> bool:
   return start is None or current is None or current == start
 
 
-def _own_record(token: str) -> dict:
+def _own_record(token: str, what: str) -> dict:
   now = time.time()
   return {'pid': os.getpid(), 'host': socket.gethostname(), 'start': _process_start(os.getpid()),
-          'since': now, 'heartbeat': now, 'token': token, 'command': ' '.join(sys.argv)}
+          'since': now, 'heartbeat': now, 'token': token, 'what': what,
+          'command': ' '.join(sys.argv)}
 
 
 def _is_mine(record: dict) -> bool:
@@ -92,11 +94,12 @@ def stale_reason(record: dict | None, age: float, now: float | None = None) -> s
 
 
 def describe_owner(record: dict | None) -> str:
+  """E.g. 'training by pid 123 on node7 since 2026-01-02 03:04:05 (python -m ...)'."""
   if record is None:
     return 'a process (its lock file is being written or unreadable)'
   since = time.strftime('%Y-%m-%d %H:%M:%S', time.localtime(record.get('since', 0)))
-  return (f'pid {record.get("pid")} on {record.get("host")} since {since} '
-          f'({record.get("command", "?")})')
+  return (f'{record.get("what", "a job")} by pid {record.get("pid")} on {record.get("host")} '
+          f'since {since} ({record.get("command", "?")})')
 
 
 # ---------------------------------------------------------------------------------------------
@@ -219,11 +222,11 @@ class WorkdirLock:
 def acquire(workdir: str, name: str = WRITER, what: str = 'training') -> WorkdirLock:
   """Takes `workdir`'s lock `name` (creating the workdir), replacing a stale one with a warning.
 
-  Raises `WorkdirLockedError` naming the owner if another live process holds it; `what` says
-  in that message what the lock protects.
+  Raises `WorkdirLockedError` naming the owner and what it does if another live process holds
+  it; `what` is this process's job, as the lock file tells others.
   """
   path = lock_path(workdir, name)
-  record = _own_record(uuid.uuid4().hex)
+  record = _own_record(uuid.uuid4().hex, what)
   for _ in range(3):
     if _create(path, record):
       lock = WorkdirLock(path, True, record)
@@ -238,12 +241,34 @@ def acquire(workdir: str, name: str = WRITER, what: str = 'training') -> Workdir
     reason = stale_reason(current, age)
     if reason is None:
       raise WorkdirLockedError(
-          f'{workdir} is in use: {what} by {describe_owner(current)} holds {path}. Wait for it '
-          f'to finish or stop it; if that process is gone, delete {path}.')
+          f'{workdir} is in use: {describe_owner(current)} holds {path}. Wait for it to '
+          f'finish or stop it; if that process is gone, delete {path}.')
     logging.warning('Replacing the stale lock %s of %s (%s).', path, describe_owner(current),
                     reason)
     _remove(path)
   raise WorkdirLockedError(f'Could not take the lock {path}: other processes keep taking it.')
+
+
+def acquire_for_run(workdir: str, name: str = WRITER, what: str = 'training'
+                    ) -> WorkdirLock | None:
+  """`acquire` for a job of one or several JAX processes: process 0 takes the lock (the
+  others get None) and every process learns whether it could, so that all of them stop
+  together when another run holds it."""
+  import jax  # pylint: disable=g-import-not-at-top
+  import numpy as np  # pylint: disable=g-import-not-at-top
+  lock, error = None, None
+  if jax.process_index() == 0:
+    try:
+      lock = acquire(workdir, name, what)
+    except WorkdirLockedError as e:
+      error = e
+  if jax.process_count() > 1:
+    from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
+    if int(multihost_utils.broadcast_one_to_all(np.int32(error is not None))) and not error:
+      error = WorkdirLockedError(f'{workdir} is in use (see process 0).')
+  if error is not None:
+    raise error
+  return lock
 
 
 def check_not_held_by_other(workdir: str, name: str = WRITER) -> None:

@@ -42,6 +42,11 @@ def test_bad_command_lines_are_one_line(tmp_path, args, expect):
   assert not os.path.exists(tmp_path / 'w')
 
 
+def test_config_errors_are_user_errors_and_value_errors():
+  from ddpm_jax.errors import ConfigError, UserError
+  assert issubclass(ConfigError, UserError) and issubclass(ConfigError, ValueError)
+
+
 def test_bad_config_files_are_one_line(tmp_path):
   assert _one_error_line(_main(f'--config={tmp_path}/nope.py', f'--workdir={tmp_path}')) == (
       f'error: --config={tmp_path}/nope.py: config file not found')
@@ -95,7 +100,8 @@ def test_a_workdir_in_use_is_one_line(trained):
       import json, socket, time
       json.dump({'pid': sleeper.pid, 'host': socket.gethostname(),
                  'start': workdir_lock._process_start(sleeper.pid), 'since': time.time(),
-                 'heartbeat': time.time(), 'command': 'the first trainer'}, f)
+                 'heartbeat': time.time(), 'what': 'training', 'command': 'the first trainer'},
+                f)
     out = _main(f'--config={config}', f'--workdir={work}', env=env)
     assert f'is in use: training by pid {sleeper.pid} on ' in _one_error_line(out)
   finally:

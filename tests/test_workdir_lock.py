@@ -28,7 +28,8 @@ def _write_lock(workdir, **record):
   os.makedirs(workdir, exist_ok=True)
   now = time.time()
   record = dict({'host': socket.gethostname(), 'since': now, 'heartbeat': now, 'token': 'x',
-                 'command': 'python -m ddpm_jax.main --workdir=elsewhere'}, **record)
+                 'what': 'training', 'command': 'python -m ddpm_jax.main --workdir=elsewhere'},
+                **record)
   with open(workdir_lock.lock_path(str(workdir)), 'w') as f:
     json.dump(record, f)
 
@@ -38,6 +39,7 @@ def test_lock_names_its_owner_and_nests_in_one_process(tmp_path):
   lock = workdir_lock.acquire(work)
   record = json.load(open(os.path.join(work, 'writer.lock')))
   assert record['pid'] == os.getpid() and record['host'] == socket.gethostname()
+  assert record['what'] == 'training'
   inner = workdir_lock.acquire(work)  # The same process again (a sweep member's training).
   assert lock.owned and not inner.owned
   inner.release()
@@ -54,7 +56,7 @@ def test_a_live_owner_refuses_a_second_writer(tmp_path, other_process):
               start=workdir_lock._process_start(other_process.pid))
   with pytest.raises(WorkdirLockedError,
                      match=rf'is in use: training by pid {other_process.pid} on '):
-    workdir_lock.acquire(work, what='training')
+    workdir_lock.acquire(work, what='evaluation')  # The owner's job is named, not ours.
   # A checkpoint writer that did not take the lock is refused too; a reader is not.
   with pytest.raises(WorkdirLockedError, match='open its checkpoints read-only'):
     Checkpointer(work)
