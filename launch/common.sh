@@ -21,17 +21,23 @@ usage_error() {
   exit 2
 }
 
+# is_override ARG: whether ARG looks like a config override (a dotted key, then '='), which a
+# path such as runs/lr=2e-4 does not.
+is_override() {
+  [[ "$1" =~ ^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z0-9_]+)+= ]]
+}
+
 # check_args LAUNCHER USAGE CONFIG WORKDIR: CONFIG must be an existing file (a ':ARG' suffix for
 # the config's get_config is allowed) and WORKDIR a path, neither of them a --flag or KEY=VALUE.
 check_args() {
   local name=$1 usage=$2 config=$3 workdir=$4
-  case "$config" in
-    ""|-*|*=*) usage_error "$name" "$usage" "CONFIG must be a config file, got '$config'" ;;
-  esac
+  if [ -z "$config" ] || [[ "$config" == -* ]] || is_override "$config"; then
+    usage_error "$name" "$usage" "CONFIG must be a config file, got '$config'"
+  fi
   [ -f "${config%%:*}" ] || usage_error "$name" "$usage" "config file not found: '${config%%:*}'"
-  case "$workdir" in
-    ""|-*|*=*) usage_error "$name" "$usage" "WORKDIR must be a directory path, got '$workdir'" ;;
-  esac
+  if [ -z "$workdir" ] || [[ "$workdir" == -* ]] || is_override "$workdir"; then
+    usage_error "$name" "$usage" "WORKDIR must be a directory path, got '$workdir'"
+  fi
 }
 
 # check_count LAUNCHER USAGE WHAT VALUE: VALUE must be a positive integer.

@@ -42,3 +42,10 @@ def test_malformed_calls_print_the_usage(script, args, expect, tmp_path):
 def test_help_prints_the_usage(script):
   out = _launch(script, '--help')
   assert out.returncode == 0 and out.stdout.startswith(f'usage: bash launch/{script} ')
+
+
+def test_a_workdir_path_with_an_equals_sign_is_a_workdir(tmp_path):
+  """runs/lr=2e-4 is a path, not a config override: the launcher starts the program (here with
+  `--helpshort`, which prints the flags and exits)."""
+  out = _launch('local.sh', CONFIG, str(tmp_path / 'lr=2e-4'), '--helpshort')
+  assert 'WORKDIR must be' not in out.stderr and '--workdir: Directory' in out.stdout
