@@ -15,11 +15,12 @@ import numpy as np
 from PIL import Image, ImageDraw, ImageOps
 
 from ddpm_jax import input_pipeline
+from ddpm_jax.errors import UserError
 
 MASK_SHAPES = ('center', 'left', 'strokes')
 
 
-class InputError(ValueError):
+class InputError(UserError, ValueError):
   """A bad image or mask given to an editing mode; the command line prints the message alone."""
 
 

@@ -21,8 +21,9 @@ import time
 import jax
 import numpy as np
 
-from ddpm_jax import checkpointing, input_pipeline, sampling, sharding
-from ddpm_jax.checkpointing import Checkpointer, CheckpointError
+from ddpm_jax import checkpointing, input_pipeline, sampling, sharding, workdir_lock
+from ddpm_jax.checkpointing import Checkpointer, CheckpointError, CheckpointMismatchError
+from ddpm_jax.errors import ConfigError
 from ddpm_jax.experiment import Experiment
 from ddpm_jax.metrics import bpd as bpd_lib
 
@@ -39,6 +40,33 @@ def _sampler_desc(config) -> tuple[str, int]:
   return s.get('sampler', 'ancestral'), int(steps)
 
 
+def load_inception_weights(path: str):
+  """The FID Inception variables of `config.eval.inception_weights`; a missing file or one that
+  is not those weights is a one-line error naming the key."""
+  from ddpm_jax.metrics import inception  # pylint: disable=g-import-not-at-top
+  try:
+    return inception.load_inception_params(path)
+  except FileNotFoundError:
+    raise
+  except Exception as e:  # pylint: disable=broad-except  (zip, pickle and layout errors)
+    raise ConfigError(f'config.eval.inception_weights={path!r} is not the FID Inception '
+                      f'weights: {type(e).__name__}: {e}') from e
+
+
+def check_inputs(config, bpd_examples: int, num_samples: int):
+  """Checks what an evaluation of `bpd_examples` test images and `num_samples` samples reads
+  (the evaluation split, the reference split when its statistics are not cached, the Inception
+  weights) before any of the hours it may take; returns the Inception variables (or None)."""
+  ev = config.eval
+  if bpd_examples > 0:
+    input_pipeline.open_source(config.data, ev.split)
+  if num_samples <= 0:
+    return None
+  if config.data.dataset == 'fashion_mnist' or ev.inception_weights:
+    input_pipeline.open_source(config.data, ev.reference_split)
+  return load_inception_weights(ev.inception_weights) if ev.inception_weights else None
+
+
 class Evaluator:
   """Holds the jitted evaluation functions, the evaluation data and the reference statistics."""
 
@@ -50,6 +78,12 @@ class Evaluator:
     self._test_images = None
     self._sample_fns = {}
     self._fmnist = None
+
+  def check_inputs(self, bpd_examples: int, num_samples: int) -> None:
+    """`check_inputs` for this evaluator's config, keeping the Inception weights it loads."""
+    variables = check_inputs(self.config, bpd_examples, num_samples)
+    if variables is not None:
+      self._inception = variables
 
   # Bits/dim -----------------------------------------------------------------------------------
 
@@ -152,7 +186,7 @@ class Evaluator:
     from ddpm_jax.metrics import image_metrics, inception
     ev = self.config.eval
     if not hasattr(self, '_inception'):
-      self._inception = inception.load_inception_params(ev.inception_weights)
+      self._inception = load_inception_weights(ev.inception_weights)
     params = self._inception  # {'params', 'batch_stats'}
     path = os.path.join(self.workdir, f'inception_ref_{ev.reference_split}.npz')
     if os.path.exists(path):
@@ -267,6 +301,20 @@ def eval_job(config, workdir: str, experiment: Experiment | None = None,
   experiment = experiment or Experiment.from_config(config, mesh=sharding.make_mesh())
   ev = config.eval
   evaluator = Evaluator(experiment, workdir)
+  evaluator.check_inputs(ev.bpd_num_examples, ev.num_samples)
+  lock = workdir_lock.acquire_for_run(workdir, workdir_lock.EVAL, what='evaluation')
+  try:
+    return _follow_checkpoints(config, workdir, experiment, evaluator, progress, sleep,
+                               init_from)
+  finally:
+    if lock is not None:
+      lock.release()
+
+
+def _follow_checkpoints(config, workdir, experiment, evaluator, progress, sleep,
+                        init_from) -> list[dict]:
+  """`eval_job` once its inputs are checked and its lock taken."""
+  ev = config.eval
   state_path = os.path.join(workdir, STATE_NAME)
   done = set(_load_state(state_path)['done'])
   rows = []
@@ -287,11 +335,14 @@ def eval_job(config, workdir: str, experiment: Experiment | None = None,
   last_new = time.monotonic()
   while True:
     # Read-only: never clean up (or race with) the trainer's saves in flight.
-    checkpointer = Checkpointer(workdir, max_to_keep=None, async_save=False, read_only=True)
+    checkpointer = Checkpointer(workdir, max_to_keep=None, async_save=False, read_only=True,
+                                config=config)
     pending = [s for s in checkpointer.all_steps() if s not in done]
     for step in pending:
       try:
         state = checkpointer.restore(experiment.abstract_state(), step)
+      except CheckpointMismatchError:
+        raise  # The config is wrong for every checkpoint: skipping them would hide it.
       except CheckpointError as e:  # Deleted by the trainer's max_to_keep, or corrupt.
         logging.warning('Skipping checkpoint %d: %s', step, e)
         done.add(step)

@@ -22,7 +22,7 @@ is safe.
 from absl import app, flags
 from ml_collections import config_flags
 
-from ddpm_jax import runtime
+from ddpm_jax import cli, runtime
 from ddpm_jax.interop import InteropError
 
 FLAGS = flags.FLAGS
@@ -48,13 +48,14 @@ def export(config, workdir: str, out: str, step: int | None = None, params: str 
   returns (the paths written, the step)."""
   # pylint: disable=g-import-not-at-top  (JAX only once the flags are parsed)
   from ddpm_jax import sharding
-  from ddpm_jax.checkpointing import Checkpointer, CheckpointError
+  from ddpm_jax.checkpointing import Checkpointer
   from ddpm_jax.experiment import Experiment
   from ddpm_jax.interop import diffusers, diffusers_config
   diffusers_config.unet_config(config)  # What diffusers cannot express fails here, first.
   diffusers_config.scheduler_config(config)
   experiment = Experiment.from_config(config, mesh=sharding.make_mesh())
-  checkpointer = Checkpointer(workdir, max_to_keep=None, async_save=False, read_only=True)
+  checkpointer = Checkpointer(workdir, max_to_keep=None, async_save=False, read_only=True,
+                              config=config)
   try:
     step = checkpointer.latest_step() if step is None else step
     if step is None:
@@ -62,10 +63,7 @@ def export(config, workdir: str, out: str, step: int | None = None, params: str 
     known = checkpointer.all_steps() + checkpointer.preemption_steps()
     if step not in known:
       raise InteropError(f'No checkpoint {step} in {workdir}; it has {sorted(known)}.')
-    try:
-      state = checkpointer.restore(experiment.abstract_state(), step)
-    except CheckpointError as e:
-      raise InteropError(str(e).splitlines()[0]) from e
+    state = checkpointer.restore(experiment.abstract_state(), step)  # CheckpointError: 1 line.
   finally:
     checkpointer.close()
   chosen = state.ema_params if params == 'ema' else state.params
@@ -76,11 +74,8 @@ def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f'Unexpected arguments: {" ".join(argv[1:])}')
   runtime.setup('inference')
-  try:
-    paths, step = export(FLAGS.config, FLAGS.workdir, FLAGS.out, FLAGS.step, FLAGS.params,
-                         FLAGS.overwrite)
-  except InteropError as e:
-    raise SystemExit(f'error: {e}') from None
+  paths, step = export(FLAGS.config, FLAGS.workdir, FLAGS.out, FLAGS.step, FLAGS.params,
+                       FLAGS.overwrite)
   print(f'Exported checkpoint {step} ({FLAGS.params} parameters) of {FLAGS.workdir}: '
         f'{", ".join(paths)}. Load it with diffusers.UNet2DModel.from_pretrained({FLAGS.out!r}) '
         f'and diffusers.DDPMScheduler.from_pretrained({FLAGS.out!r}).')
@@ -88,4 +83,4 @@ def main(argv):
 
 if __name__ == '__main__':
   _define_flags()
-  app.run(main)
+  cli.run(main)

@@ -24,7 +24,8 @@ import os
 import numpy as np
 from absl import app, flags
 
-from ddpm_jax import runtime
+from ddpm_jax import cli, runtime
+from ddpm_jax.errors import UserError
 
 FLAGS = flags.FLAGS
 
@@ -45,7 +46,7 @@ def _define_flags() -> None:
   flags.DEFINE_integer('is_splits', 10, 'Inception Score splits (10 as the original code).')
 
 
-class InputError(ValueError):
+class InputError(UserError, ValueError):
   """An input that cannot be used; the message is one line."""
 
 
@@ -211,12 +212,9 @@ def main(argv):
     raise app.UsageError('Usage: python -m ddpm_jax.fid SAMPLES REFERENCE '
                          '--inception_weights=FILE [--save_stats=OUT.npz]')
   runtime.setup('inference')
-  try:
-    result, protocol = evaluate(argv[1], argv[2], FLAGS.features, FLAGS.inception_weights,
-                                FLAGS.save_stats, FLAGS.data_dir, FLAGS.reference_examples,
-                                FLAGS.batch_size, FLAGS.is_splits)
-  except InputError as e:
-    raise SystemExit(f'error: {e}') from None
+  result, protocol = evaluate(argv[1], argv[2], FLAGS.features, FLAGS.inception_weights,
+                              FLAGS.save_stats, FLAGS.data_dir, FLAGS.reference_examples,
+                              FLAGS.batch_size, FLAGS.is_splits)
   print(_format(result))
   print(protocol)
   if FLAGS.save_stats:
@@ -225,4 +223,4 @@ def main(argv):
 
 if __name__ == '__main__':
   _define_flags()
-  app.run(main)
+  cli.run(main)

@@ -15,9 +15,7 @@ on every host with `--distributed` (or `DDPM_DISTRIBUTED=1`), or with explicit
 from absl import app, flags
 from ml_collections import config_flags
 
-from ddpm_jax import runtime
-from ddpm_jax.edit_inputs import InputError
-from ddpm_jax.interop import InteropError
+from ddpm_jax import cli, runtime
 
 flags.DEFINE_string('workdir', None, 'Directory for checkpoints, samples and logs (on storage '
                     'that every host sees when running on several hosts).')
@@ -39,11 +37,7 @@ def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f'Unexpected arguments: {" ".join(argv[1:])}')
   runtime.setup('train' if FLAGS.mode == 'train' else 'inference')
-  try:
-    _run(FLAGS.mode, FLAGS.config, FLAGS.workdir, FLAGS.init_from)
-  except (InteropError, InputError) as e:
-    # A --init_from model that cannot be used, a bad input image or mask: one line.
-    raise SystemExit(f'error: {e}') from None
+  _run(FLAGS.mode, FLAGS.config, FLAGS.workdir, FLAGS.init_from)
 
 
 def _run(mode: str, config, workdir: str, init_from: str | None) -> None:
@@ -64,4 +58,4 @@ def _run(mode: str, config, workdir: str, init_from: str | None) -> None:
 
 
 if __name__ == '__main__':
-  app.run(main)
+  cli.run(main)

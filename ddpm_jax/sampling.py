@@ -191,7 +191,9 @@ def _restore_params(config, workdir: str, experiment, init_from: str | None = No
       print(f'No checkpoint in {workdir}: using --init_from={init_from} ({folder.unet_dir}).',
             flush=True)
     return params, None
-  checkpointer = Checkpointer(workdir, max_to_keep=None, async_save=False)
+  # Read-only: a writer's start-up clean-up would delete a running trainer's save in flight.
+  checkpointer = Checkpointer(workdir, max_to_keep=None, async_save=False, read_only=True,
+                              config=config)
   if checkpointer.latest_step() is None:
     raise FileNotFoundError(
         f'No checkpoint in {checkpointer.directory}: train first with --mode=train '

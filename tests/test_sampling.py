@@ -134,3 +134,16 @@ def test_ddim_sampling_from_the_command_line(tmp_path):
   assert 'ddim eta=0.0, 5 of 20 steps' in out.stdout
   npz = np.load(tmp_path / 'samples' / 'sample_step00000000_n3_ddim5_eta0.0.npz')
   assert npz['arr_0'].shape == (3, 8, 8, 1) and 'arr_1' not in npz.files  # Unconditional.
+
+
+def test_sampling_leaves_the_trainers_save_in_flight_alone(tmp_path):
+  """`--mode=sample` next to a running trainer: it must open the checkpoints read-only, or
+  orbax's start-up clean-up deletes the trainer's save in flight (which then dies with
+  NOT_FOUND on `N.orbax-checkpoint-tmp`)."""
+  config = make_tiny_config()
+  exp = _checkpoint(config, tmp_path)
+  in_flight = tmp_path / 'checkpoints' / '7.orbax-checkpoint-tmp-1234567'
+  (in_flight / 'state').mkdir(parents=True)
+  params, step = sampling._restore_params(config, str(tmp_path), exp)
+  assert step == 0 and jax.tree.leaves(params)
+  assert in_flight.is_dir()

@@ -11,6 +11,9 @@ can catch `InteropError` without importing JAX.
 """
 
 
-class InteropError(ValueError):
+from ddpm_jax.errors import UserError
+
+
+class InteropError(UserError, ValueError):
   """A diffusers model that cannot be read, does not match the config, or a config that
   diffusers cannot express. The message is one line, meant to be shown as it is."""
