@@ -103,6 +103,7 @@ def get_config() -> ml_collections.ConfigDict:
   sample.seed = 0
   sample.use_ema = True
   sample.mode = 'grid'  # grid | progressive (Fig. 6) | interpolate (Fig. 8) | reconstruct
+  #                       | inpaint | colorize | edit (controllable generation, ddpm_jax/editing.py)
   sample.sampler = 'ancestral'  # ancestral (Algorithm 2) | ddim
   sample.steps = 0  # Sampling steps, evenly respaced over T; 0 = all T.
   sample.eta = 0.0  # DDIM stochasticity (0 = deterministic, 1 = ancestral-like).
@@ -111,7 +112,15 @@ def get_config() -> ml_collections.ConfigDict:
   sample.progressive_frames = 10  # mode=progressive: saved steps (grid columns, GIF frames).
   sample.interp_t = 500  # mode=interpolate: timestep t of the latents (q_sample, eq. 4).
   sample.interp_lambdas = 9  # mode=interpolate: lambda = 0, .., 1 in this many values.
-  sample.data_split = 'test'  # mode=interpolate/reconstruct: images come from this split.
+  sample.data_split = 'test'  # mode=interpolate/reconstruct/inpaint/colorize/edit: input split.
+  sample.input_dir = ''  # mode=inpaint/colorize/edit: a folder of input images ('' = data_split).
+  # mode=inpaint: center | left | strokes, or a mask PNG / folder of them (white = keep).
+  sample.mask = 'center'
+  sample.t0 = 500  # mode=edit (SDEdit): noise the input to step t0 in [1, T], then denoise.
+  # mode=inpaint/colorize, RePaint resampling: every jump_length steps, go back up
+  # jump_length steps and down again, resample times in all (1 = off; RePaint: 10 and 10).
+  sample.resample = 1
+  sample.jump_length = 10
 
   # Evaluation: bits/dim (eq. 5) and sample quality, during training and in `--mode=eval`.
   config.eval = ev = ml_collections.ConfigDict()

@@ -21,8 +21,9 @@ import time
 import jax
 import numpy as np
 
-from ddpm_jax import input_pipeline, sampling, sharding
-from ddpm_jax.checkpointing import Checkpointer, CheckpointError
+from ddpm_jax import checkpointing, input_pipeline, sampling, sharding, workdir_lock
+from ddpm_jax.checkpointing import Checkpointer, CheckpointError, CheckpointMismatchError
+from ddpm_jax.errors import ConfigError
 from ddpm_jax.experiment import Experiment
 from ddpm_jax.metrics import bpd as bpd_lib
 
@@ -39,6 +40,33 @@ def _sampler_desc(config) -> tuple[str, int]:
   return s.get('sampler', 'ancestral'), int(steps)
 
 
+def load_inception_weights(path: str):
+  """The FID Inception variables of `config.eval.inception_weights`; a missing file or one that
+  is not those weights is a one-line error naming the key."""
+  from ddpm_jax.metrics import inception  # pylint: disable=g-import-not-at-top
+  try:
+    return inception.load_inception_params(path)
+  except FileNotFoundError:
+    raise
+  except Exception as e:  # pylint: disable=broad-except  (zip, pickle and layout errors)
+    raise ConfigError(f'config.eval.inception_weights={path!r} is not the FID Inception '
+                      f'weights: {type(e).__name__}: {e}') from e
+
+
+def check_inputs(config, bpd_examples: int, num_samples: int):
+  """Checks what an evaluation of `bpd_examples` test images and `num_samples` samples reads
+  (the evaluation split, the reference split when its statistics are not cached, the Inception
+  weights) before any of the hours it may take; returns the Inception variables (or None)."""
+  ev = config.eval
+  if bpd_examples > 0:
+    input_pipeline.open_source(config.data, ev.split)
+  if num_samples <= 0:
+    return None
+  if config.data.dataset == 'fashion_mnist' or ev.inception_weights:
+    input_pipeline.open_source(config.data, ev.reference_split)
+  return load_inception_weights(ev.inception_weights) if ev.inception_weights else None
+
+
 class Evaluator:
   """Holds the jitted evaluation functions, the evaluation data and the reference statistics."""
 
@@ -50,6 +78,12 @@ class Evaluator:
     self._test_images = None
     self._sample_fns = {}
     self._fmnist = None
+
+  def check_inputs(self, bpd_examples: int, num_samples: int) -> None:
+    """`check_inputs` for this evaluator's config, keeping the Inception weights it loads."""
+    variables = check_inputs(self.config, bpd_examples, num_samples)
+    if variables is not None:
+      self._inception = variables
 
   # Bits/dim -----------------------------------------------------------------------------------
 
@@ -143,8 +177,7 @@ class Evaluator:
       from ddpm_jax.metrics import image_metrics
       params, mu, sigma = self._fmnist_reference()
       feats, _ = fc.features_and_logits(params, samples_uint8)
-      mu_s, sigma_s = image_metrics.feature_statistics(feats)
-      out['fd_fmnist'] = float(image_metrics.frechet_distance(mu_s, sigma_s, mu, sigma))
+      out['fd_fmnist'] = image_metrics.sample_quality(feats, (mu, sigma))['fd']
     if cfg.eval.inception_weights:
       out.update(self._inception_metrics(samples_uint8))
     return out
@@ -153,7 +186,7 @@ class Evaluator:
     from ddpm_jax.metrics import image_metrics, inception
     ev = self.config.eval
     if not hasattr(self, '_inception'):
-      self._inception = inception.load_inception_params(ev.inception_weights)
+      self._inception = load_inception_weights(ev.inception_weights)
     params = self._inception  # {'params', 'batch_stats'}
     path = os.path.join(self.workdir, f'inception_ref_{ev.reference_split}.npz')
     if os.path.exists(path):
@@ -166,13 +199,8 @@ class Evaluator:
       if jax.process_index() == 0:
         np.savez(path, features=ref_feats)
     feats, logits = inception.extract_features(params, samples_uint8, ev.inception_batch_size)
-    mu1, s1 = image_metrics.feature_statistics(feats)
-    mu2, s2 = image_metrics.feature_statistics(ref_feats)
-    kid = image_metrics.kernel_inception_distance(
-        feats, ref_feats, subset_size=min(1000, len(feats), len(ref_feats)))
-    return {'fid': float(image_metrics.frechet_distance(mu1, s1, mu2, s2)),
-            'is': float(image_metrics.inception_score(logits, splits=min(ev.is_splits, len(logits)))[0]),
-            'kid': float(kid[0])}
+    q = image_metrics.sample_quality(feats, ref_feats, logits, is_splits=ev.is_splits)
+    return {'fid': q['fd'], 'is': q['is'], 'kid': q['kid']}
 
   # Both ---------------------------------------------------------------------------------------
 
@@ -251,31 +279,70 @@ def _save_state(path: str, state: dict) -> None:
   os.replace(tmp, path)
 
 
+def _record(workdir: str, row: dict, evaluator: Evaluator) -> None:
+  """Process 0: appends `row` to eval_results.csv, saves the per-term bits/dim, prints it."""
+  append_csv(os.path.join(workdir, CSV_NAME), row)
+  if 'bpd' in row:
+    save_bpd_terms(workdir, row['step'], evaluator.last_bpd_terms, row)
+  print('eval ' + ' '.join(f'{k}={v:.5g}' if isinstance(v, float) else f'{k}={v}'
+                           for k, v in row.items()), flush=True)
+
+
 def eval_job(config, workdir: str, experiment: Experiment | None = None,
-             progress: bool = True, sleep=time.sleep) -> list[dict]:
+             progress: bool = True, sleep=time.sleep, init_from: str | None = None) -> list[dict]:
   """`--mode=eval`: evaluates every checkpoint of `workdir` once, newest last, then waits for
   new ones until the final step (`config.train.num_steps`) is done or no checkpoint arrived for
   `config.eval.timeout_seconds`. Finished steps are recorded in `eval_state.json`, so a killed
-  job resumes where it stopped; results are appended to `eval_results.csv`."""
+  job resumes where it stopped; results are appended to `eval_results.csv`.
+
+  With `init_from` (a diffusers model, see `ddpm_jax.interop.diffusers`) and no checkpoint in
+  the workdir, that model is evaluated once instead (as step 0) and the job ends."""
   # A data-parallel mesh: evaluation replicates the parameters whatever mesh trained them.
   experiment = experiment or Experiment.from_config(config, mesh=sharding.make_mesh())
   ev = config.eval
   evaluator = Evaluator(experiment, workdir)
+  evaluator.check_inputs(ev.bpd_num_examples, ev.num_samples)
+  lock = workdir_lock.acquire_for_run(workdir, workdir_lock.EVAL, what='evaluation')
+  try:
+    return _follow_checkpoints(config, workdir, experiment, evaluator, progress, sleep,
+                               init_from)
+  finally:
+    if lock is not None:
+      lock.release()
+
+
+def _follow_checkpoints(config, workdir, experiment, evaluator, progress, sleep,
+                        init_from) -> list[dict]:
+  """`eval_job` once its inputs are checked and its lock taken."""
+  ev = config.eval
   state_path = os.path.join(workdir, STATE_NAME)
-  csv_path = os.path.join(workdir, CSV_NAME)
   done = set(_load_state(state_path)['done'])
   rows = []
   is_main = jax.process_index() == 0
   if is_main:
     print(protocol(config), flush=True)
+  if init_from and not checkpointing.has_checkpoint(workdir):
+    from ddpm_jax.interop import diffusers as hf_interop  # pylint: disable=g-import-not-at-top
+    params, folder = hf_interop.load_for_experiment(init_from, experiment)
+    if is_main:
+      print(f'No checkpoint in {workdir}: evaluating --init_from={init_from} '
+            f'({folder.unet_dir}) as step 0.', flush=True)
+    row = evaluator.evaluate(params, 0, ev.bpd_num_examples, ev.num_samples, progress)
+    if is_main:
+      os.makedirs(workdir, exist_ok=True)
+      _record(workdir, row, evaluator)
+    return [row]
   last_new = time.monotonic()
   while True:
     # Read-only: never clean up (or race with) the trainer's saves in flight.
-    checkpointer = Checkpointer(workdir, max_to_keep=None, async_save=False, read_only=True)
+    checkpointer = Checkpointer(workdir, max_to_keep=None, async_save=False, read_only=True,
+                                config=config)
     pending = [s for s in checkpointer.all_steps() if s not in done]
     for step in pending:
       try:
         state = checkpointer.restore(experiment.abstract_state(), step)
+      except CheckpointMismatchError:
+        raise  # The config is wrong for every checkpoint: skipping them would hide it.
       except CheckpointError as e:  # Deleted by the trainer's max_to_keep, or corrupt.
         logging.warning('Skipping checkpoint %d: %s', step, e)
         done.add(step)
@@ -285,12 +352,8 @@ def eval_job(config, workdir: str, experiment: Experiment | None = None,
       rows.append(row)
       done.add(step)
       if is_main:
-        append_csv(csv_path, row)
-        if 'bpd' in row:
-          save_bpd_terms(workdir, step, evaluator.last_bpd_terms, row)
+        _record(workdir, row, evaluator)
         _save_state(state_path, {'done': sorted(done)})
-        print('eval ' + ' '.join(f'{k}={v:.5g}' if isinstance(v, float) else f'{k}={v}'
-                                 for k, v in row.items()), flush=True)
       last_new = time.monotonic()
     checkpointer.close()
     if config.train.num_steps in done:

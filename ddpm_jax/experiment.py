@@ -12,10 +12,12 @@ import functools
 import logging
 
 import jax
+import jax.numpy as jnp
 import optax
 
 from ddpm_jax import config_checks, kernels, sharding
 from ddpm_jax.checkpointing import Checkpointer
+from ddpm_jax.errors import ConfigError
 from ddpm_jax.models import count_params, create_model
 from ddpm_jax.optim import make_optimizer
 from ddpm_jax.schedules import Schedule, schedule_from_config
@@ -35,7 +37,11 @@ class Experiment:
     config_checks.validate(config)
     if mesh is None:
       mesh = sharding.make_mesh(mesh_shape=config.train.get('mesh_shape', (-1, 1)))
-    return cls(config=config, model=create_model(config, ops=kernels.from_config(config, mesh)),
+    try:
+      model = create_model(config, ops=kernels.from_config(config, mesh))
+    except ValueError as e:  # Its checks name the config key.
+      raise ConfigError(str(e)) from e
+    return cls(config=config, model=model,
                schedule=schedule_from_config(config.diffusion),
                tx=make_optimizer(config.optim), mesh=mesh)
 
@@ -63,14 +69,22 @@ class Experiment:
   def state_sharding(self):
     return jax.tree.map(lambda s: s.sharding, self.abstract_state())
 
-  def init_state(self) -> TrainState:
-    """A fresh train state created directly on the devices with its final sharding."""
-    init = jax.jit(self._init_fn(), out_shardings=self.state_sharding())
+  def init_state(self, params=None) -> TrainState:
+    """A fresh train state created directly on the devices with its final sharding; with
+    `params` (laid out as `abstract_state().params`), one that starts from them."""
+    shardings = self.state_sharding()
+    if params is not None:
+      init = jax.jit(lambda rng, p: self._init_fn()(rng, params=p),
+                     in_shardings=(None, shardings.params), out_shardings=shardings)
+      return init(self._rng(), params)
+    init = jax.jit(self._init_fn(), out_shardings=shardings)
     return init(self._rng())
 
   def restore_or_init(self, checkpointer: Checkpointer) -> tuple[TrainState, bool]:
-    """The newest readable checkpoint in the workdir, or a fresh state. Returns (state, resumed)."""
-    state, step = checkpointer.restore_latest_valid(self.abstract_state())
+    """The newest readable checkpoint in the workdir (corrupt newer ones are set aside, see
+    `Checkpointer.restore_latest_valid`), or a fresh state. Returns (state, resumed)."""
+    state, step = checkpointer.restore_latest_valid(self.abstract_state(),
+                                                    set_aside_corrupt=True)
     if state is None:
       return self.init_state(), False
     logging.info('Restored checkpoint %d from %s', step, checkpointer.directory)
@@ -112,6 +126,25 @@ class Experiment:
                    in_shardings=(state_sharding, sharding.stacked_batch_sharding(self.mesh)),
                    out_shardings=(state_sharding, sharding.replicated(self.mesh)),
                    donate_argnums=(0,))
+
+  def jitted_state_check(self):
+    """`(state, batch) -> (finite, loss)`: whether every float array of the train state is
+    finite, and the loss that the next train step would compute from it on `batch`. The
+    trainer runs it before every save, so that no checkpoint holds a diverged state: an
+    update can leave finite parameters whose loss is already NaN. Only the forward pass
+    runs (XLA drops the unused gradient and update); the state is not donated."""
+    step_fn = make_train_step(self.model, self.tx, self.schedule, self.config,
+                              self._mesh_for_step())
+
+    def check(state, batch):
+      leaves = [x for x in jax.tree.leaves(state) if jnp.issubdtype(x.dtype, jnp.inexact)]
+      finite = jnp.all(jnp.stack([jnp.all(jnp.isfinite(x)) for x in leaves]))
+      _, metrics = step_fn(state, batch)
+      return finite, metrics['loss']
+
+    return jax.jit(check, in_shardings=(self.state_sharding(),
+                                        sharding.batch_sharding(self.mesh)),
+                   out_shardings=sharding.replicated(self.mesh))
 
   def num_params(self) -> int:
     return count_params(self.abstract_state().params)

@@ -50,10 +50,17 @@ def save_grid(path: str, images_uint8: np.ndarray, ncols: int | None = None) -> 
   return save_png(path, make_grid(images_uint8, ncols))
 
 
-def save_npz(path: str, images_uint8: np.ndarray, **extra) -> str:
-  """Writes uint8 samples to `path` (.npz, key `samples`) atomically."""
+def save_npz(path: str, images_uint8: np.ndarray, labels=None, **extra) -> str:
+  """Writes uint8 samples to `path` atomically, in the layout of the improved-diffusion / ADM
+  evaluator (and `python -m ddpm_jax.fid`): `arr_0` (N, H, W, C) uint8 and, when `labels` is
+  given (class-conditional samples), `arr_1` (N,) int. `extra` arrays are stored beside them."""
   os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+  arrays = {'arr_0': np.asarray(images_uint8, dtype=np.uint8)}
+  if labels is not None:
+    arrays['arr_1'] = np.asarray(labels)
+    if arrays['arr_1'].shape != arrays['arr_0'].shape[:1]:
+      raise ValueError(f'{len(arrays["arr_1"])} labels for {len(arrays["arr_0"])} images.')
   tmp = path + '.tmp.npz'
-  np.savez(tmp, samples=np.asarray(images_uint8, dtype=np.uint8), **extra)
+  np.savez(tmp, **arrays, **extra)
   os.replace(tmp, path)
   return path

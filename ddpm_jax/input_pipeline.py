@@ -61,7 +61,10 @@ import zlib
 from typing import Any, Iterator, Optional
 
 import numpy as np
-from PIL import Image, ImageOps
+from PIL import Image
+
+from ddpm_jax import image_files
+from ddpm_jax.errors import UserError
 
 __all__ = [
     'DATASETS',
@@ -71,6 +74,7 @@ __all__ = [
     'TfdsSource',
     'TrainIterator',
     'center_crop',
+    'check_dataset_name',
     'convert_channels',
     'create_train_iterator',
     'dataset_info',
@@ -133,7 +137,7 @@ _SHUFFLE_STREAM = 0
 _FLIP_STREAM = 1
 
 
-class DatasetError(RuntimeError):
+class DatasetError(UserError, RuntimeError):
   """A dataset is missing, unprepared, corrupt or misconfigured; the message says what to do."""
 
 
@@ -577,10 +581,13 @@ class TfdsSource:
 
 
 class FolderSource:
-  """Every image file under `root` (recursive, sorted), decoded with PIL to RGB, or to L when
-  `channels == 1`."""
+  """Every image file under `root` (recursive, sorted), decoded to RGB, or to L when
+  `channels == 1`; 16-bit images are scaled, not clipped (`image_files.decode`). The first
+  image that preprocessing to `image_size` would mostly crop away, and the first it would
+  upscale more than 2x, are reported with a warning (once each: a folder of them would flood
+  the log)."""
 
-  def __init__(self, root: str, channels: int = 3):
+  def __init__(self, root: str, channels: int = 3, image_size: Optional[int] = None):
     if not root:
       raise DatasetError("config.data.dataset='folder' needs --config.data.data_dir=FOLDER, "
                          'a folder of images.')
@@ -592,7 +599,9 @@ class FolderSource:
     if not self.files:
       raise DatasetError(f"No images ({', '.join(IMAGE_EXTENSIONS)}) found under "
                          f"'{self.root}' (config.data.data_dir).")
-    self.mode = 'L' if channels == 1 else 'RGB'
+    self.channels = channels
+    self.image_size = image_size
+    self._reported = set()  # Kinds of `image_files.shape_warning` already logged.
 
   def __len__(self) -> int:
     return len(self.files)
@@ -600,11 +609,14 @@ class FolderSource:
   def __getitem__(self, i: int) -> tuple[np.ndarray, Optional[int]]:
     path = self.files[int(i)]
     try:
-      with Image.open(path) as im:
-        im = ImageOps.exif_transpose(im)
-        array = np.asarray(im.convert(self.mode))
+      array = image_files.decode(path, self.channels)
     except Exception as e:  # pylint: disable=broad-except
       raise DatasetError(f"Could not decode image '{path}': {e}.") from None
+    problem = image_files.shape_warning(array.shape[0], array.shape[1], self.image_size)
+    if problem and problem[0] not in self._reported:
+      self._reported.add(problem[0])  # (A race between loader threads costs a second line.)
+      log.warning("Image '%s': %s (further such images in %s are not reported).", path,
+                  problem[1], self.root)
     return _as_hwc(array), None
 
 
@@ -628,6 +640,12 @@ def _resolve(dataset: str, image_size: int) -> tuple[str, Optional[str]]:
                    'lsun/<category>).')
 
 
+def check_dataset_name(dataset: str, image_size: int = 32) -> None:
+  """Raises ValueError naming config.data.dataset and the valid names if `dataset` is unknown
+  (nothing is opened: the check runs before a workdir is touched)."""
+  _resolve(dataset, image_size)
+
+
 def _split_parts(split: str) -> list[str]:
   return [s.strip() for s in str(split).split('+') if s.strip()]
 
@@ -646,7 +664,7 @@ def open_source(data_config, split: Optional[str] = None):
     root = pathlib.Path(data_dir).expanduser() if data_dir else None
     if root is not None and (root / split).is_dir():
       root = root / split
-    return FolderSource(str(root) if root else '', channels)
+    return FolderSource(str(root) if root else '', channels, image_size)
   # Fashion-MNIST.
   if data_dir and (pathlib.Path(data_dir).expanduser() / 'fashion_mnist').is_dir():
     try:
@@ -868,14 +886,16 @@ class TrainIterator(Iterator[np.ndarray]):
 
 def create_train_iterator(data_config, global_batch_size: int, seed: int, start_step: int = 0,
                           process_index: int = 0, process_count: int = 1,
-                          num_classes: int = 0) -> TrainIterator:
+                          num_classes: int = 0, source=None) -> TrainIterator:
   """This process's infinite stream of training batches of `config.data.split`, from step
   `start_step` on: float32 (global_batch_size // process_count, S, S, C) in [-1, 1], or with
   `num_classes > 0` dicts `{'image': that, 'label': int32 (B / P,)}` (labels checked to lie in
   [0, num_classes)). Use `.get_batch(step)` for a given step's batch. See the module docstring
-  for the order."""
+  for the order. `source`: that split already opened (`open_source`), e.g. to check the data
+  before anything else."""
   _check_sharding(global_batch_size, process_index, process_count)
-  source = open_source(data_config, _cfg(data_config, 'split', 'train') or 'train')
+  if source is None:
+    source = open_source(data_config, _cfg(data_config, 'split', 'train') or 'train')
   return TrainIterator(
       source, global_batch_size=global_batch_size, seed=seed,
       image_size=int(_cfg(data_config, 'image_size', 32)),

@@ -1,5 +1,9 @@
 """Command line: `python -m ddpm_jax.main --config=configs/cifar10.py --workdir=DIR --mode=train`.
 
+`--init_from=SOURCE` starts from a diffusers model (a folder or a Hugging Face Hub id such as
+google/ddpm-cifar10-32, see `ddpm_jax.interop.diffusers`): a fine-tune with --mode=train, the
+model to sample or evaluate when the workdir holds no checkpoint.
+
 Config fields are overridden with `--config.a.b=value` (ml_collections config_flags); unknown keys
 and values of the wrong type are refused by ml_collections before anything runs.
 
@@ -11,13 +15,18 @@ on every host with `--distributed` (or `DDPM_DISTRIBUTED=1`), or with explicit
 from absl import app, flags
 from ml_collections import config_flags
 
-from ddpm_jax import runtime
+from ddpm_jax import cli, runtime
 
 flags.DEFINE_string('workdir', None, 'Directory for checkpoints, samples and logs (on storage '
                     'that every host sees when running on several hosts).')
 flags.DEFINE_enum('mode', 'train', ['train', 'sample', 'eval'],
                   'Job to run: train, sample from the newest checkpoint, or evaluate every '
                   'checkpoint of the workdir as it appears (bits/dim, FID/IS/KID, FD-FMNIST).')
+flags.DEFINE_string('init_from', None, 'A diffusers UNet2DModel or DDPMPipeline folder, or a '
+                    'Hugging Face Hub id such as google/ddpm-cifar10-32: the starting point of '
+                    '--mode=train (a fine-tune; a checkpoint in the workdir is resumed instead), '
+                    'the model of --mode=sample and --mode=eval when the workdir holds no '
+                    'checkpoint. Its config must match --config.')
 config_flags.DEFINE_config_file('config', None, 'Path to a config file (configs/*.py).',
                                 lock_config=True)
 flags.mark_flags_as_required(['config', 'workdir'])
@@ -28,27 +37,30 @@ def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f'Unexpected arguments: {" ".join(argv[1:])}')
   runtime.setup('train' if FLAGS.mode == 'train' else 'inference')
+  _run(FLAGS.mode, FLAGS.config, FLAGS.workdir, FLAGS.init_from)
 
-  if FLAGS.mode == 'train':
+
+def _run(mode: str, config, workdir: str, init_from: str | None) -> None:
+  if mode == 'train':
     from ddpm_jax import train
-    train.train_and_evaluate(FLAGS.config, FLAGS.workdir)
-  elif FLAGS.mode == 'eval':
+    train.train_and_evaluate(config, workdir, init_from=init_from)
+  elif mode == 'eval':
     from ddpm_jax import evaluate, sharding
     from ddpm_jax.experiment import Experiment
-    experiment = Experiment.from_config(FLAGS.config, mesh=sharding.make_mesh())
-    evaluate.eval_job(FLAGS.config, FLAGS.workdir, experiment=experiment)
+    experiment = Experiment.from_config(config, mesh=sharding.make_mesh())
+    evaluate.eval_job(config, workdir, experiment=experiment, init_from=init_from)
   else:
     from ddpm_jax import sampling, sharding
     from ddpm_jax.experiment import Experiment
     # Sampling replicates the parameters, whatever config.train.mesh_shape trained them.
-    experiment = Experiment.from_config(FLAGS.config, mesh=sharding.make_mesh())
-    sampling.sample_from_workdir(FLAGS.config, FLAGS.workdir, experiment=experiment)
+    experiment = Experiment.from_config(config, mesh=sharding.make_mesh())
+    sampling.sample_from_workdir(config, workdir, experiment=experiment, init_from=init_from)
 
 
 def run():
   """The `ddpm-jax` console script (pyproject.toml): `python -m ddpm_jax.main` by name."""
-  app.run(main)
+  cli.run(main)
 
 
 if __name__ == '__main__':
-  app.run(main)
+  cli.run(main)

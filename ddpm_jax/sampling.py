@@ -18,7 +18,8 @@ import numpy as np
 from jax.experimental import multihost_utils
 from tqdm.auto import tqdm
 
-from ddpm_jax import diffusion, images, progressive, samplers, schedules, sharding
+from ddpm_jax import (checkpointing, diffusion, images, progressive, samplers, schedules,
+                      sharding)
 from ddpm_jax.checkpointing import Checkpointer
 
 
@@ -57,6 +58,15 @@ def sample_labels(config, batch_size: int):
   if label >= 0:
     return jnp.full((batch_size,), label, jnp.int32)
   return jnp.arange(batch_size, dtype=jnp.int32) % num_classes
+
+
+def generated_labels(config, batch_size: int, num: int):
+  """The labels of `num` samples that `generate` made in batches of `batch_size` (each batch
+  labelled by `sample_labels`), as int32 NumPy, or None for an unconditional model."""
+  labels = sample_labels(config, batch_size)
+  if labels is None:
+    return None
+  return np.resize(np.asarray(labels, np.int32), num)
 
 
 def guided_output(cond_out, uncond_out, guidance_scale: float, var_type: str):
@@ -171,8 +181,19 @@ def generate(sample_fn, params, key, num: int, batch_size: int, progress: bool =
 # `--mode=sample`.
 
 
-def _restore_params(config, workdir: str, experiment):
-  checkpointer = Checkpointer(workdir, max_to_keep=None, async_save=False)
+def _restore_params(config, workdir: str, experiment, init_from: str | None = None):
+  """(params, step) of the newest checkpoint; with `init_from` and no checkpoint in the
+  workdir, (that diffusers model's params, None)."""
+  if init_from and not checkpointing.has_checkpoint(workdir):
+    from ddpm_jax.interop import diffusers as hf_interop  # pylint: disable=g-import-not-at-top
+    params, folder = hf_interop.load_for_experiment(init_from, experiment)
+    if jax.process_index() == 0:
+      print(f'No checkpoint in {workdir}: using --init_from={init_from} ({folder.unet_dir}).',
+            flush=True)
+    return params, None
+  # Read-only: a writer's start-up clean-up would delete a running trainer's save in flight.
+  checkpointer = Checkpointer(workdir, max_to_keep=None, async_save=False, read_only=True,
+                              config=config)
   if checkpointer.latest_step() is None:
     raise FileNotFoundError(
         f'No checkpoint in {checkpointer.directory}: train first with --mode=train '
@@ -207,27 +228,36 @@ def _data_images(config, num: int) -> np.ndarray:
   return input_pipeline.to_float(imgs)
 
 
-def sample_from_workdir(config, workdir: str, experiment=None) -> dict:
-  """`--mode=sample`: restore the newest checkpoint of `workdir` and write, under
-  `workdir/samples/`, by `config.sample.mode`:
+def sample_from_workdir(config, workdir: str, experiment=None,
+                        init_from: str | None = None) -> dict:
+  """`--mode=sample`: restore the newest checkpoint of `workdir` (without one, the diffusers
+  model `init_from`, see `ddpm_jax.interop.diffusers`) and write, under `workdir/samples/`, by
+  `config.sample.mode`:
 
-  grid:        `config.sample.num` samples as a PNG grid (<= 256) and a uint8 `.npz`.
+  grid:        `config.sample.num` samples as a PNG grid (<= 256) and an `.npz` in the
+               improved-diffusion / ADM evaluator's layout (`arr_0` uint8 N x H x W x C, and
+               for a class-conditional model `arr_1`, the labels).
   progressive: x_t and predicted x_0 at `progressive_frames` steps (Fig. 6) as PNG grids and a GIF.
   interpolate: `num` pairs of `data_split` images interpolated at `interp_t` (Fig. 8), PNG.
   reconstruct: `num` `data_split` images DDIM-encoded to x_T (eta = 0) and decoded back, PNG
                (columns: original, x_T / 3, reconstruction) and the mean squared error.
+  inpaint, colorize, edit: controllable generation on `num` images of `input_dir` or
+               `data_split` (`ddpm_jax.editing`): PNG of input | masked input (grey image,
+               noised input) | result, and the results as `arr_0` of an `.npz`.
   Returns the paths.
   """
   from ddpm_jax.experiment import Experiment  # Local import: experiment imports the models.
   experiment = experiment or Experiment.from_config(config)
-  params, step = _restore_params(config, workdir, experiment)
+  params, step = _restore_params(config, workdir, experiment, init_from)
   mode = config.sample.get('mode', 'grid')
   num_timesteps = experiment.schedule.num_timesteps
-  logging.info('Sampling (%s) from checkpoint %d (%s parameters), %s.', mode, step,
+  origin = f'checkpoint {step}' if step is not None else f'--init_from={init_from}'
+  logging.info('Sampling (%s) from %s (%s parameters), %s.', mode, origin,
                'EMA' if config.sample.use_ema else 'raw', describe(config, num_timesteps))
   key = jax.random.PRNGKey(config.sample.seed)
-  stem = os.path.join(workdir, 'samples', f'{mode if mode != "grid" else "sample"}_step'
-                      f'{step:08d}_n{config.sample.num}{_suffix(config, num_timesteps)}')
+  label = f'step{step:08d}' if step is not None else 'imported'
+  stem = os.path.join(workdir, 'samples', f'{mode if mode != "grid" else "sample"}_{label}'
+                      f'_n{config.sample.num}{_suffix(config, num_timesteps)}')
   is_main = jax.process_index() == 0
   paths = {}
   if mode == 'grid':
@@ -236,7 +266,9 @@ def sample_from_workdir(config, workdir: str, experiment=None) -> dict:
     samples = generate(sample_fn, params, key, config.sample.num, batch_size)
     if is_main:
       paths['png'] = images.save_grid(stem + '.png', samples[:256])
-      paths['npz'] = images.save_npz(stem + '.npz', samples, step=step)
+      paths['npz'] = images.save_npz(stem + '.npz', samples,
+                                     generated_labels(config, batch_size, len(samples)),
+                                     **({} if step is None else {'step': step}))
       print(f'Samples: {paths["png"]} (grid of {min(256, len(samples))}), {paths["npz"]} '
             f'({len(samples)} uint8 images; {describe(config, num_timesteps)})')
   elif mode == 'progressive':
@@ -254,6 +286,9 @@ def sample_from_workdir(config, workdir: str, experiment=None) -> dict:
     paths = _interpolate(config, experiment, params, key, stem, is_main)
   elif mode == 'reconstruct':
     paths = _reconstruct(config, experiment, params, stem, is_main)
+  elif mode in ('inpaint', 'colorize', 'edit'):
+    from ddpm_jax import editing  # pylint: disable=g-import-not-at-top
+    paths = editing.run(config, experiment, params, key, stem, is_main)
   else:
     raise ValueError(f'Unknown config.sample.mode {mode!r}.')
   if is_main:

@@ -22,6 +22,8 @@ import jax
 import numpy as np
 from jax.sharding import NamedSharding, PartitionSpec as P
 
+from ddpm_jax.errors import ConfigError
+
 DATA_AXIS = 'data'
 FSDP_AXIS = 'fsdp'
 AXES = (DATA_AXIS, FSDP_AXIS)
@@ -40,16 +42,16 @@ def resolve_mesh_shape(mesh_shape: Sequence[int] | None, num_devices: int) -> tu
     shape = shape + (1,)
   what = f'config.train.mesh_shape={tuple(mesh_shape or (-1, 1))!r}'
   if len(shape) != 2 or any(s == 0 or s < -1 for s in shape) or shape.count(-1) > 1:
-    raise ValueError(f'{what} is invalid: expected (data, fsdp) sizes, positive integers or one '
+    raise ConfigError(f'{what} is invalid: expected (data, fsdp) sizes, positive integers or one '
                      f'-1 meaning "the remaining devices".')
   if -1 in shape:
     known = math.prod(s for s in shape if s != -1)
     if num_devices % known:
-      raise ValueError(f'{what} does not fit {num_devices} devices: {known} does not divide '
+      raise ConfigError(f'{what} does not fit {num_devices} devices: {known} does not divide '
                        f'{num_devices}.')
     shape = tuple(num_devices // known if s == -1 else s for s in shape)
   if math.prod(shape) != num_devices:
-    raise ValueError(f'{what} needs {math.prod(shape)} devices but there are {num_devices}.')
+    raise ConfigError(f'{what} needs {math.prod(shape)} devices but there are {num_devices}.')
   return shape
 
 
@@ -109,14 +111,14 @@ def check_divisible(global_batch: int, mesh, what: str = 'config.train.batch_siz
   """A global batch (and each micro-batch) must split evenly over the devices and processes."""
   n_dev = num_batch_shards(mesh)
   if global_batch % n_dev:
-    raise ValueError(
+    raise ConfigError(
         f'{what}={global_batch} does not divide across the {n_dev} devices of the mesh; '
         f'use a multiple of {n_dev}.')
   n_proc = jax.process_count()
   if global_batch % n_proc:
-    raise ValueError(f'{what}={global_batch} does not divide across {n_proc} processes.')
+    raise ConfigError(f'{what}={global_batch} does not divide across {n_proc} processes.')
   if grad_accum_steps > 1 and global_batch % (grad_accum_steps * n_dev):
-    raise ValueError(
+    raise ConfigError(
         f'{what}={global_batch} with config.train.grad_accum_steps={grad_accum_steps} gives '
         f'micro-batches that do not divide across the {n_dev} devices of the mesh; use a '
         f'batch size that is a multiple of {grad_accum_steps * n_dev}.')

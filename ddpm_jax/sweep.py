@@ -8,7 +8,8 @@ Each member trains in `WORKDIR/<name>` (the name lists the overrides that vary, 
 overrides) plus its own overrides. `WORKDIR/sweep.json` lists the members and each member's
 `sweep_member.json` its status: `running`, `done`, `failed` (with the error; after a diverged
 loss, a result in an ablation, the sweep goes on with the next member, any other error stops
-it) or `interrupted` (SIGTERM/Ctrl-C: a checkpoint was saved and the sweep stops). Re-running the same command skips `done` members and resumes
+it) or `interrupted` (SIGTERM/Ctrl-C, in training — a checkpoint was saved — or in the final
+evaluation; the sweep stops). Re-running the same command skips `done` members and resumes
 the others from their newest checkpoint. When a member has trained, its final EMA parameters
 are evaluated once (`eval.train_bpd_examples` test images for bits/dim and
 `eval.train_num_samples` samples for FD-FMNIST / FID) into its `eval_results.csv`, unless
@@ -24,16 +25,18 @@ evaluation and skip/resume work the same way there.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shlex
+import signal
 import sys
 import time
 
 from absl import app, flags
 from ml_collections import config_flags
 
-from ddpm_jax import runtime, sweeps
+from ddpm_jax import cli, runtime, sweeps
 
 flags.DEFINE_string('sweep', None, 'Sweep file (configs/sweeps/*.py, defining get_sweep()).')
 flags.DEFINE_string('workdir', None, 'Sweep directory: one workdir per member inside it.')
@@ -110,7 +113,45 @@ def _evaluated_steps(member_dir: str) -> set[int]:
   if not os.path.exists(path):
     return set()
   with open(path) as f:
-    return {int(r['step']) for r in csv.DictReader(f) if r.get('step')}
+    return {int(r['step']) for r in csv.DictReader(f) if (r.get('step') or '').isdigit()}
+
+
+class Interrupted(Exception):
+  """SIGTERM or SIGINT arrived outside the training loop (which handles them itself)."""
+
+
+@contextlib.contextmanager
+def signals_deferred(signals=(signal.SIGTERM, signal.SIGINT)):
+  """Holds `signals` back while the block runs (a short write that must not be cut)."""
+  old = signal.pthread_sigmask(signal.SIG_BLOCK, signals)
+  try:
+    yield
+  finally:
+    signal.pthread_sigmask(signal.SIG_SETMASK, old)
+
+
+@contextlib.contextmanager
+def interrupt_on_signals(signals=(signal.SIGTERM, signal.SIGINT)):
+  """Turns `signals` into an `Interrupted` exception while the block runs (main thread only),
+  so that a member stopped outside its training loop, e.g. in its final evaluation, is
+  recorded as interrupted instead of dying with its status left at `running`. The training
+  loop installs its own handlers (checkpoint, then return) inside this block."""
+
+  def handler(signum, frame):
+    del frame
+    raise Interrupted(signal.Signals(signum).name)
+
+  previous = {}
+  try:
+    for s in signals:
+      try:
+        previous[s] = signal.signal(s, handler)
+      except ValueError:  # Not the main thread.
+        pass
+    yield
+  finally:
+    for s, h in previous.items():
+      signal.signal(s, signal.SIG_DFL if h is None else h)
 
 
 def final_evaluation(config, member_dir: str, progress: bool = True) -> dict | None:
@@ -136,19 +177,32 @@ def final_evaluation(config, member_dir: str, progress: bool = True) -> dict | N
       state.ema_params, step, ev.train_bpd_examples, ev.train_num_samples, progress=progress)
   import jax
   if jax.process_index() == 0:
-    evaluate.append_csv(os.path.join(member_dir, evaluate.CSV_NAME), row)
+    with signals_deferred():  # A signal now arrives after the row is whole.
+      evaluate.append_csv(os.path.join(member_dir, evaluate.CSV_NAME), row)
   return row
 
 
 def run_member(name: str, overrides: dict, config, sweep_dir: str, final_eval: bool = True,
                progress: bool = True) -> str:
-  """Trains (or resumes, or skips) one member; returns its status."""
-  from ddpm_jax import train
+  """Trains (or resumes, or skips) one member, holding its workdir's lock; returns its status."""
+  from ddpm_jax import evaluate, workdir_lock
   member_dir = os.path.join(sweep_dir, name)
   record = read_member(member_dir)
   if record.get('status') == 'done':
     print(f'[sweep] {name}: done, skipped', flush=True)
     return 'skipped'
+  if final_eval:  # Before the training: the final evaluation's inputs exist.
+    evaluate.check_inputs(config, config.eval.train_bpd_examples, config.eval.train_num_samples)
+  lock = workdir_lock.acquire_for_run(member_dir, what=f'sweep member {name}')
+  try:
+    return _run_member(name, overrides, config, member_dir, record, final_eval, progress)
+  finally:
+    if lock is not None:
+      lock.release()
+
+
+def _run_member(name, overrides, config, member_dir, record, final_eval, progress) -> str:
+  from ddpm_jax import train
   record = {'name': name, 'overrides': overrides, 'status': 'running',
             'seconds': float(record.get('seconds', 0.0)), 'attempts': record.get('attempts', 0) + 1}
   _write_json(os.path.join(member_dir, MEMBER_JSON), record)
@@ -164,19 +218,22 @@ def run_member(name: str, overrides: dict, config, sweep_dir: str, final_eval: b
     return status
 
   try:
-    summary = train.train_and_evaluate(config, member_dir, progress=progress)
+    with interrupt_on_signals():
+      summary = train.train_and_evaluate(config, member_dir, progress=progress)
+      if summary.get('stopped_by'):
+        return finish('interrupted', error=f'stopped by {summary["stopped_by"]}')
+      row = final_evaluation(config, member_dir, progress=progress) if final_eval else None
+  except Interrupted as e:
+    return finish('interrupted', error=f'stopped by {e} before the member finished; rerun to '
+                  'resume it')
   except train.NonFiniteLossError as e:  # A diverged objective is a result, not a crash.
     return finish('failed', error=f'diverged: {e}')
   except Exception as e:  # pylint: disable=broad-except
     finish('failed', error=f'{type(e).__name__}: {e}')
     raise
-  if summary.get('stopped_by'):
-    return finish('interrupted', error=f'stopped by {summary["stopped_by"]}')
-  if final_eval:
-    row = final_evaluation(config, member_dir, progress=progress)
-    if row:
-      print(f'[sweep] {name}: eval ' + ', '.join(
-          f'{k}={v:.4g}' for k, v in row.items() if isinstance(v, float)), flush=True)
+  if row:
+    print(f'[sweep] {name}: eval ' + ', '.join(
+        f'{k}={v:.4g}' for k, v in row.items() if isinstance(v, float)), flush=True)
   return finish('done', final_step=summary.get('final_step'))
 
 
@@ -258,4 +315,4 @@ def main(argv):
 
 
 if __name__ == '__main__':
-  app.run(main)
+  cli.run(main)

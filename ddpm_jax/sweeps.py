@@ -28,11 +28,13 @@ from typing import Any, Iterable, Mapping, Sequence, Union
 
 import ml_collections
 
+from ddpm_jax.errors import UserError
+
 Overrides = dict  # {dotted key: value}
 Axes = Union[Mapping[str, Sequence[Any]], Sequence[Mapping[str, Any]]]
 
 
-class SweepError(ValueError):
+class SweepError(UserError, ValueError):
   """A sweep file or one of its runs is malformed; the message says which and why."""
 
 

@@ -1,11 +1,17 @@
 """The training loop: input → jitted, sharded `train_step` → metrics, samples, checkpoints.
 
-Sections follow the order of one run: Mesh and state / Checkpoint / Input / Update / Loop.
+Sections follow the order of one run: Inputs (checked) / Workdir / Mesh and state / Input /
+Update / Loop.
 Logging, TensorBoard and sample grids come from process 0 only; every process reads its own
 slice of each batch and saves and restores checkpoints. SIGTERM or Ctrl-C saves a checkpoint
-(in the preemption stream, see `ddpm_jax.checkpointing`) and returns, so a killed run loses
-nothing; with several processes they first agree on the step to stop at
+(in the preemption stream, see `ddpm_jax.checkpointing`) and returns once it is written, so a
+killed run loses nothing; with several processes they first agree on the step to stop at
 (`distributed.StopAgreement`), so a signal that reaches one host stops all of them together.
+
+The config, the data and the evaluation weights are checked before the workdir is touched; the
+workdir is then locked (`ddpm_jax.workdir_lock`: one trainer at a time). Before every save the
+updated state is checked (finite, and a finite loss on the step's batch), so the newest
+checkpoint is never a diverged state.
 """
 
 from __future__ import annotations
@@ -23,14 +29,17 @@ import jax
 import numpy as np
 from tqdm.auto import tqdm
 
-from ddpm_jax import evaluate, distributed, images, input_pipeline, sampling, sharding
+from ddpm_jax import (checkpointing, evaluate, distributed, images, input_pipeline, sampling,
+                      saved_config, sharding, workdir_lock)
 from ddpm_jax.checkpointing import Checkpointer
+from ddpm_jax.errors import UserError
 from ddpm_jax.experiment import Experiment
+from ddpm_jax.interop import diffusers as hf_interop
 from ddpm_jax.metric_writers import MetricWriter
 
 
-class NonFiniteLossError(FloatingPointError):
-  """The loss became NaN or infinite."""
+class NonFiniteLossError(UserError, FloatingPointError):
+  """The loss became NaN or infinite, or an update diverged (nothing of it was saved)."""
 
 
 @contextlib.contextmanager
@@ -58,11 +67,17 @@ def stop_on_signals(signals=(signal.SIGTERM, signal.SIGINT)):
       signal.signal(s, signal.SIG_DFL if h is None else h)  # None: a handler set outside Python.
 
 
-def _save_config(config, workdir: str) -> None:
-  from etils import epath  # pylint: disable=g-import-not-at-top  (local paths and gs://)
-  path = epath.Path(workdir)
-  path.mkdir(parents=True, exist_ok=True)
-  (path / 'config.json').write_text(config.to_json_best_effort(indent=2, sort_keys=True))
+def _check_state(check_fn, state, batch, step: int, checkpointer) -> None:
+  """Raises `NonFiniteLossError` unless the updated `state` is finite with a finite loss on the
+  step's `batch` (run before any save: no checkpoint is a diverged state)."""
+  finite, loss = jax.device_get(check_fn(state, batch))
+  if bool(finite) and math.isfinite(float(loss)):
+    return
+  what = 'non-finite parameters' if not bool(finite) else f'a loss of {float(loss)}'
+  raise NonFiniteLossError(
+      f'The update of step {step} diverged ({what} after it); it was not saved. The newest '
+      f'checkpoint ({checkpointer.latest_step()}) in {checkpointer.directory} is untouched. '
+      'Lower config.optim.lr (or raise optim.warmup_steps) and rerun to resume from it.')
 
 
 def _sampling_experiment(experiment: Experiment) -> Experiment:
@@ -116,45 +131,89 @@ def _sample_grid(experiment, sample_fn, state, step: int, workdir: str, writer) 
 
 
 def train_and_evaluate(config, workdir: str, experiment: Experiment | None = None,
-                       progress: bool = True) -> dict:
+                       progress: bool = True, init_from: str | None = None) -> dict:
   """Trains `config` in `workdir` up to `config.train.num_steps`, resuming from its newest
-  checkpoint. Returns a summary dict (final step, last loss, images/s, paths)."""
-  is_main = jax.process_index() == 0
+  checkpoint. Returns a summary dict (final step, last loss, images/s, paths).
+
+  `init_from`: a diffusers model (folder or Hub id, `ddpm_jax.interop.diffusers`) whose
+  weights start a fine-tune as params and EMA params, saved as checkpoint 0; ignored (with a
+  message) when the workdir already holds a checkpoint, which is resumed.
+
+  Holds the workdir's writer lock while it runs (a caller that holds it already, such as a
+  sweep member, keeps it)."""
   tcfg = config.train
 
-  # Mesh and state.
+  # Inputs, checked before the workdir is touched: config, data, evaluation weights.
   experiment = experiment or Experiment.from_config(config)
   mesh = experiment.mesh
   sharding.check_divisible(tcfg.batch_size, mesh,
                            grad_accum_steps=tcfg.get('grad_accum_steps', 1))
-  checkpointer = Checkpointer(workdir, max_to_keep=tcfg.keep_checkpoints)
-  state, resumed = experiment.restore_or_init(checkpointer)
+  # (params, folder) of --init_from, read and checked before anything is written.
+  imported = None
+  if init_from and not checkpointing.has_checkpoint(workdir):
+    imported = hf_interop.load_params(init_from, config, experiment.abstract_state().params)
+  # No data is needed when no step is to run (e.g. an import with num_steps=0).
+  source = input_pipeline.open_source(config.data) if tcfg.num_steps > 0 else None
+  sample_experiment = _sampling_experiment(experiment)
+  evaluator = None
+  if config.eval.eval_every > 0:
+    evaluator = evaluate.Evaluator(sample_experiment, workdir)
+    evaluator.check_inputs(config.eval.train_bpd_examples, config.eval.train_num_samples)
+
+  # The workdir: one trainer at a time.
+  lock = workdir_lock.acquire_for_run(workdir, what='training')
+  try:
+    return _train(config, workdir, experiment, source, sample_experiment, evaluator, progress,
+                  imported, init_from)
+  finally:
+    if lock is not None:
+      lock.release()
+
+
+def _train(config, workdir: str, experiment: Experiment, source, sample_experiment, evaluator,
+           progress: bool, imported, init_from: str | None) -> dict:
+  """`train_and_evaluate` once its inputs are checked and the workdir is locked."""
+  is_main = jax.process_index() == 0
+  tcfg = config.train
+  mesh = experiment.mesh
+
+  # Mesh and state.
+  checkpointer = Checkpointer(workdir, max_to_keep=tcfg.keep_checkpoints, config=config)
+  if imported is not None:
+    layout = experiment.abstract_state().params
+    state, resumed = experiment.init_state(hf_interop.place(imported[0], layout)), False
+    checkpointer.save(0, state)
+  else:
+    state, resumed = experiment.restore_or_init(checkpointer)
   start_step = int(state.step)
   if is_main:
-    _save_config(config, workdir)
+    saved_config.save(config, workdir)
     mesh_desc = ' x '.join(f'{n} {a}' for a, n in mesh.shape.items())
     print(f'Model: {experiment.num_params():,} parameters; devices: {mesh.size} '
           f'({jax.devices()[0].platform}; mesh {mesh_desc}); processes: {jax.process_count()}; '
           f'global batch {tcfg.batch_size}.', flush=True)
     if resumed:
-      print(f'Resuming from step {start_step}', flush=True)
+      print(f'Resuming from step {start_step}' + (
+          f' (the workdir holds a checkpoint: --init_from={init_from} is not used)'
+          if init_from else ''), flush=True)
+    elif imported is not None:
+      print(f'Starting from {imported[1].unet_dir} (--init_from={init_from}): its weights as '
+            'params and EMA params, a fresh optimizer; saved as checkpoint 0.', flush=True)
 
-  # Input.
-  batches = input_pipeline.create_train_iterator(
+  # Input (none needed when no step is left, e.g. an import with num_steps=0).
+  batches = None if start_step >= tcfg.num_steps else input_pipeline.create_train_iterator(
       config.data, tcfg.batch_size, tcfg.seed, start_step=start_step,
       process_index=jax.process_index(), process_count=jax.process_count(),
-      num_classes=int(config.model.get('num_classes', 0)))
+      num_classes=int(config.model.get('num_classes', 0)), source=source)
 
   # Update.
   train_step = experiment.jitted_train_step()
   k_dispatch = int(tcfg.get('steps_per_dispatch', 1))
   multi_step = experiment.jitted_train_steps(k_dispatch) if k_dispatch > 1 else None
+  check_fn = experiment.jitted_state_check()
   grid_fn = None
-  sample_experiment = _sampling_experiment(experiment)
   if tcfg.sample_every > 0:
     grid_fn = sampling.make_sample_fn(sample_experiment, tcfg.num_sample_grid)
-  evaluator = (evaluate.Evaluator(sample_experiment, workdir)
-               if config.eval.eval_every > 0 else None)
   preemption_every = tcfg.get('preemption_every', 0)
   agreement = distributed.StopAgreement(mesh)
 
@@ -205,6 +264,16 @@ def train_and_evaluate(config, workdir: str, experiment: Experiment | None = Non
       for i in range(n):
         consume(first + i, {k: v[i] for k, v in metrics.items()})
 
+  def checked(save_fn) -> bool:
+    """Saves the updated state once it, and the loss before its update, proved finite."""
+    nonlocal pending
+    if pending is not None:
+      consume_dispatch(*pending)
+      pending = None
+    last = batch if n == 1 else sharding.global_batch_from_local(last_local, mesh)
+    _check_state(check_fn, state, last, step, checkpointer)
+    return save_fn(step, state)
+
   def crossed(every: int, n: int) -> bool:
     """Whether the last dispatch (steps step-n+1 .. step) reached a multiple of `every`."""
     return bool(every) and step // every > (step - n) // every
@@ -215,13 +284,16 @@ def train_and_evaluate(config, workdir: str, experiment: Experiment | None = Non
         # k steps per dispatch (lax.scan) while k whole steps remain, else one at a time.
         n = k_dispatch if (k_dispatch > 1 and step + k_dispatch <= tcfg.num_steps) else 1
         if n == 1:
-          batch = sharding.global_batch_from_local(next(batches), mesh)
+          last_local = next(batches)
+          batch = sharding.global_batch_from_local(last_local, mesh)
           state, metrics = train_step(state, batch)
         else:
           local = [next(batches) for _ in range(n)]
+          last_local = local[-1]
           stacked = jax.tree.map(lambda *xs: np.stack(xs), *local)
           batch = sharding.global_batch_from_local(stacked, mesh, stacked=True)
           state, metrics = multi_step(state, batch)
+
         if pending is not None:
           consume_dispatch(*pending)
         pending = (step + 1, metrics, n)
@@ -233,13 +305,9 @@ def train_and_evaluate(config, workdir: str, experiment: Experiment | None = Non
 
         saved = False
         if crossed(tcfg.checkpoint_every, n) or step == tcfg.num_steps:
-          consume_dispatch(*pending)  # Never checkpoint a state whose loss was not finite.
-          pending = None
-          saved = checkpointer.save(step, state)
+          saved = checked(checkpointer.save)
         elif crossed(preemption_every, n):
-          consume_dispatch(*pending)
-          pending = None
-          saved = checkpointer.save_preemption(step, state)
+          saved = checked(checkpointer.save_preemption)
         if grid_fn is not None and (crossed(tcfg.sample_every, n) or step == tcfg.num_steps):
           path = _sample_grid(sample_experiment, grid_fn, state, step, workdir, writer)
           if path:
@@ -254,11 +322,9 @@ def train_and_evaluate(config, workdir: str, experiment: Experiment | None = Non
         if agreement.should_stop(stop['signal'] is not None) and step < tcfg.num_steps:
           stopped_by = (signal.Signals(stop['signal']).name if stop['signal'] is not None
                         else 'signal to another process')
-          if pending is not None:
-            consume_dispatch(*pending)
-            pending = None
           if not saved:
-            checkpointer.save_preemption(step, state)
+            checked(checkpointer.save_preemption)
+          checkpointer.wait()  # Durable before the message: a SIGKILL may follow at once.
           if is_main:
             bar.write(f'{stopped_by} received: saved checkpoint at step {step}; rerun the same '
                       f'command to resume.')

@@ -40,15 +40,18 @@ class TrainStateWithLossHistory(TrainState):
 
 
 def init_train_state(model, tx: optax.GradientTransformation, rng: jax.Array,
-                     image_shape, loss_history_timesteps: int = 0) -> TrainState:
+                     image_shape, loss_history_timesteps: int = 0, params=None) -> TrainState:
   """Initial parameters (EMA = parameters), optimizer state and step 0. Pure, jittable.
 
   loss_history_timesteps > 0 (= T): also an empty loss history for importance sampling of t.
+  params: start from these parameters (e.g. imported weights) instead of the model's
+  initialisation; everything else is as for a fresh run.
   """
   init_key, train_key = jax.random.split(rng)
-  x = jnp.zeros((1,) + tuple(image_shape), jnp.float32)
-  t = jnp.zeros((1,), jnp.int32)
-  params = model.init({'params': init_key}, x, t, train=False)['params']
+  if params is None:
+    x = jnp.zeros((1,) + tuple(image_shape), jnp.float32)
+    t = jnp.zeros((1,), jnp.int32)
+    params = model.init({'params': init_key}, x, t, train=False)['params']
   fields = dict(step=jnp.zeros((), jnp.int32), params=params,
                 ema_params=jax.tree.map(jnp.copy, params), opt_state=tx.init(params),
                 rng=train_key)

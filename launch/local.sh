@@ -5,10 +5,10 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 source launch/common.sh
-if [ $# -lt 2 ]; then
-  echo "usage: bash launch/local.sh CONFIG WORKDIR [--mode=sample] [KEY=VALUE ...]" >&2
-  exit 2
-fi
+usage="bash launch/local.sh CONFIG WORKDIR [--mode=sample] [KEY=VALUE ...]"
+case "${1:-}" in -h|--help) echo "usage: $usage"; exit 0 ;; esac
+[ $# -ge 2 ] || usage_error launch/local.sh "$usage" "expected CONFIG and WORKDIR"
+check_args launch/local.sh "$usage" "$1" "$2"
 config=$1 workdir=$2
 shift 2
 args=()

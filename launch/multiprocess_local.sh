@@ -12,10 +12,13 @@
 set -uo pipefail
 cd "$(dirname "$0")/.."
 source launch/common.sh
-if [ $# -lt 4 ]; then
-  echo "usage: bash launch/multiprocess_local.sh NUM_PROCESSES DEVICES_PER_PROCESS CONFIG WORKDIR [KEY=VALUE ...]" >&2
-  exit 2
-fi
+usage="bash launch/multiprocess_local.sh NUM_PROCESSES DEVICES_PER_PROCESS CONFIG WORKDIR [KEY=VALUE ...]"
+case "${1:-}" in -h|--help) echo "usage: $usage"; exit 0 ;; esac
+[ $# -ge 4 ] || usage_error launch/multiprocess_local.sh "$usage" \
+  "expected NUM_PROCESSES, DEVICES_PER_PROCESS, CONFIG and WORKDIR"
+check_count launch/multiprocess_local.sh "$usage" NUM_PROCESSES "$1"
+check_count launch/multiprocess_local.sh "$usage" DEVICES_PER_PROCESS "$2"
+check_args launch/multiprocess_local.sh "$usage" "$3" "$4"
 nproc=$1 ndev=$2 config=$3 workdir=$4
 shift 4
 args=()

@@ -77,6 +77,7 @@ case "$action" in
     ;;
   train)
     [ $# -ge 2 ] || usage
+    check_args launch/tpu_pod.sh "bash launch/tpu_pod.sh train CONFIG WORKDIR [--mode=sample] [KEY=VALUE ...]" "$1" "$2"
     config=$1 workdir=$2
     shift 2
     args=(--config="$config" --workdir="$workdir" --distributed)

@@ -14,6 +14,8 @@ EXPECTED = {
     'cifar10': 35_746_307,
     'celebahq256': 113_673_219,
     'lsun_church256': 113_673_219,
+    'lsun_bedroom256': 113_673_219,
+    'lsun_cat256': 113_673_219,
     'flowers102': 63_151_235,
     'fashion_mnist': 1_112_801,
     'fashion_mnist_cond': 1_114_209,  # + the label embedding, 11 rows (10 + null) x 4 ch.

@@ -113,3 +113,20 @@ def test_training_time_evaluation_writes_csv_and_scalars(tmp_path):
   assert row['step'] == '2' and row['bpd_examples'] == '4' and float(row['bpd']) > 0
   lines = [json.loads(l) for l in open(os.path.join(str(tmp_path), 'metrics.jsonl'))]
   assert any('eval/bpd' in l and l['step'] == 2 for l in lines)
+
+
+@pytest.mark.parametrize('weights', ['missing.pth', 'garbage.pth'])
+def test_bad_inception_weights_stop_the_eval_job_before_any_work(trained, tmp_path, weights,
+                                                                 monkeypatch):
+  """They used to be read only after the bits/dim, the samples and the reference statistics of
+  the first checkpoint: hours with the defaults."""
+  workdir, config = trained
+  config = config.copy_and_resolve_references()
+  (tmp_path / 'garbage.pth').write_bytes(b'not a torch file' * 100)
+  config.eval.inception_weights = str(tmp_path / weights)
+  config.eval.num_samples = 4
+  work = []
+  monkeypatch.setattr(evaluate.Evaluator, 'evaluate', lambda *a, **k: work.append(a) or {})
+  with pytest.raises((FileNotFoundError, ValueError), match='inception|Inception'):
+    evaluate.eval_job(config, workdir, Experiment.from_config(config), progress=False)
+  assert work == []

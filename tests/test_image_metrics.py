@@ -9,7 +9,7 @@ import scipy.stats
 
 from ddpm_jax.metrics.image_metrics import (extract_features, feature_statistics, frechet_distance,
                                             inception_score, kernel_inception_distance,
-                                            mmd2_unbiased, polynomial_kernel)
+                                            mmd2_unbiased, polynomial_kernel, sample_quality)
 
 
 def random_spd(rng, d):
@@ -157,6 +157,20 @@ def test_kid_same_distribution_near_zero_and_shifted_distribution_positive():
   shifted, _ = kernel_inception_distance(x, y + 0.5, num_subsets=30, subset_size=100)
   assert abs(same) < 2 * same_std  # |mean| well inside one subset's spread
   assert shifted > 0.1 and shifted > 20 * same_std
+
+
+def test_sample_quality_combines_the_metrics_it_can_define():
+  rng = np.random.default_rng(9)
+  x, y, logits = rng.normal(size=(50, 6)), rng.normal(1.0, 2.0, size=(40, 6)), rng.normal(
+      size=(50, 5))
+  q = sample_quality(x, y, logits, is_splits=5, kid_subset_size=30)
+  # Two Gaussians: FD -> ||1||^2 * 6 + tr(I + 4I - 2 * 2I) = 6 + 6 = 12 (estimated from 50/40).
+  assert q['fd'] == frechet_distance(*feature_statistics(x), *feature_statistics(y))
+  assert 8 < q['fd'] < 16
+  assert (q['is'], q['is_std']) == inception_score(logits, splits=5)
+  assert (q['kid'], q['kid_std']) == kernel_inception_distance(x, y, subset_size=30)
+  q = sample_quality(x, feature_statistics(y), is_splits=100)  # Statistics only: no KID.
+  assert set(q) == {'fd'}
 
 
 # ---------------------------------------------------------------------------------------------

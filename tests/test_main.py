@@ -37,7 +37,7 @@ def test_train_resume_and_sample_from_the_command_line(tmp_path):
   out = _run(f'--config={cfg}', f'--workdir={work}', '--mode=sample', *TINY)
   assert out.returncode == 0, out.stderr[-3000:]
   npz = np.load(os.path.join(work, 'samples', 'sample_step00000003_n6.npz'))
-  assert npz['samples'].shape == (6, 8, 8, 1) and npz['samples'].dtype == np.uint8
+  assert npz['arr_0'].shape == (6, 8, 8, 1) and npz['arr_0'].dtype == np.uint8
   grid = np.asarray(Image.open(os.path.join(work, 'samples', 'sample_step00000003_n6.png')))
   assert grid.shape == (2 + 2 * 10, 2 + 3 * 10)
   out = _run(f'--config={cfg}', f'--workdir={work}', '--mode=eval', *TINY,

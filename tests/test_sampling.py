@@ -82,8 +82,10 @@ def test_every_sample_mode_writes_its_files(tmp_path):
   c.sample.update(mode='grid', sampler='ddim', steps=5, eta=0.5)
   paths = sampling.sample_from_workdir(c, str(work), exp)
   assert paths['npz'].endswith('sample_step00000000_n4_ddim5_eta0.5_label-1_w1.5.npz')
-  x = np.load(paths['npz'])['samples']
+  npz = np.load(paths['npz'])  # The improved-diffusion / ADM evaluator's layout.
+  x = npz['arr_0']
   assert x.shape == (4, 8, 8, 1) and x.dtype == np.uint8 and x.std() > 0
+  np.testing.assert_array_equal(npz['arr_1'], [0, 1, 0, 1])  # label -1: the classes in turn.
 
   c.sample.update(mode='progressive', sampler='ancestral', steps=10, progressive_frames=4)
   paths = sampling.sample_from_workdir(c, str(work), exp)
@@ -131,4 +133,17 @@ def test_ddim_sampling_from_the_command_line(tmp_path):
   assert out.returncode == 0, out.stderr[-3000:]
   assert 'ddim eta=0.0, 5 of 20 steps' in out.stdout
   npz = np.load(tmp_path / 'samples' / 'sample_step00000000_n3_ddim5_eta0.0.npz')
-  assert npz['samples'].shape == (3, 8, 8, 1)
+  assert npz['arr_0'].shape == (3, 8, 8, 1) and 'arr_1' not in npz.files  # Unconditional.
+
+
+def test_sampling_leaves_the_trainers_save_in_flight_alone(tmp_path):
+  """`--mode=sample` next to a running trainer: it must open the checkpoints read-only, or
+  orbax's start-up clean-up deletes the trainer's save in flight (which then dies with
+  NOT_FOUND on `N.orbax-checkpoint-tmp`)."""
+  config = make_tiny_config()
+  exp = _checkpoint(config, tmp_path)
+  in_flight = tmp_path / 'checkpoints' / '7.orbax-checkpoint-tmp-1234567'
+  (in_flight / 'state').mkdir(parents=True)
+  params, step = sampling._restore_params(config, str(tmp_path), exp)
+  assert step == 0 and jax.tree.leaves(params)
+  assert in_flight.is_dir()

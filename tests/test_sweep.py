@@ -4,8 +4,10 @@ resume of finished and interrupted members."""
 import csv
 import json
 import os
+import signal
 import subprocess
 import sys
+import time
 
 import pytest
 
@@ -106,7 +108,7 @@ def _tiny_sweep(tmp_path):
   path = tmp_path / 'two.py'
   path.write_text("from ddpm_jax.sweeps import product\n\n"
                   "def get_sweep():\n"
-                  "  return product({'diffusion.loss': ['mse', 'hybrid'],\n"
+                  "  return product({'diffusion.loss': ['kl', 'hybrid'],\n"
                   "                  'diffusion.var_type': ['learned_range']})\n")
   config = make_tiny_config()
   config.eval.train_bpd_examples = 8  # The final evaluation: bits/dim only (fast).
@@ -119,7 +121,7 @@ def test_runner_trains_evaluates_skips_and_resumes(tmp_path, monkeypatch):
   sweep_dir = str(tmp_path / 'runs')
   # An interrupted member: 'loss=hybrid' stopped at step 2 of 4 (as if SIGTERM'd).
   planned = {n: c for n, _, c in sweep.plan(config, sweep_path)}
-  assert sorted(planned) == ['loss=hybrid', 'loss=mse']
+  assert sorted(planned) == ['loss=hybrid', 'loss=kl']
   short = planned['loss=hybrid'].copy_and_resolve_references()
   short.train.num_steps = 2
   train.train_and_evaluate(short, os.path.join(sweep_dir, 'loss=hybrid'), progress=False)
@@ -131,9 +133,9 @@ def test_runner_trains_evaluates_skips_and_resumes(tmp_path, monkeypatch):
   monkeypatch.setattr(train, 'train_and_evaluate',
                       lambda c, w, **kw: calls.append(w) or real(c, w, **kw))
   statuses = sweep.run_sweep(config, sweep_path, sweep_dir, progress=False)
-  assert statuses == {'loss=mse': 'done', 'loss=hybrid': 'done'}
+  assert statuses == {'loss=kl': 'done', 'loss=hybrid': 'done'}
   listing = json.load(open(os.path.join(sweep_dir, sweep.SWEEP_JSON)))
-  assert [m['name'] for m in listing['members']] == ['loss=mse', 'loss=hybrid']
+  assert [m['name'] for m in listing['members']] == ['loss=kl', 'loss=hybrid']
   for name in statuses:
     record = sweep.read_member(os.path.join(sweep_dir, name))
     assert record['status'] == 'done' and record['final_step'] == 4
@@ -148,12 +150,12 @@ def test_runner_trains_evaluates_skips_and_resumes(tmp_path, monkeypatch):
   # Re-running skips both; selecting by name or index works; an unknown member is an error.
   calls.clear()
   assert sweep.run_sweep(config, sweep_path, sweep_dir, progress=False) == {
-      'loss=mse': 'skipped', 'loss=hybrid': 'skipped'}
+      'loss=kl': 'skipped', 'loss=hybrid': 'skipped'}
   assert sweep.run_sweep(config, sweep_path, sweep_dir, members=['1'], progress=False) == {
       'loss=hybrid': 'skipped'}
   assert calls == []
   with pytest.raises(SweepError, match='No member'):
-    sweep.run_sweep(config, sweep_path, sweep_dir, members=['loss=kl'], progress=False)
+    sweep.run_sweep(config, sweep_path, sweep_dir, members=['loss=mse'], progress=False)
 
 
 def test_a_diverged_member_is_recorded_and_the_sweep_goes_on(tmp_path, monkeypatch):
@@ -161,14 +163,14 @@ def test_a_diverged_member_is_recorded_and_the_sweep_goes_on(tmp_path, monkeypat
   real = train.train_and_evaluate
 
   def fake(c, w, **kw):
-    if c.diffusion.loss == 'mse':
+    if c.diffusion.loss == 'kl':
       raise train.NonFiniteLossError('Loss is nan at step 3.')
     return real(c, w, **kw)
   monkeypatch.setattr(train, 'train_and_evaluate', fake)
   statuses = sweep.run_sweep(config, sweep_path, str(tmp_path), final_eval=False,
                              progress=False)
-  assert statuses == {'loss=mse': 'failed', 'loss=hybrid': 'done'}
-  record = sweep.read_member(str(tmp_path / 'loss=mse'))
+  assert statuses == {'loss=kl': 'failed', 'loss=hybrid': 'done'}
+  record = sweep.read_member(str(tmp_path / 'loss=kl'))
   assert record['error'].startswith('diverged: Loss is nan')
 
 
@@ -204,7 +206,7 @@ def test_report_of_a_real_tiny_sweep(tmp_path):
   sweep_dir = str(tmp_path / 'runs')
   sweep.run_sweep(config, sweep_path, sweep_dir, progress=False)
   rows = {r['name']: r for r in report.collect(sweep_dir)}
-  assert sorted(rows) == ['loss=hybrid', 'loss=mse']
+  assert sorted(rows) == ['loss=hybrid', 'loss=kl']
   for name, row in rows.items():
     assert row['status'] == 'done' and row['final_step'] == 2
     assert row['diffusion.loss'] == name.split('=')[1]
@@ -214,3 +216,40 @@ def test_report_of_a_real_tiny_sweep(tmp_path):
     assert row['final_bpd'] == pytest.approx(float(ev[-1]['bpd']))
   paths = report.write_report(sweep_dir)
   assert os.path.exists(paths['md']) and os.path.exists(paths['loss_curves'])
+
+
+class _Signalled(Exception):
+  pass
+
+
+def test_sigterm_in_the_final_evaluation_marks_the_member_interrupted(tmp_path, monkeypatch):
+  """SIGTERM while a member's final evaluation runs used to kill the sweep (rc 143) with the
+  member left `running`; it is now recorded as interrupted, the sweep stops, and a rerun
+  evaluates it and marks it done."""
+  sweep_path, config = _tiny_sweep(tmp_path)
+  config.train.num_steps = 2
+  sweep_dir = str(tmp_path / 'runs')
+  real_final = sweep.final_evaluation
+
+  def terminated(*args, **kwargs):
+    os.kill(os.getpid(), signal.SIGTERM)
+    time.sleep(5)  # The signal arrives during the evaluation.
+    raise AssertionError('SIGTERM did not interrupt the final evaluation')
+
+  def raise_signalled(signum, frame):  # Instead of dying, should the runner not handle it.
+    raise _Signalled()
+
+  previous = signal.signal(signal.SIGTERM, raise_signalled)
+  try:
+    monkeypatch.setattr(sweep, 'final_evaluation', terminated)
+    statuses = sweep.run_sweep(config, sweep_path, sweep_dir, progress=False)
+  finally:
+    signal.signal(signal.SIGTERM, previous)
+  assert statuses == {'loss=kl': 'interrupted'}  # The sweep stopped after it.
+  record = sweep.read_member(os.path.join(sweep_dir, 'loss=kl'))
+  assert record['status'] == 'interrupted' and 'SIGTERM' in record['error']
+  monkeypatch.setattr(sweep, 'final_evaluation', real_final)
+  assert sweep.run_sweep(config, sweep_path, sweep_dir, members=['loss=kl'],
+                         progress=False) == {'loss=kl': 'done'}
+  rows = list(csv.DictReader(open(os.path.join(sweep_dir, 'loss=kl', 'eval_results.csv'))))
+  assert [int(r['step']) for r in rows] == [2]

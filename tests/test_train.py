@@ -13,6 +13,7 @@ from conftest import make_tiny_config
 from ddpm_jax import input_pipeline, train
 from ddpm_jax.checkpointing import Checkpointer, CheckpointError
 from ddpm_jax.experiment import Experiment
+from ddpm_jax.train_step import make_train_step
 
 
 def _final_state(workdir, config):
@@ -72,6 +73,12 @@ def test_sigterm_checkpoints_and_resumes_exactly(uninterrupted, tmp_path, monkey
   config.train.sample_every = 0
   config.train.checkpoint_every = 100  # Only the signal and the end save.
   real = input_pipeline.create_train_iterator
+  # "saved checkpoint" must come after the save is durable (a SIGKILL may follow at once).
+  events = []
+  real_wait, real_write = Checkpointer.wait, train.tqdm.write
+  monkeypatch.setattr(Checkpointer, 'wait', lambda self: events.append('wait') or real_wait(self))
+  monkeypatch.setattr(train.tqdm, 'write', lambda self, s, *a, **k: events.append(s) or
+                      real_write(s, *a, **k))
 
   def killed_after_first_batch(*args, **kwargs):
     it = real(*args, **kwargs)
@@ -83,6 +90,8 @@ def test_sigterm_checkpoints_and_resumes_exactly(uninterrupted, tmp_path, monkey
   monkeypatch.setattr(input_pipeline, 'create_train_iterator', killed_after_first_batch)
   summary = train.train_and_evaluate(config, str(tmp_path), progress=False)
   assert summary['stopped_by'] == 'SIGTERM' and summary['final_step'] == 2
+  message = [e for e in events if 'saved checkpoint at step 2' in e]
+  assert message and 'wait' in events[:events.index(message[0])]
   ckpt = Checkpointer(str(tmp_path))
   assert ckpt.preemption_steps() == [2] and ckpt.all_steps() == []  # The preemption stream.
   monkeypatch.setattr(input_pipeline, 'create_train_iterator', real)
@@ -121,8 +130,62 @@ def test_corrupt_checkpoint_falls_back_then_fails_clearly(uninterrupted, tmp_pat
   state, step = _final_state(work, config)
   assert step == 2 and int(state.step) == 2
   _corrupt(os.path.join(work, 'checkpoints', '2'))
-  with pytest.raises(CheckpointError, match='could not be restored'):
+  with pytest.raises(CheckpointError, match='is corrupt.*No older checkpoint could be read'):
     _final_state(work, config)
+
+
+def test_a_corrupt_final_checkpoint_is_set_aside_and_saved_again(uninterrupted, tmp_path):
+  """The newest checkpoint (the final step) truncated: rerunning retrains from the previous one
+  and saves the final step again (orbax used to skip a step that exists, and the corrupt
+  checkpoint stayed the newest, hiding or taking a kept slot)."""
+  import shutil
+  full_dir, _, _ = uninterrupted
+  config = make_tiny_config()
+  work = str(tmp_path / 'copy')
+  shutil.copytree(full_dir, work)
+  for path in glob.glob(os.path.join(work, 'checkpoints', '4', 'state', '**', 'd', '*'),
+                        recursive=True):
+    with open(path, 'r+b') as f:
+      f.truncate(10)
+  summary = train.train_and_evaluate(config, work, progress=False)
+  assert summary['start_step'] == 2 and summary['final_step'] == 4
+  assert sorted(os.listdir(os.path.join(work, 'checkpoints'))) == ['2', '4']
+  assert os.listdir(os.path.join(work, 'corrupt_checkpoints')) == ['checkpoints-4']
+  state, step = _final_state(work, config)
+  assert step == 4
+  _assert_same_state(state, _final_state(full_dir, config)[0])
+
+
+def test_a_diverging_update_is_never_saved(tmp_path):
+  """lr = 1e6 with a checkpoint every step: an update can leave finite parameters whose loss
+  is already NaN. The checkpoint of that step used to be saved (and resuming from it diverged
+  again at once); now every checkpoint left has a finite loss on its step's batch."""
+  config = make_tiny_config()
+  config.optim.lr = 1e6
+  config.train.checkpoint_every = 1
+  config.train.num_steps = 12
+  with pytest.raises(train.NonFiniteLossError) as e:
+    train.train_and_evaluate(config, str(tmp_path), progress=False)
+  ckpt = Checkpointer(str(tmp_path), read_only=True)
+  newest = ckpt.latest_step()
+  assert newest is not None and f'newest checkpoint ({newest})' in str(e.value)
+  exp = Experiment.from_config(config)
+  state = ckpt.restore(exp.abstract_state(), newest)
+  assert all(np.isfinite(np.asarray(x)).all() for x in jax.tree.leaves(state))
+  batch = input_pipeline.create_train_iterator(config.data, 8, config.train.seed).get_batch(
+      newest - 1)  # The batch of the newest checkpoint's step.
+  step_fn = jax.jit(make_train_step(exp.model, exp.tx, exp.schedule, config))
+  assert np.isfinite(float(step_fn(state, batch)[1]['loss']))
+
+
+@pytest.mark.parametrize('field,value', [('data.dataset', 'nonexistent'), ('train.seed', -1)])
+def test_bad_config_values_stop_before_the_workdir_is_written(tmp_path, field, value):
+  config = make_tiny_config()
+  section, key = field.split('.')
+  config[section][key] = value
+  with pytest.raises(ValueError, match=f'config.{field}'.replace('.', r'\.')):
+    train.train_and_evaluate(config, str(tmp_path / 'run'), progress=False)
+  assert not os.path.exists(tmp_path / 'run')
 
 
 def test_indivisible_batch_is_a_clear_error(tmp_path, monkeypatch):

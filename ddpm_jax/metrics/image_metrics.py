@@ -23,6 +23,7 @@ import jax
 import numpy as np
 import scipy.linalg
 import scipy.special
+from tqdm.auto import tqdm
 
 
 def feature_statistics(features) -> tuple[np.ndarray, np.ndarray]:
@@ -158,8 +159,38 @@ def kernel_inception_distance(features1, features2, num_subsets: int = 100,
   return float(np.mean(estimates)), float(np.std(estimates))
 
 
+def sample_quality(features, reference, logits=None, is_splits: int = 10,
+                   kid_subset_size: int = 1000) -> dict:
+  """The sample metrics that `features` (N, d) and a reference define.
+
+  Args:
+    features: (N, d) features of the samples (Inception pool3 for FID / KID).
+    reference: (M, d) reference features, or their statistics `(mu, sigma)`.
+    logits: (N, K) classifier logits of the samples, for the Inception Score.
+    is_splits: IS splits (at most N are used); kid_subset_size: KID subset size.
+
+  Returns:
+    {'fd': Fréchet distance} plus 'is' / 'is_std' with logits and 'kid' / 'kid_std' when the
+    reference is features (KID needs them, not only their statistics).
+  """
+  mu, sigma = feature_statistics(features)
+  ref_features = None
+  if isinstance(reference, tuple):
+    mu_ref, sigma_ref = reference
+  else:
+    ref_features = reference
+    mu_ref, sigma_ref = feature_statistics(ref_features)
+  out = {'fd': frechet_distance(mu, sigma, mu_ref, sigma_ref)}
+  if logits is not None:
+    out['is'], out['is_std'] = inception_score(logits, splits=min(is_splits, len(logits)))
+  if ref_features is not None:
+    out['kid'], out['kid_std'] = kernel_inception_distance(features, ref_features,
+                                                           subset_size=kid_subset_size)
+  return out
+
+
 def extract_features(apply_fn: Callable[..., Any], params, images_uint8,
-                     batch_size: int = 100) -> Any:
+                     batch_size: int = 100, progress: bool = False) -> Any:
   """Runs `apply_fn(params, batch)` jitted over uint8 NHWC images, in fixed-size batches.
 
   Grey images (C = 1) are repeated to 3 channels. The last batch is padded to `batch_size` (so
@@ -172,6 +203,7 @@ def extract_features(apply_fn: Callable[..., Any], params, images_uint8,
     params: its variables (e.g. from `load_inception_params`); put on the device once.
     images_uint8: (N, H, W, 1 or 3) uint8 images in [0, 255], e.g. `images.to_uint8(samples)`.
     batch_size: images per call.
+    progress: show a progress bar.
 
   Returns:
     The outputs' pytree with NumPy arrays of leading size N.
@@ -188,7 +220,7 @@ def extract_features(apply_fn: Callable[..., Any], params, images_uint8,
   fn = jax.jit(apply_fn)
   params = jax.device_put(params)
   done, pending = [], None
-  for start in range(0, n, batch_size):
+  for start in tqdm(range(0, n, batch_size), desc='features', unit='batch', disable=not progress):
     batch = images[start:start + batch_size]
     if batch.shape[-1] == 1:
       batch = np.repeat(batch, 3, axis=-1)

@@ -405,14 +405,14 @@ def count_params(variables: Mapping[str, Any]) -> int:
   return int(sum(np.prod(np.shape(x)) for x in jax.tree_util.tree_leaves(variables['params'])))
 
 
-def extract_features(variables: Mapping[str, Any], images_uint8,
-                     batch_size: int = 100) -> tuple[np.ndarray, np.ndarray]:
+def extract_features(variables: Mapping[str, Any], images_uint8, batch_size: int = 100,
+                     progress: bool = False) -> tuple[np.ndarray, np.ndarray]:
   """`InceptionV3` over uint8 (N, H, W, 1 or 3) images: (pool3 (N, 2048), logits (N, 1008)).
 
   `image_metrics.extract_features` with `InceptionV3().apply`: jitted, fixed-size batches, grey
   images repeated to 3 channels; NumPy float32 outputs.
   """
-  return image_metrics.extract_features(_apply, variables, images_uint8, batch_size)
+  return image_metrics.extract_features(_apply, variables, images_uint8, batch_size, progress)
 
 
 def _apply(variables, images):

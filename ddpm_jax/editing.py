@@ -1,0 +1,132 @@
+"""`--mode=sample` with `config.sample.mode` = inpaint | colorize | edit: controllable generation
+with an unconditional model (`ddpm_jax.controllable`) on images from a folder or a dataset
+split (`ddpm_jax.edit_inputs`).
+
+Writes, under `workdir/samples/`, a PNG grid of (input | condition | result) triplets, where the
+condition is the masked input (inpaint; the pixels to generate in mid grey), the grey image the
+model sees (colorize) or the input noised to t0 (edit), and an `.npz` with the results under
+`arr_0` (uint8, N x H x W x C) and the inputs (and masks) beside them. The chain is
+`config.sample`'s: sampler, steps (respacing), eta, clipping; RePaint resampling with
+`jump_length` and `resample`.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from tqdm.auto import tqdm
+
+from ddpm_jax import controllable, edit_inputs, images, input_pipeline, sampling
+
+MODES = ('inpaint', 'colorize', 'edit')
+
+
+def triplet_grid(columns, per_row: int | None = None) -> np.ndarray:
+  """uint8 (3, N, H, W, C) -> one image: each item's three pictures side by side (1-pixel gap),
+  `per_row` items per row (default about sqrt(N / 2)), items 6 pixels apart."""
+  columns = np.asarray(columns)
+  n = columns.shape[1]
+  per_row = per_row or max(1, int(round(math.sqrt(n / 2))))
+  triplets = np.stack([images.make_grid(columns[:, i], ncols=3, padding=1)[1:-1, 1:-1]
+                       for i in range(n)])
+  return images.make_grid(triplets, ncols=per_row, padding=6)
+
+
+def _suffix(config) -> str:
+  s = config.sample
+  if s.mode == 'edit':
+    return f'_t0{s.t0}'
+  out = ''
+  if s.mode == 'inpaint':
+    out += '_' + (s.mask if s.mask in edit_inputs.MASK_SHAPES else
+                  os.path.splitext(os.path.basename(os.path.normpath(s.mask)))[0])
+  if s.resample > 1:
+    out += f'_resample{s.resample}_jump{s.jump_length}'
+  return out
+
+
+def _edit_fn(config, experiment, params):
+  """(jitted `(x, mask, key) -> (result, condition)` in [-1, 1], the start index of edit, the
+  chain)."""
+  s = config.sample
+  chain = sampling.chain_for(experiment)
+  denoise_fn, kwargs = sampling.chain_setup(experiment, chain,
+                                            sampling.make_denoise_fn(experiment, params))
+  sched = chain.schedule
+  kwargs.update(sampler=s.sampler)
+  start = controllable.start_index(chain.timesteps, s.t0) if s.mode == 'edit' else -1
+  repaint = dict(jump_length=s.jump_length, resample=s.resample)
+
+  def run(x, mask, key):
+    if s.mode == 'inpaint':
+      out = controllable.inpaint(sched, denoise_fn, x, mask, key, **repaint, **kwargs)
+      return out, mask * x  # The generated pixels in mid grey (0 in [-1, 1]).
+    if s.mode == 'colorize':
+      grey = jnp.broadcast_to(controllable.grey_level(x), x.shape)
+      return controllable.colorize(sched, denoise_fn, grey, key, **repaint, **kwargs), grey
+    out = controllable.sdedit(sched, denoise_fn, x, start, key, **kwargs)
+    return out, (controllable.sdedit_start(sched, x, start, key) if start >= 0 else x)
+
+  return jax.jit(run), start, chain
+
+
+def run(config, experiment, params, key, stem: str, is_main: bool) -> dict:
+  """Runs `config.sample.mode` (inpaint | colorize | edit) on `config.sample.num` inputs in
+  batches of `config.sample.batch_size` (batch b keyed by fold_in(key, b)); writes the grid
+  and the npz on process 0. Returns the paths and a summary figure of the mode."""
+  s = config.sample
+  size = config.data.image_size
+  originals = edit_inputs.load_images(config, s.num)
+  n = len(originals)
+  masks = (edit_inputs.load_masks(s.mask, size, n, s.seed) if s.mode == 'inpaint'
+           else np.ones((n, size, size, 1), np.float32))
+  fn, start, chain = _edit_fn(config, experiment, params)
+  x = input_pipeline.to_float(originals)
+  results, conds = [], []
+  bs = min(s.batch_size, n)
+  for b in tqdm(range(math.ceil(n / bs)), desc=s.mode, unit='batch',
+                disable=jax.process_index() != 0):
+    sl = slice(b * bs, (b + 1) * bs)
+    pad = bs - len(x[sl])  # The last batch is padded to the same shape: one compilation.
+    xb, mb = (np.pad(a[sl], [(0, pad)] + [(0, 0)] * 3, mode='edge') for a in (x, masks))
+    out, cond = fn(jnp.asarray(xb), jnp.asarray(mb), jax.random.fold_in(key, b))
+    results.append(images.to_uint8(jax.device_get(out))[:bs - pad])
+    conds.append(images.to_uint8(np.clip(jax.device_get(cond), -1.0, 1.0))[:bs - pad])
+  results, conds = np.concatenate(results), np.concatenate(conds)
+  if not is_main:
+    return {}
+  stem += _suffix(config)
+  extra = dict(inputs=originals)
+  summary = {}
+  if s.mode == 'inpaint':
+    extra['masks'] = masks.astype(np.uint8)
+    keep = np.broadcast_to(masks > 0, results.shape)
+    summary['known_max_abs_diff'] = int(np.abs(results.astype(int) - originals)[keep].max(
+        initial=0))
+    what = (f'mask {s.mask}, {100 * (1 - masks.mean()):.0f}% of the pixels generated; known '
+            f'pixels changed by at most {summary["known_max_abs_diff"]}/255')
+  elif s.mode == 'colorize':
+    grey_in = originals.astype(np.float64).mean(-1)
+    summary['grey_max_abs_diff'] = float(np.abs(results.mean(-1) - grey_in).max())
+    what = (f'grey level (channel mean) kept to within {summary["grey_max_abs_diff"]:.2f}/255 '
+            '(uint8 rounding)')
+  else:
+    extra['t0'] = np.int64(s.t0)
+    summary['mse_to_input'] = float(np.mean((input_pipeline.to_float(results) - x) ** 2))
+    kept_t = int(chain.timesteps[start]) + 1 if start >= 0 else 0
+    what = (f't0 = {s.t0} (chain starts at t = {kept_t}); mean squared change '
+            f'{summary["mse_to_input"]:.3f} on [-1, 1] images')
+  if s.resample > 1 and s.mode != 'edit':
+    what += f'; RePaint resampling {s.resample}x every {s.jump_length} steps'
+  paths = {'png': images.save_png(stem + '.png', triplet_grid(np.stack([originals, conds,
+                                                                        results]))),
+           'npz': images.save_npz(stem + '.npz', results, **extra), **summary}
+  cond_name = {'inpaint': 'masked input', 'colorize': 'grey input', 'edit': 'input noised to t0'}
+  chain_text = sampling.describe(config, experiment.schedule.num_timesteps)
+  print(f'{s.mode.capitalize()} of {n} images ({chain_text}; {what}): {paths["png"]} (input | '
+        f'{cond_name[s.mode]} | result), {paths["npz"]}')
+  return paths

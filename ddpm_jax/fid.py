@@ -1,0 +1,226 @@
+"""Command line: sample quality of a set of images against a reference.
+
+  python -m ddpm_jax.fid SAMPLES REFERENCE --inception_weights=pt_inception-2015-12-05-6726825d.pth
+      [--save_stats=OUT.npz] [--features=inception|fmnist]
+
+SAMPLES: an `.npz` whose `arr_0` holds uint8 (N, H, W, C) images (what `--mode=sample` writes,
+the improved-diffusion / ADM evaluator's layout) or a folder of images.
+REFERENCE: an `.npz` of images (`arr_0`), a statistics file (`mu`, `sigma`, as pytorch-fid's
+`--save-stats` and `--save_stats` here write them), a folder of images, or a dataset and split
+`NAME:SPLIT` (e.g. `cifar10:train`, read as training reads it, at the samples' size;
+`--data_dir` as `config.data.data_dir`).
+
+Prints FID, the Inception Score of the samples and KID (when the reference is images, not only
+statistics), then the protocol line. `--features=fmnist` measures FD-FMNIST instead, the
+Fréchet distance in ddpm-jax's Fashion-MNIST classifier's features (32x32 grey images; no
+Inception weights needed; comparable only with itself). `--save_stats=OUT.npz` writes the
+reference's statistics in pytorch-fid's format, to pass as REFERENCE next time.
+"""
+
+from __future__ import annotations
+
+import os
+
+import numpy as np
+from absl import app, flags
+
+from ddpm_jax import cli, runtime
+from ddpm_jax.errors import UserError
+
+FLAGS = flags.FLAGS
+
+
+def _define_flags() -> None:
+  """The command line's flags, defined only when it runs (the library functions import
+  without them, next to other command lines' flags)."""
+  flags.DEFINE_string('inception_weights', '', "pytorch-fid's "
+                      'pt_inception-2015-12-05-6726825d.pth (read without torch) or an .npz from '
+                      'tools/convert_inception_weights.py.')
+  flags.DEFINE_enum('features', 'inception', ['inception', 'fmnist'],
+                    'inception: FID / IS / KID; fmnist: FD-FMNIST (ddpm-jax\'s Fashion-MNIST '
+                    'classifier, 32x32 grey images).')
+  flags.DEFINE_string('save_stats', '', 'Write the reference statistics (mu, sigma) here.')
+  flags.DEFINE_string('data_dir', '', 'Where a dataset REFERENCE is (config.data.data_dir).')
+  flags.DEFINE_integer('reference_examples', 50_000, 'Images of a dataset REFERENCE to use.')
+  flags.DEFINE_integer('batch_size', 100, 'Images per Inception call.')
+  flags.DEFINE_integer('is_splits', 10, 'Inception Score splits (10 as the original code).')
+
+
+class InputError(UserError, ValueError):
+  """An input that cannot be used; the message is one line."""
+
+
+def _npz(path: str) -> dict:
+  try:
+    with np.load(path, allow_pickle=False) as f:
+      return {k: f[k] for k in f.files if k in ('arr_0', 'mu', 'sigma')}
+  except Exception as e:  # Not an npz, truncated, pickled objects: report them all alike.
+    raise InputError(f'Cannot read {path} as an .npz: {e}') from None
+
+
+def _check_images(images: np.ndarray, what: str) -> np.ndarray:
+  if images.ndim == 3:
+    images = images[..., None]
+  if images.dtype != np.uint8 or images.ndim != 4 or images.shape[-1] not in (1, 3):
+    raise InputError(f'{what} must be uint8 images (N, H, W, 1 or 3); got {images.dtype} '
+                     f'{images.shape} (quantise samples with ddpm_jax.images.to_uint8).')
+  if len(images) < 2:
+    raise InputError(f'{what} has {len(images)} images; statistics need at least 2.')
+  return images
+
+
+def _folder(path: str, size: int | None, channels: int) -> np.ndarray:
+  """Every image under `path` (recursive), preprocessed as training data to `size` (default:
+  the first image's side)."""
+  from ddpm_jax import input_pipeline  # pylint: disable=g-import-not-at-top
+  from ml_collections import ConfigDict  # pylint: disable=g-import-not-at-top
+  try:
+    if size is None:
+      first = input_pipeline.FolderSource(path, channels)[0][0]
+      size = min(first.shape[:2])
+    # data_dir/split names the folder itself (split = its name, see input_pipeline.open_source).
+    parent, name = os.path.split(os.path.abspath(path))
+    cfg = ConfigDict(dict(dataset='folder', data_dir=parent, image_size=size, channels=channels))
+    return input_pipeline.load_split(cfg, name)
+  except input_pipeline.DatasetError as e:
+    raise InputError(f'{path}: {e}') from None
+
+
+def load_samples(path: str, channels: int) -> tuple[np.ndarray, str]:
+  """SAMPLES as uint8 (N, H, W, C) and a description."""
+  if os.path.isdir(path):
+    return _check_images(_folder(path, None, channels), path), f'folder {path}'
+  if not os.path.isfile(path):
+    raise InputError(f'SAMPLES {path} is neither an .npz file nor a folder of images.')
+  arrays = _npz(path)
+  if 'arr_0' not in arrays:
+    raise InputError(f'{path} has no arr_0 (the images); it is not a samples .npz.')
+  return _check_images(arrays['arr_0'], path), f'{path} (arr_0)'
+
+
+def load_reference(spec: str, size: int, channels: int, data_dir: str = '',
+                   max_examples: int = 50_000):
+  """REFERENCE as (uint8 images or (mu, sigma), description)."""
+  if os.path.isdir(spec):
+    return _check_images(_folder(spec, size, channels), spec), f'folder {spec}'
+  if os.path.isfile(spec):
+    arrays = _npz(spec)
+    if 'arr_0' in arrays:  # Images win over statistics: ours are computed with our network.
+      return _check_images(arrays['arr_0'], spec), f'{spec} (arr_0)'
+    if 'mu' in arrays and 'sigma' in arrays:
+      return (arrays['mu'], arrays['sigma']), f'statistics {spec}'
+    raise InputError(f'{spec} holds neither images (arr_0) nor statistics (mu, sigma).')
+  name, _, split = spec.partition(':')
+  from ddpm_jax import input_pipeline  # pylint: disable=g-import-not-at-top
+  from ml_collections import ConfigDict  # pylint: disable=g-import-not-at-top
+  cfg = ConfigDict(dict(dataset=name, data_dir=data_dir, image_size=size, channels=channels))
+  try:
+    images = input_pipeline.load_split(cfg, split or 'train', max_examples=max_examples)
+  except (input_pipeline.DatasetError, ValueError) as e:
+    raise InputError(f'REFERENCE {spec} is not a file or folder, and as a dataset NAME:SPLIT: '
+                     + ' '.join(str(e).split())) from None
+  return _check_images(images, spec), f'{name}/{split or "train"} ({len(images)} images)'
+
+
+class _Features:
+  """A feature network: `extract(images) -> (features, logits or None)`."""
+
+  def __init__(self, kind: str, inception_weights: str = '', batch_size: int = 100):
+    self.kind, self.batch_size = kind, batch_size
+    if kind == 'inception':
+      from ddpm_jax.metrics import inception  # pylint: disable=g-import-not-at-top
+      if not inception_weights or not os.path.isfile(inception_weights):
+        raise InputError(
+            f'FID needs the FID Inception-v3 weights ({inception_weights or "none given"}): '
+            f"download pytorch-fid's file (~91 MB) where there is internet, "
+            f'{inception.FID_WEIGHTS_URL}, and pass --inception_weights=FILE (or use '
+            '--features=fmnist for FD-FMNIST on Fashion-MNIST).')
+      try:
+        self.params = inception.load_inception_params(inception_weights)
+      except ValueError as e:
+        raise InputError(f'{inception_weights}: {e}') from None
+      self.dim, self.channels = inception.POOL_FEATURES, 3
+      self.description = (f"pytorch-fid's FID Inception-v3 ({os.path.basename(inception_weights)}"
+                          '; bilinear resize to 299x299 as pytorch-fid, which differs from the '
+                          "resize of the paper's TensorFlow code)")
+    else:
+      from ddpm_jax.metrics import fmnist_classifier as fc  # pylint: disable=g-import-not-at-top
+      self.params = fc.load_params()
+      self.dim, self.channels = fc.FEATURE_DIM, 1
+      self.description = "ddpm-jax's Fashion-MNIST classifier (FD-FMNIST, 128-d features)"
+
+  def extract(self, images: np.ndarray):
+    if self.kind == 'inception':
+      from ddpm_jax.metrics import inception  # pylint: disable=g-import-not-at-top
+      return inception.extract_features(self.params, images, self.batch_size, progress=True)
+    from ddpm_jax.metrics import fmnist_classifier as fc  # pylint: disable=g-import-not-at-top
+    if images.shape[1:] != (fc.IMAGE_SIZE, fc.IMAGE_SIZE, 1):
+      raise InputError(f'--features=fmnist takes 32x32 grey images, got {images.shape[1:]}.')
+    return fc.features_and_logits(self.params, images)[0], None
+
+
+def evaluate(samples: str, reference: str, features: str = 'inception',
+             inception_weights: str = '', save_stats: str = '', data_dir: str = '',
+             reference_examples: int = 50_000, batch_size: int = 100,
+             is_splits: int = 10) -> tuple[dict, str]:
+  """The metrics of SAMPLES against REFERENCE (see the module docstring) and the protocol
+  line. Every input is checked before features are computed."""
+  from ddpm_jax.metrics import image_metrics  # pylint: disable=g-import-not-at-top
+  net = _Features(features, inception_weights, batch_size)
+  images, sample_desc = load_samples(samples, net.channels)
+  ref, ref_desc = load_reference(reference, images.shape[1], net.channels, data_dir,
+                                 reference_examples)
+  if isinstance(ref, tuple) and np.shape(ref[0]) != (net.dim,):
+    raise InputError(f'{reference} holds {np.shape(ref[0])[0]}-d statistics; {net.description} '
+                     f'has {net.dim}-d features.')
+  feats, logits = net.extract(images)
+  ref_feats = ref if isinstance(ref, tuple) else net.extract(ref)[0]
+  q = image_metrics.sample_quality(feats, ref_feats, logits, is_splits=is_splits)
+  if features != 'inception':  # IS and KID are defined on Inception's outputs only.
+    q = {'fd': q['fd']}
+  if save_stats:
+    mu, sigma = ref if isinstance(ref, tuple) else image_metrics.feature_statistics(ref_feats)
+    os.makedirs(os.path.dirname(os.path.abspath(save_stats)), exist_ok=True)
+    np.savez(save_stats, mu=mu, sigma=sigma)
+  names = {'fd': 'fid' if features == 'inception' else 'fd_fmnist'}
+  result = {names.get(k, k): v for k, v in q.items()}
+  result.update(num_samples=len(images),
+                num_reference=None if isinstance(ref, tuple) else len(ref))
+  protocol = (f'protocol: {net.description}; samples: {len(images)} uint8 images from '
+              f'{sample_desc}; reference: {ref_desc}'
+              + (f'; IS over {min(is_splits, len(images))} splits of the samples'
+                 if 'is' in q else '')
+              + ('; KID: cubic polynomial kernel, 100 subsets of '
+                 f'{min(1000, len(images), len(ref_feats))}' if 'kid' in q else '')
+              + ('' if len(images) >= 50_000 else
+                 '; fewer than the 50,000 samples of published FIDs (FID is biased upwards)'))
+  return result, protocol
+
+
+def _format(result: dict) -> str:
+  parts = []
+  for key in ('fid', 'fd_fmnist', 'is', 'kid'):
+    if key in result:
+      std = result.get(f'{key}_std')
+      parts.append(f'{key.upper().replace("_FMNIST", "-FMNIST")} {result[key]:.4g}'
+                   + (f' ± {std:.2g}' if std is not None else ''))
+  return '  '.join(parts)
+
+
+def main(argv):
+  if len(argv) != 3:
+    raise app.UsageError('Usage: python -m ddpm_jax.fid SAMPLES REFERENCE '
+                         '--inception_weights=FILE [--save_stats=OUT.npz]')
+  runtime.setup('inference')
+  result, protocol = evaluate(argv[1], argv[2], FLAGS.features, FLAGS.inception_weights,
+                              FLAGS.save_stats, FLAGS.data_dir, FLAGS.reference_examples,
+                              FLAGS.batch_size, FLAGS.is_splits)
+  print(_format(result))
+  print(protocol)
+  if FLAGS.save_stats:
+    print(f'Reference statistics: {FLAGS.save_stats} (mu, sigma; pytorch-fid\'s format)')
+
+
+if __name__ == '__main__':
+  _define_flags()
+  cli.run(main)

@@ -1,0 +1,227 @@
+"""diffusers folders in and out: `--init_from=SOURCE` and `python -m ddpm_jax.export`.
+
+A SOURCE is
+* a `UNet2DModel` folder: `config.json` and `diffusion_pytorch_model.safetensors` (or the older
+  `diffusion_pytorch_model.bin`, read without torch by `ddpm_jax.metrics.torch_pickle`), with
+  an optional `scheduler_config.json` beside them (what `export` writes);
+* a `DDPMPipeline` folder: `unet/` as above and `scheduler/scheduler_config.json`;
+* a Hugging Face Hub id such as `google/ddpm-cifar10-32`, downloaded with `huggingface_hub`
+  (only the files above, into its cache) where there is internet.
+
+Reading checks the model's `config.json` and the scheduler's config against our config first
+(`diffusers_config`) and reports every difference in one `InteropError`, before any weight is
+read or anything written.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import re
+
+import jax
+import numpy as np
+from flax import traverse_util
+
+from ddpm_jax.interop import InteropError, diffusers_config, unet_names
+
+WEIGHTS_SAFETENSORS = 'diffusion_pytorch_model.safetensors'
+WEIGHTS_BIN = 'diffusion_pytorch_model.bin'
+CONFIG = 'config.json'
+SCHEDULER_CONFIG = 'scheduler_config.json'
+# What a Hub download fetches, weights in safetensors first (the .bin only when there is none).
+_HUB_CONFIGS = ['model_index.json', CONFIG, SCHEDULER_CONFIG, f'unet/{CONFIG}',
+                f'scheduler/{SCHEDULER_CONFIG}']
+_HUB_ID = re.compile(r'[A-Za-z0-9][A-Za-z0-9_.-]*/[A-Za-z0-9][A-Za-z0-9_.-]*')
+
+
+@dataclasses.dataclass(frozen=True)
+class Folder:
+  """Where a diffusers model's files are: `unet_dir` (config.json + weights) and the scheduler
+  config, if any; `source` is what the user passed."""
+  source: str
+  unet_dir: str
+  scheduler_file: str | None
+
+
+def _read_config(path: str) -> dict:
+  """A diffusers config file: a JSON object, or InteropError."""
+  try:
+    with open(path) as f:
+      config = json.load(f)
+  except (OSError, ValueError) as e:
+    raise InteropError(f'Cannot read {path}: {e}') from e
+  if not isinstance(config, dict):
+    raise InteropError(f'{path} is not a diffusers config (a JSON object).')
+  return config
+
+
+def _local_folder(source: str, path: str) -> Folder:
+  unet = os.path.join(path, 'unet')
+  if os.path.isfile(os.path.join(unet, CONFIG)):  # A DDPMPipeline folder.
+    sched = os.path.join(path, 'scheduler', SCHEDULER_CONFIG)
+    return Folder(source, unet, sched if os.path.isfile(sched) else None)
+  if os.path.isfile(os.path.join(path, CONFIG)):  # A UNet2DModel folder.
+    sched = os.path.join(path, SCHEDULER_CONFIG)
+    return Folder(source, path, sched if os.path.isfile(sched) else None)
+  raise InteropError(f'--init_from={source}: neither a diffusers UNet2DModel folder '
+                     f'({CONFIG} + {WEIGHTS_SAFETENSORS}) nor a DDPMPipeline folder (unet/, '
+                     'scheduler/).')
+
+
+def _download(repo_id: str) -> str:
+  """The Hub repo `repo_id` in huggingface_hub's cache (configs and one weights file)."""
+  try:
+    import huggingface_hub  # pylint: disable=g-import-not-at-top
+    from huggingface_hub import errors as hub_errors  # pylint: disable=g-import-not-at-top
+  except ImportError as e:
+    raise InteropError(f'--init_from={repo_id} looks like a Hugging Face Hub id, but '
+                       'huggingface_hub is not installed (pip install huggingface_hub).') from e
+  weights = [WEIGHTS_SAFETENSORS, f'unet/{WEIGHTS_SAFETENSORS}']
+  try:
+    path = huggingface_hub.snapshot_download(repo_id, allow_patterns=_HUB_CONFIGS + weights)
+    if not any(os.path.isfile(os.path.join(path, w)) for w in weights):  # Only a .bin there.
+      path = huggingface_hub.snapshot_download(
+          repo_id, allow_patterns=_HUB_CONFIGS + [WEIGHTS_BIN, f'unet/{WEIGHTS_BIN}'])
+  except (hub_errors.RepositoryNotFoundError, hub_errors.RevisionNotFoundError) as e:
+    raise InteropError(f'--init_from={repo_id}: no such local folder, and no such model on the '
+                       f'Hugging Face Hub ({type(e).__name__}).') from e
+  except Exception as e:  # Offline, unreachable, refused: huggingface_hub raises many types.
+    raise InteropError(
+        f'--init_from={repo_id}: no such local folder, and the Hugging Face Hub cannot be '
+        f'reached to download it ({type(e).__name__}). Where there is internet, run '
+        f'`hf download {repo_id} --local-dir {repo_id.split("/")[-1]}` and pass '
+        f'--init_from={repo_id.split("/")[-1]} (that folder).') from e
+  return path
+
+
+def resolve(source: str) -> Folder:
+  """The files of SOURCE: a local UNet2DModel or DDPMPipeline folder, or a Hub id downloaded
+  (raises InteropError, one line, when it is neither or cannot be downloaded)."""
+  path = os.path.expanduser(str(source))
+  if os.path.isdir(path):
+    return _local_folder(source, path)
+  if os.path.exists(path):
+    raise InteropError(f'--init_from={source} is a file; pass the diffusers folder that holds '
+                       f'{CONFIG} and the weights.')
+  if not _HUB_ID.fullmatch(str(source)):
+    raise InteropError(f'--init_from={source}: no such folder (and not a Hugging Face Hub id '
+                       'such as google/ddpm-cifar10-32).')
+  return _local_folder(source, _download(str(source)))
+
+
+def read_state_dict(unet_dir: str) -> dict[str, np.ndarray]:
+  """The weights of a UNet2DModel folder as NumPy arrays (safetensors first, else the .bin)."""
+  st, bin_ = os.path.join(unet_dir, WEIGHTS_SAFETENSORS), os.path.join(unet_dir, WEIGHTS_BIN)
+  try:
+    if os.path.isfile(st):
+      from safetensors.numpy import load_file  # pylint: disable=g-import-not-at-top
+      return load_file(st)
+    if os.path.isfile(bin_):
+      from ddpm_jax.metrics import torch_pickle  # pylint: disable=g-import-not-at-top
+      return dict(torch_pickle.load_state_dict(bin_))
+  except Exception as e:  # Truncated or foreign files: safetensors and pickle raise many types.
+    raise InteropError(f'Cannot read the weights in {unet_dir}: {type(e).__name__}: {e}') from e
+  present = ', '.join(sorted(os.listdir(unet_dir)))
+  raise InteropError(f'{unet_dir} has no {WEIGHTS_SAFETENSORS} or {WEIGHTS_BIN} (it has: '
+                     f'{present}).')
+
+
+def check_config(folder: Folder, config) -> None:
+  """Raises one InteropError listing every difference between the folder's configs and
+  `config`; returns quietly when they describe the same model."""
+  problems = diffusers_config.check_unet_config(
+      _read_config(os.path.join(folder.unet_dir, CONFIG)), config)
+  if folder.scheduler_file:
+    problems += diffusers_config.check_scheduler_config(_read_config(folder.scheduler_file),
+                                                        config)
+  if problems:
+    raise InteropError(f'--init_from={folder.source} does not match the config: '
+                       + '; '.join(problems) + '. Override those fields (--config.FIELD=VALUE) '
+                       'or use the config of that model.')
+
+
+def _shapes(expected) -> dict[tuple[str, ...], tuple[int, ...]]:
+  flat = traverse_util.flatten_dict(expected)
+  return {k: tuple(v.shape) for k, v in flat.items()}
+
+
+def load_params(source: str, config, expected) -> tuple[dict, Folder]:
+  """The parameters of the diffusers model SOURCE for the U-Net of `config`.
+
+  Args:
+    source: a local diffusers folder or a Hub id (see the module docstring).
+    config: our config; its model, diffusion and sampling fields are checked against the
+      model's config.json and scheduler config first.
+    expected: our parameter tree with the shapes to fill (arrays or `jax.ShapeDtypeStruct`s,
+      e.g. `Experiment.abstract_state().params`).
+
+  Returns:
+    (params, folder): a nested dict of float32 NumPy arrays shaped like `expected`, and where
+    the files were.
+
+  Raises:
+    InteropError (one line) when the source cannot be found, read, or does not match.
+  """
+  folder = resolve(source)
+  check_config(folder, config)
+  state_dict = read_state_dict(folder.unet_dir)
+  flat = unet_names.from_diffusers(state_dict, _shapes(expected), len(config.model.ch_mult))
+  return traverse_util.unflatten_dict(flat), folder
+
+
+def place(params, abstract):
+  """`params` (NumPy) as global jax.Arrays laid out like `abstract` (`ShapeDtypeStruct`s with
+  shardings, e.g. `Experiment.abstract_state().params`), on any number of processes."""
+  def put(value, spec):
+    value = np.asarray(value, spec.dtype)
+    return jax.make_array_from_callback(value.shape, spec.sharding, lambda idx: value[idx])
+  return jax.tree.map(put, params, abstract)
+
+
+def _write_atomic(path: str, write) -> None:
+  """`write(tmp)` then rename, with the permissions of a file the user creates (safetensors
+  writes its files readable by their owner only)."""
+  tmp = path + '.tmp'
+  write(tmp)
+  umask = os.umask(0)
+  os.umask(umask)
+  os.chmod(tmp, 0o666 & ~umask)
+  os.replace(tmp, path)
+
+
+def write_folder(params, config, out_dir: str, overwrite: bool = False) -> list[str]:
+  """Writes `params` of the U-Net of `config` as a diffusers folder: `config.json`
+  (UNet2DModel), `diffusion_pytorch_model.safetensors` and `scheduler_config.json`
+  (DDPMScheduler). Both configs are built first, so a config diffusers cannot express fails
+  before anything is written. Returns the paths."""
+  unet_cfg = diffusers_config.unet_config(config)
+  sched_cfg = diffusers_config.scheduler_config(config)
+  names = (CONFIG, WEIGHTS_SAFETENSORS, SCHEDULER_CONFIG)
+  taken = [n for n in names if os.path.exists(os.path.join(out_dir, n))]
+  if taken and not overwrite:
+    raise InteropError(f'{out_dir} already holds {", ".join(taken)}; choose another --out or '
+                       'pass --overwrite.')
+  flat = traverse_util.flatten_dict(jax.device_get(params))
+  state_dict = unet_names.to_diffusers(flat, len(config.model.ch_mult))
+  os.makedirs(out_dir, exist_ok=True)
+  from safetensors.numpy import save_file  # pylint: disable=g-import-not-at-top
+  paths = [os.path.join(out_dir, n) for n in names]
+  _write_atomic(paths[1], lambda p: save_file(state_dict, p, metadata={'format': 'pt'}))
+  for path, cfg in ((paths[0], unet_cfg), (paths[2], sched_cfg)):
+    _write_atomic(path, lambda p, cfg=cfg: _write_json(p, cfg))
+  return paths
+
+
+def _write_json(path: str, obj: dict) -> None:
+  with open(path, 'w') as f:
+    f.write(json.dumps(obj, indent=2) + '\n')
+
+
+def load_for_experiment(source: str, experiment) -> tuple[object, Folder]:
+  """`load_params` for `experiment`'s model, placed as its train state lays out parameters
+  (replicated, or split over the mesh's `fsdp` axis)."""
+  abstract = experiment.abstract_state().params
+  params, folder = load_params(source, experiment.config, abstract)
+  return place(params, abstract), folder

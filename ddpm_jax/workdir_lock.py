@@ -1,0 +1,287 @@
+"""One writer per workdir: a lock file naming its owner (pid, host, command).
+
+A trainer (or a sweep member) holds `WORKDIR/writer.lock` from before it touches the workdir
+until it exits; an evaluation job (`--mode=eval`) holds `WORKDIR/eval.lock`; with several JAX
+processes, process 0 holds it for all (`acquire_for_run`). A second process that asks for the
+same lock gets `WorkdirLockedError`, one line naming the owner. Readers (sampling, evaluation
+reading checkpoints) take no lock: they open checkpoints read-only.
+
+Stale locks, left by a process killed with SIGKILL or a machine that went down, are replaced
+with a warning: on the same host when the owner's pid is no longer running (or is another
+process now, by its start time); from another host when the owner's heartbeat, rewritten every
+`HEARTBEAT_SECONDS` while it runs, is older than `STALE_AFTER_SECONDS`. Creating the lock is
+atomic on a local or network filesystem (`O_CREAT | O_EXCL`); on object stores (`gs://`) it is
+a best-effort check-then-write.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import os
+import socket
+import sys
+import threading
+import time
+import uuid
+
+from ddpm_jax.errors import UserError
+
+WRITER = 'writer'
+EVAL = 'eval'
+HEARTBEAT_SECONDS = 60.0
+STALE_AFTER_SECONDS = 600.0
+
+
+class WorkdirLockedError(UserError):
+  """Another live process holds the workdir's lock."""
+
+
+def lock_path(workdir: str, name: str = WRITER) -> str:
+  if '://' in workdir:
+    return workdir.rstrip('/') + f'/{name}.lock'
+  return os.path.join(workdir, f'{name}.lock')
+
+
+def _process_start(pid: int) -> str | None:
+  """The start time of process `pid` in clock ticks since boot (Linux), to tell a reused pid
+  from the owner; None where /proc is not available."""
+  try:
+    with open(f'/proc/{pid}/stat') as f:
+      return f.read().rsplit(')', 1)[1].split()[19]
+  except (OSError, IndexError):
+    return None
+
+
+def _pid_running(pid: int, start: str | None) -> bool:
+  try:
+    os.kill(pid, 0)
+  except ProcessLookupError:
+    return False
+  except PermissionError:  # Another user's process.
+    pass
+  current = _process_start(pid)
+  return start is None or current is None or current == start
+
+
+def _own_record(token: str, what: str) -> dict:
+  now = time.time()
+  return {'pid': os.getpid(), 'host': socket.gethostname(), 'start': _process_start(os.getpid()),
+          'since': now, 'heartbeat': now, 'token': token, 'what': what,
+          'command': ' '.join(sys.argv)}
+
+
+def _is_mine(record: dict) -> bool:
+  return (record.get('pid') == os.getpid() and record.get('host') == socket.gethostname()
+          and record.get('start') == _process_start(os.getpid()))
+
+
+def stale_reason(record: dict | None, age: float, now: float | None = None) -> str | None:
+  """Why the lock `record` (None: unreadable) whose file was last written `age` seconds ago
+  belongs to no running process, or None if its owner may be running."""
+  now = time.time() if now is None else now
+  if record is None:
+    return 'unreadable lock file' if age > 10 else None  # Else possibly being written now.
+  if record.get('host') == socket.gethostname() and isinstance(record.get('pid'), int):
+    if not _pid_running(record['pid'], record.get('start')):
+      return f'pid {record["pid"]} is not running'
+    return None
+  silent = now - float(record.get('heartbeat', 0))
+  if silent > STALE_AFTER_SECONDS:
+    return f'no heartbeat from host {record.get("host")} for {silent:.0f} s'
+  return None
+
+
+def describe_owner(record: dict | None) -> str:
+  """E.g. 'training by pid 123 on node7 since 2026-01-02 03:04:05 (python -m ...)'."""
+  if record is None:
+    return 'a process (its lock file is being written or unreadable)'
+  since = time.strftime('%Y-%m-%d %H:%M:%S', time.localtime(record.get('since', 0)))
+  return (f'{record.get("what", "a job")} by pid {record.get("pid")} on {record.get("host")} '
+          f'since {since} ({record.get("command", "?")})')
+
+
+# ---------------------------------------------------------------------------------------------
+# Files: local (atomic create) and remote (epath, best effort).
+
+
+def _read(path: str) -> tuple[dict | None, float]:
+  """(record or None, age of the file in seconds); raises FileNotFoundError if absent."""
+  if '://' in path:
+    from etils import epath  # pylint: disable=g-import-not-at-top
+    text = epath.Path(path).read_text()
+    age = 0.0
+  else:
+    with open(path) as f:
+      text = f.read()
+    age = time.time() - os.path.getmtime(path)
+  try:
+    record = json.loads(text)
+  except ValueError:
+    record = None
+  return (record if isinstance(record, dict) else None), age
+
+
+def _create(path: str, record: dict) -> bool:
+  """Writes `record` to `path` if no file is there; returns whether it did."""
+  text = json.dumps(record)
+  if '://' in path:
+    from etils import epath  # pylint: disable=g-import-not-at-top
+    p = epath.Path(path)
+    if p.exists():
+      return False
+    p.write_text(text)
+    return True
+  os.makedirs(os.path.dirname(path) or '.', exist_ok=True)
+  try:
+    fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+  except FileExistsError:
+    return False
+  with os.fdopen(fd, 'w') as f:
+    f.write(text)
+  return True
+
+
+def _rewrite(path: str, record: dict) -> None:
+  text = json.dumps(record)
+  if '://' in path:
+    from etils import epath  # pylint: disable=g-import-not-at-top
+    epath.Path(path).write_text(text)
+    return
+  tmp = f'{path}.{os.getpid()}.tmp'
+  with open(tmp, 'w') as f:
+    f.write(text)
+  os.replace(tmp, path)
+
+
+def _remove(path: str) -> None:
+  if '://' in path:
+    from etils import epath  # pylint: disable=g-import-not-at-top
+    epath.Path(path).unlink(missing_ok=True)
+  else:
+    try:
+      os.remove(path)
+    except FileNotFoundError:
+      pass
+
+
+# ---------------------------------------------------------------------------------------------
+# The lock.
+
+
+@dataclasses.dataclass
+class WorkdirLock:
+  """A held lock; `release()` (or leaving the `with` block) removes the file if this object
+  created it. A process that asks again for a lock it holds gets a handle that releases
+  nothing (`owned=False`), so nested holders (a sweep member and its training) compose."""
+
+  path: str
+  owned: bool
+  record: dict
+  _stop: threading.Event = dataclasses.field(default_factory=threading.Event, repr=False)
+  _thread: threading.Thread | None = dataclasses.field(default=None, repr=False)
+
+  def _beat(self) -> None:
+    while not self._stop.wait(HEARTBEAT_SECONDS):
+      try:
+        current, _ = _read(self.path)
+        if current is None or current.get('token') != self.record['token']:
+          return  # Taken over (judged stale by another host): stop writing it.
+        self.record['heartbeat'] = time.time()
+        _rewrite(self.path, self.record)
+      except OSError as e:
+        logging.warning('Could not refresh the lock %s: %s', self.path, e)
+
+  def _start_heartbeat(self) -> None:
+    self._thread = threading.Thread(target=self._beat, name='workdir-lock-heartbeat',
+                                    daemon=True)
+    self._thread.start()
+
+  def release(self) -> None:
+    if not self.owned:
+      return
+    self._stop.set()
+    if self._thread is not None:
+      self._thread.join(timeout=5)
+    try:
+      current, _ = _read(self.path)
+    except FileNotFoundError:
+      return
+    if current is not None and current.get('token') == self.record['token']:
+      _remove(self.path)
+    self.owned = False
+
+  def __enter__(self) -> 'WorkdirLock':
+    return self
+
+  def __exit__(self, *exc) -> None:
+    self.release()
+
+
+def acquire(workdir: str, name: str = WRITER, what: str = 'training') -> WorkdirLock:
+  """Takes `workdir`'s lock `name` (creating the workdir), replacing a stale one with a warning.
+
+  Raises `WorkdirLockedError` naming the owner and what it does if another live process holds
+  it; `what` is this process's job, as the lock file tells others.
+  """
+  path = lock_path(workdir, name)
+  record = _own_record(uuid.uuid4().hex, what)
+  for _ in range(3):
+    if _create(path, record):
+      lock = WorkdirLock(path, True, record)
+      lock._start_heartbeat()  # pylint: disable=protected-access
+      return lock
+    try:
+      current, age = _read(path)
+    except FileNotFoundError:
+      continue  # Released meanwhile: try again.
+    if current is not None and _is_mine(current):
+      return WorkdirLock(path, False, current)
+    reason = stale_reason(current, age)
+    if reason is None:
+      raise WorkdirLockedError(
+          f'{workdir} is in use: {describe_owner(current)} holds {path}. Wait for it to '
+          f'finish or stop it; if that process is gone, delete {path}.')
+    logging.warning('Replacing the stale lock %s of %s (%s).', path, describe_owner(current),
+                    reason)
+    _remove(path)
+  raise WorkdirLockedError(f'Could not take the lock {path}: other processes keep taking it.')
+
+
+def acquire_for_run(workdir: str, name: str = WRITER, what: str = 'training'
+                    ) -> WorkdirLock | None:
+  """`acquire` for a job of one or several JAX processes: process 0 takes the lock (the
+  others get None) and every process learns whether it could, so that all of them stop
+  together when another run holds it."""
+  import jax  # pylint: disable=g-import-not-at-top
+  import numpy as np  # pylint: disable=g-import-not-at-top
+  lock, error = None, None
+  if jax.process_index() == 0:
+    try:
+      lock = acquire(workdir, name, what)
+    except WorkdirLockedError as e:
+      error = e
+  if jax.process_count() > 1:
+    from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
+    if int(multihost_utils.broadcast_one_to_all(np.int32(error is not None))) and not error:
+      error = WorkdirLockedError(f'{workdir} is in use (see process 0).')
+  if error is not None:
+    raise error
+  return lock
+
+
+def check_not_held_by_other(workdir: str, name: str = WRITER) -> None:
+  """Raises `WorkdirLockedError` if another live process holds `workdir`'s lock `name` (a
+  guard for code about to write there without the lock, e.g. a checkpoint manager that
+  would clean up the owner's saves in flight)."""
+  path = lock_path(workdir, name)
+  try:
+    current, age = _read(path)
+  except (FileNotFoundError, NotADirectoryError):
+    return
+  if (current is not None and _is_mine(current)) or stale_reason(current, age) is not None:
+    return
+  raise WorkdirLockedError(
+      f'{workdir} is being written by {describe_owner(current)} ({path}); open its checkpoints '
+      'read-only (Checkpointer(..., read_only=True)) to read them next to it.')
