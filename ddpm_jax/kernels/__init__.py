@@ -5,8 +5,8 @@ chosen once per run from `config.model.kernels`:
 * 'cpu': the CPU backend, for a single CPU device: convolutions through oneDNN
   (`onednn.py`, when it can be built here; XLA's otherwise) with dense layers over images as
   1x1 convolutions (`conv.py`), the upsampling convolution computed at the low resolution
-  (`upsample.py`), and GroupNorm, swish and dropout fused with a hand-written backward pass
-  (`group_norm.py`).
+  (`upsample.py`), the attention as two plain products (`attention.py`), and GroupNorm,
+  swish and dropout fused with a hand-written backward pass (`group_norm.py`).
 * 'auto' (the default): 'cpu' on a single CPU device in float32, where it measured faster
   (README, "Benchmarks"); 'xla' elsewhere (accelerators, several devices, bfloat16).
 
@@ -17,13 +17,14 @@ from __future__ import annotations
 
 import logging
 
-from ddpm_jax.kernels import conv, group_norm, onednn, upsample
+from ddpm_jax.kernels import attention, conv, group_norm, onednn, upsample
 from ddpm_jax.models.ops import XLA, Ops
 
 KERNELS = ('auto', 'xla', 'cpu')
 
 CPU = Ops(name='cpu', conv_general_dilated=conv.conv_general_dilated,
           dot_general=conv.dot_general, upsample_conv=upsample.upsample_conv,
+          dot_product_attention=attention.dot_product_attention,
           group_norm=group_norm.group_norm)
 
 

@@ -166,7 +166,8 @@ class AttnBlock(nn.Module):
     dtype, ops = self.dtype, self.ops
     h = Normalize(self.num_groups, swish=False, dtype=dtype, ops=ops, name='norm')(x)
     q, k, v = (dense(C, dtype, ops, n)(h).reshape(B, H * W, 1, C) for n in 'qkv')
-    h = jax.nn.dot_product_attention(q, k, v).reshape(B, H, W, C)
+    attention = ops.dot_product_attention or jax.nn.dot_product_attention
+    h = attention(q, k, v).reshape(B, H, W, C)
     h = dense(C, dtype, ops, 'proj_out', zero=True)(h)
     return x + h
 
