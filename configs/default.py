@@ -57,6 +57,9 @@ def get_config() -> ml_collections.ConfigDict:
   optim.warmup_steps = 5000
   optim.grad_clip = 1.0
   optim.ema_decay = 0.9999
+  # EMA warm-up: decay min(ema_decay, (1 + step) / (10 + step)), so that short runs' averages
+  # hold no trace of the random initialisation (off: the paper's CIFAR-10 setting).
+  optim.ema_warmup = False
   optim.adam_eps = 1e-8
   optim.adam_b1 = 0.9
   optim.adam_b2 = 0.999

@@ -65,6 +65,7 @@ def validate(config) -> None:
   _require(o.warmup_steps >= 0, 'optim.warmup_steps', o.warmup_steps, 'an integer >= 0')
   _require(o.grad_clip >= 0, 'optim.grad_clip', o.grad_clip, '>= 0 (0 disables clipping)')
   _require(0.0 <= o.ema_decay < 1.0, 'optim.ema_decay', o.ema_decay, 'a decay in [0, 1)')
+  _require(isinstance(o.ema_warmup, bool), 'optim.ema_warmup', o.ema_warmup, 'True or False')
   _require(t.batch_size >= 1, 'train.batch_size', t.batch_size, 'a positive integer')
   _require(t.num_steps >= 0, 'train.num_steps', t.num_steps, 'an integer >= 0')
   _require(t.log_every >= 1, 'train.log_every', t.log_every, 'an integer >= 1')

@@ -11,7 +11,7 @@ import jax.numpy as jnp
 import optax
 
 from ddpm_jax import diffusion
-from ddpm_jax.optim import ema_update, learning_rate_schedule
+from ddpm_jax.optim import ema_decay_at, ema_update, learning_rate_schedule
 from ddpm_jax.schedules import Schedule
 
 
@@ -179,6 +179,7 @@ def make_train_step(model, tx: optax.GradientTransformation, schedule: Schedule,
   num_classes = int(config.model.get('num_classes', 0))
   label_dropout = float(config.train.get('label_dropout', 0.0))
   ema_decay = config.optim.ema_decay
+  ema_warmup = bool(config.optim.ema_warmup)
   lr_fn = learning_rate_schedule(config.optim)
   grad_accum_steps = int(config.train.get('grad_accum_steps', 1))
   exact = bool(config.train.get('exact_reduction', False))
@@ -225,7 +226,8 @@ def make_train_step(model, tx: optax.GradientTransformation, schedule: Schedule,
     params = optax.apply_updates(state.params, updates)
     new_state = state.replace(
         step=state.step + 1, params=params, opt_state=opt_state,
-        ema_params=ema_update(state.ema_params, params, ema_decay))
+        ema_params=ema_update(state.ema_params, params,
+                               ema_decay_at(state.step, ema_decay, ema_warmup)))
     if importance_sampling:
       new_state = new_state.replace(loss_history=diffusion.update_loss_history(
           state.loss_history, t, jax.lax.stop_gradient(terms['loss'])))

@@ -68,3 +68,24 @@ def test_ema_update_closed_form():
   ema, params = {'w': jnp.array([1.0, 2.0])}, {'w': jnp.array([3.0, -2.0])}
   out = optim.ema_update(ema, params, 0.75)
   np.testing.assert_allclose(out['w'], 0.75 * ema['w'] + 0.25 * params['w'], rtol=1e-7)
+
+
+def test_ema_decay_warmup_closed_form():
+  # Without warm-up the decay is constant; with it, min(decay, (1 + s) / (10 + s)).
+  assert optim.ema_decay_at(0, 0.999, False) == 0.999
+  got = [float(optim.ema_decay_at(s, 0.999, True)) for s in (0, 1, 90, 10_000)]
+  np.testing.assert_allclose(got, [0.1, 2 / 11, 91 / 100, 0.999], rtol=1e-6)
+
+
+def test_ema_warmup_forgets_the_initialisation():
+  # EMA started at the initial value 1 while the parameter stays at 0: what remains of the
+  # initialisation after n updates is the product of the decays, prod (1 + s) / (10 + s) with
+  # warm-up (9! n! / (n + 9)!), decay^n without.
+  ema_plain = ema_warm = jnp.ones(())
+  for s in range(30):
+    ema_plain = optim.ema_update(ema_plain, jnp.zeros(()), optim.ema_decay_at(s, 0.995, False))
+    ema_warm = optim.ema_update(ema_warm, jnp.zeros(()), optim.ema_decay_at(s, 0.995, True))
+  np.testing.assert_allclose(float(ema_warm), np.prod([(1 + s) / (10 + s) for s in range(30)]),
+                             rtol=1e-4)
+  np.testing.assert_allclose(float(ema_plain), 0.995**30, rtol=1e-5)
+  assert float(ema_warm) < 1e-7 < 0.8 < float(ema_plain)
