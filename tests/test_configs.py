@@ -18,6 +18,7 @@ EXPECTED = {
     'lsun_cat256': 113_673_219,
     'flowers102': 63_151_235,
     'fashion_mnist': 1_112_801,
+    'fashion_mnist_long': 1_112_801,  # The quickstart's network, trained longer.
     'fashion_mnist_cond': 1_114_209,  # + the label embedding, 11 rows (10 + null) x 4 ch.
 }
 
