@@ -4,7 +4,10 @@
       [--save_stats=OUT.npz] [--features=inception|fmnist]
 
 SAMPLES: an `.npz` whose `arr_0` holds uint8 (N, H, W, C) images (what `--mode=sample` writes,
-the improved-diffusion / ADM evaluator's layout) or a folder of images.
+the improved-diffusion / ADM evaluator's layout), a folder of images, or a dataset and split
+`NAME:SPLIT` at `--image_size` (real data against real data: the floor a model's samples can
+reach, e.g. `fashion_mnist:test fashion_mnist:train --features=fmnist --num_samples=1000`).
+`--num_samples=N` keeps the first N images of SAMPLES (all by default).
 REFERENCE: an `.npz` of images (`arr_0`), a statistics file (`mu`, `sigma`, as pytorch-fid's
 `--save-stats` and `--save_stats` here write them), a folder of images, or a dataset and split
 `NAME:SPLIT` (e.g. `cifar10:train`, read as training reads it, at the samples' size;
@@ -42,6 +45,8 @@ def _define_flags() -> None:
   flags.DEFINE_string('save_stats', '', 'Write the reference statistics (mu, sigma) here.')
   flags.DEFINE_string('data_dir', '', 'Where a dataset REFERENCE is (config.data.data_dir).')
   flags.DEFINE_integer('reference_examples', 50_000, 'Images of a dataset REFERENCE to use.')
+  flags.DEFINE_integer('num_samples', 0, 'Use the first N images of SAMPLES (0: all).')
+  flags.DEFINE_integer('image_size', 32, 'Side of the images of a dataset SAMPLES (NAME:SPLIT).')
   flags.DEFINE_integer('batch_size', 100, 'Images per Inception call.')
   flags.DEFINE_integer('is_splits', 10, 'Inception Score splits (10 as the original code).')
 
@@ -86,12 +91,41 @@ def _folder(path: str, size: int | None, channels: int) -> np.ndarray:
     raise InputError(f'{path}: {e}') from None
 
 
-def load_samples(path: str, channels: int) -> tuple[np.ndarray, str]:
-  """SAMPLES as uint8 (N, H, W, C) and a description."""
+def _dataset(spec: str, what: str, size: int, channels: int, data_dir: str,
+             max_examples: int) -> tuple[np.ndarray, str]:
+  """The first `max_examples` images of the dataset split `NAME:SPLIT`, as training reads them."""
+  name, _, split = spec.partition(':')
+  from ddpm_jax import input_pipeline  # pylint: disable=g-import-not-at-top
+  from ml_collections import ConfigDict  # pylint: disable=g-import-not-at-top
+  cfg = ConfigDict(dict(dataset=name, data_dir=data_dir, image_size=size, channels=channels))
+  try:
+    images = input_pipeline.load_split(cfg, split or 'train', max_examples=max_examples)
+  except (input_pipeline.DatasetError, ValueError) as e:
+    raise InputError(f'{what} {spec} is not a file or folder, and as a dataset NAME:SPLIT: '
+                     + ' '.join(str(e).split())) from None
+  return _check_images(images, spec), f'{name}/{split or "train"} ({len(images)} images)'
+
+
+def load_samples(path: str, channels: int, num: int = 0, size: int = 32,
+                 data_dir: str = '') -> tuple[np.ndarray, str]:
+  """SAMPLES as uint8 (N, H, W, C) and a description; the first `num` images when num > 0."""
+  images, desc = _load_samples(path, channels, num, size, data_dir)
+  if num > 0:
+    if len(images) < num:
+      raise InputError(f'SAMPLES {path} holds {len(images)} images, fewer than '
+                       f'--num_samples={num}.')
+    images, desc = images[:num], f'{desc}, the first {num}'
+  return images, desc
+
+
+def _load_samples(path, channels, num, size, data_dir):
   if os.path.isdir(path):
     return _check_images(_folder(path, None, channels), path), f'folder {path}'
   if not os.path.isfile(path):
-    raise InputError(f'SAMPLES {path} is neither an .npz file nor a folder of images.')
+    if ':' in path:
+      return _dataset(path, 'SAMPLES', size, channels, data_dir, num or 10**9)
+    raise InputError(f'SAMPLES {path} is neither an .npz file, a folder of images nor a '
+                     'dataset NAME:SPLIT.')
   arrays = _npz(path)
   if 'arr_0' not in arrays:
     raise InputError(f'{path} has no arr_0 (the images); it is not a samples .npz.')
@@ -110,16 +144,7 @@ def load_reference(spec: str, size: int, channels: int, data_dir: str = '',
     if 'mu' in arrays and 'sigma' in arrays:
       return (arrays['mu'], arrays['sigma']), f'statistics {spec}'
     raise InputError(f'{spec} holds neither images (arr_0) nor statistics (mu, sigma).')
-  name, _, split = spec.partition(':')
-  from ddpm_jax import input_pipeline  # pylint: disable=g-import-not-at-top
-  from ml_collections import ConfigDict  # pylint: disable=g-import-not-at-top
-  cfg = ConfigDict(dict(dataset=name, data_dir=data_dir, image_size=size, channels=channels))
-  try:
-    images = input_pipeline.load_split(cfg, split or 'train', max_examples=max_examples)
-  except (input_pipeline.DatasetError, ValueError) as e:
-    raise InputError(f'REFERENCE {spec} is not a file or folder, and as a dataset NAME:SPLIT: '
-                     + ' '.join(str(e).split())) from None
-  return _check_images(images, spec), f'{name}/{split or "train"} ({len(images)} images)'
+  return _dataset(spec, 'REFERENCE', size, channels, data_dir, max_examples)
 
 
 class _Features:
@@ -162,12 +187,13 @@ class _Features:
 def evaluate(samples: str, reference: str, features: str = 'inception',
              inception_weights: str = '', save_stats: str = '', data_dir: str = '',
              reference_examples: int = 50_000, batch_size: int = 100,
-             is_splits: int = 10) -> tuple[dict, str]:
+             is_splits: int = 10, num_samples: int = 0,
+             image_size: int = 32) -> tuple[dict, str]:
   """The metrics of SAMPLES against REFERENCE (see the module docstring) and the protocol
   line. Every input is checked before features are computed."""
   from ddpm_jax.metrics import image_metrics  # pylint: disable=g-import-not-at-top
   net = _Features(features, inception_weights, batch_size)
-  images, sample_desc = load_samples(samples, net.channels)
+  images, sample_desc = load_samples(samples, net.channels, num_samples, image_size, data_dir)
   ref, ref_desc = load_reference(reference, images.shape[1], net.channels, data_dir,
                                  reference_examples)
   if isinstance(ref, tuple) and np.shape(ref[0]) != (net.dim,):
@@ -214,7 +240,8 @@ def main(argv):
   runtime.setup('inference')
   result, protocol = evaluate(argv[1], argv[2], FLAGS.features, FLAGS.inception_weights,
                               FLAGS.save_stats, FLAGS.data_dir, FLAGS.reference_examples,
-                              FLAGS.batch_size, FLAGS.is_splits)
+                              FLAGS.batch_size, FLAGS.is_splits, FLAGS.num_samples,
+                              FLAGS.image_size)
   print(_format(result))
   print(protocol)
   if FLAGS.save_stats:

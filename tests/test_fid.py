@@ -64,6 +64,28 @@ def test_npz_folder_and_statistics_give_the_same_fd_fmnist(tmp_path):
   assert data['fd_fmnist'] > 1
 
 
+def test_a_dataset_split_as_samples_is_real_datas_floor(tmp_path):
+  # The first 48 test images as SAMPLES, read as training reads them: the same distance as
+  # their pixels written to an .npz.
+  from ddpm_jax import input_pipeline  # pylint: disable=g-import-not-at-top
+  from ml_collections import ConfigDict  # pylint: disable=g-import-not-at-top
+  test = input_pipeline.load_split(
+      ConfigDict(dict(dataset='fashion_mnist', data_dir='', image_size=32, channels=1)), 'test',
+      max_examples=48)
+  npz = images.save_npz(str(tmp_path / 'test48.npz'), test)
+  ref = images.save_npz(str(tmp_path / 'ref.npz'), _images(2, 40))
+  got, protocol = fid.evaluate('fashion_mnist:test', ref, features='fmnist', num_samples=48)
+  want, _ = fid.evaluate(npz, ref, features='fmnist')
+  assert got == want and got['num_samples'] == 48
+  assert 'samples: 48 uint8 images from fashion_mnist/test (48 images)' in protocol
+  first, protocol = fid.evaluate(npz, ref, features='fmnist', num_samples=20)
+  assert first['num_samples'] == 20 and 'the first 20' in protocol
+  with pytest.raises(fid.InputError, match='holds 48 images, fewer than --num_samples=49'):
+    fid.evaluate(npz, ref, features='fmnist', num_samples=49)
+  with pytest.raises(fid.InputError, match='SAMPLES no_such:test is not a file or folder'):
+    fid.evaluate('no_such:test', ref, features='fmnist')
+
+
 def test_inception_metrics_with_random_weights(tmp_path, random_variables, monkeypatch):
   # The Fréchet distance of 2048-d statistics costs ~40 s of scipy's sqrtm here; its maths is
   # tested in test_image_metrics.py. Here: that it gets the right statistics.
@@ -116,4 +138,4 @@ def test_command_line(tmp_path):
   assert out.stderr.strip().splitlines()[-1].startswith(
       'error: FID needs the FID Inception-v3 weights (none given)')
   out = _cli(str(tmp_path / 'missing.npz'), ref, '--features=fmnist')
-  assert out.returncode == 1 and 'neither an .npz file nor a folder' in out.stderr
+  assert out.returncode == 1 and 'is neither an .npz file, a folder of images nor a dataset' in out.stderr
