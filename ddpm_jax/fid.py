@@ -110,7 +110,7 @@ def load_samples(path: str, channels: int, num: int = 0, size: int = 32,
                  data_dir: str = '') -> tuple[np.ndarray, str]:
   """SAMPLES as uint8 (N, H, W, C) and a description; the first `num` images when num > 0."""
   images, desc = _load_samples(path, channels, num, size, data_dir)
-  if num > 0:
+  if num > 0 and len(images) != num:
     if len(images) < num:
       raise InputError(f'SAMPLES {path} holds {len(images)} images, fewer than '
                        f'--num_samples={num}.')
