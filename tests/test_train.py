@@ -52,7 +52,8 @@ def test_uninterrupted_run_writes_checkpoints_logs_and_samples(uninterrupted):
   from PIL import Image
   (png,) = summary['samples']
   img = np.asarray(Image.open(png))
-  assert img.shape == (2 + 2 * (8 + 2), 2 + 2 * (8 + 2))  # 4 grey 8x8 samples, 2x2 grid.
+  # 4 grey 8x8 samples, 2x2 grid (22 px), written 8x larger (images.upscale's cap).
+  assert img.shape == (8 * (2 + 2 * (8 + 2)), 8 * (2 + 2 * (8 + 2)))
   json.load(open(os.path.join(workdir, 'config.json')))
 
 
