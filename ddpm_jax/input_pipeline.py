@@ -712,13 +712,9 @@ class TrainIterator(Iterator[np.ndarray]):
                num_workers: Optional[int] = None, prefetch: Optional[int] = None,
                num_classes: int = 0):
     _check_sharding(global_batch_size, process_index, process_count)
-    if int(num_classes) < 0:
-      raise ValueError(f'num_classes must be >= 0, got {num_classes}.')
     self.num_classes = int(num_classes)
     if self.num_classes and isinstance(source, ArraySource) and source.labels is None:
       raise DatasetError(_NO_LABELS)
-    if int(seed) < 0:
-      raise ValueError(f'seed must be >= 0, got {seed}.')
     if int(start_step) < 0:
       raise ValueError(f'start_step must be >= 0, got {start_step}.')
     if len(source) == 0:
