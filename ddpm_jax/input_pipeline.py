@@ -58,7 +58,7 @@ import tempfile
 import threading
 import urllib.request
 import zlib
-from typing import Any, Iterator, Optional
+from typing import Iterator, Optional
 
 import numpy as np
 from PIL import Image
@@ -144,11 +144,6 @@ class DatasetError(UserError, RuntimeError):
 _NO_LABELS = ('config.model.num_classes > 0 (a class-conditional model) needs a dataset with '
               'labels, and this one has none (an image folder, celeb_a_hq, lsun): set '
               'config.model.num_classes=0.')
-
-
-def _cfg(data_config, name: str, default: Any) -> Any:
-  value = getattr(data_config, name, default)
-  return default if value is None else value
 
 
 # --------------------------------------------------------------------------------------------
@@ -652,11 +647,9 @@ def _split_parts(split: str) -> list[str]:
 
 def open_source(data_config, split: Optional[str] = None):
   """The random-access source of `config.data` for `split` (default `config.data.split`)."""
-  dataset = _cfg(data_config, 'dataset', 'cifar10')
-  image_size = int(_cfg(data_config, 'image_size', 32))
-  channels = int(_cfg(data_config, 'channels', 3))
-  data_dir = str(_cfg(data_config, 'data_dir', '') or '')
-  split = split or _cfg(data_config, 'split', 'train') or 'train'
+  dataset, image_size, channels = data_config.dataset, data_config.image_size, data_config.channels
+  data_dir = data_config.data_dir
+  split = split or data_config.split
   kind, tfds_name = _resolve(dataset, image_size)
   if kind == 'tfds':
     return TfdsSource(dataset, tfds_name, split, data_dir)
@@ -891,20 +884,18 @@ def create_train_iterator(data_config, global_batch_size: int, seed: int, start_
   before anything else."""
   _check_sharding(global_batch_size, process_index, process_count)
   if source is None:
-    source = open_source(data_config, _cfg(data_config, 'split', 'train') or 'train')
+    source = open_source(data_config)
   return TrainIterator(
       source, global_batch_size=global_batch_size, seed=seed,
-      image_size=int(_cfg(data_config, 'image_size', 32)),
-      channels=int(_cfg(data_config, 'channels', 3)),
-      random_flip=bool(_cfg(data_config, 'random_flip', True)), start_step=start_step,
+      image_size=data_config.image_size, channels=data_config.channels,
+      random_flip=data_config.random_flip, start_step=start_step,
       process_index=process_index, process_count=process_count, num_classes=num_classes)
 
 
 def load_split(data_config, split: str, max_examples: Optional[int] = None) -> np.ndarray:
   """The first `max_examples` (all if None) images of `split` in dataset order, preprocessed
   (channels, crop, resize / pad; no flip): uint8 (N, S, S, C)."""
-  image_size = int(_cfg(data_config, 'image_size', 32))
-  channels = int(_cfg(data_config, 'channels', 3))
+  image_size, channels = data_config.image_size, data_config.channels
   source = open_source(data_config, split)
   n = len(source) if max_examples is None else max(0, min(int(max_examples), len(source)))
   if isinstance(source, ArraySource):
@@ -923,11 +914,8 @@ def load_split(data_config, split: str, max_examples: Optional[int] = None) -> n
 def dataset_info(data_config) -> dict:
   """Cheap facts about `config.data` (its `split`): {'dataset', 'split', 'num_examples',
   'image_shape' (S, S, C) after preprocessing, 'source' (where the data is read from)}."""
-  dataset = _cfg(data_config, 'dataset', 'cifar10')
-  image_size = int(_cfg(data_config, 'image_size', 32))
-  channels = int(_cfg(data_config, 'channels', 3))
-  data_dir = str(_cfg(data_config, 'data_dir', '') or '')
-  split = _cfg(data_config, 'split', 'train') or 'train'
+  dataset, image_size, channels = data_config.dataset, data_config.image_size, data_config.channels
+  data_dir, split = data_config.data_dir, data_config.split
   kind, tfds_name = _resolve(dataset, image_size)
   if kind == 'fashion_mnist' and not (
       data_dir and (pathlib.Path(data_dir).expanduser() / 'fashion_mnist').is_dir()):
