@@ -9,7 +9,6 @@ Public API (the training loop and the evaluation code depend on these names):
   class-conditional model) each batch is a dict `{'image': ..., 'label': int32 (B,)}`.
 * `load_split(data_config, split, max_examples=None)` -> uint8 `(N, H, W, C)` preprocessed
   images (crop / resize / pad and channel conversion, no flip), in dataset order.
-* `dataset_info(data_config)` -> dict with `num_examples` and `image_shape` (cheap).
 
 Data sources (random access: `len(source)` and `source[i] -> (uint8 HWC image, int label or
 None)`), chosen by `config.data.dataset`:
@@ -77,7 +76,6 @@ __all__ = [
     'check_dataset_name',
     'convert_channels',
     'create_train_iterator',
-    'dataset_info',
     'find_fashion_mnist_dir',
     'flip_images',
     'flip_mask',
@@ -302,14 +300,14 @@ _IDX_DTYPES = {0x08: np.dtype(np.uint8), 0x09: np.dtype(np.int8), 0x0B: np.dtype
                0x0C: np.dtype('>i4'), 0x0D: np.dtype('>f4'), 0x0E: np.dtype('>f8')}
 
 
-def _read_maybe_gzip(path: pathlib.Path, max_bytes: int = -1) -> bytes:
+def _read_maybe_gzip(path: pathlib.Path) -> bytes:
   with open(path, 'rb') as f:
     magic = f.read(2)
     f.seek(0)
     if magic == b'\x1f\x8b':
       with gzip.GzipFile(fileobj=f) as g:
-        return g.read(max_bytes)
-    return f.read(max_bytes)
+        return g.read()
+    return f.read()
 
 
 def _idx_header(raw: bytes, path) -> tuple[np.dtype, tuple[int, ...], int]:
@@ -439,17 +437,6 @@ def load_fashion_mnist(directory, split: str) -> tuple[np.ndarray, np.ndarray]:
       labels.setflags(write=False)
       _FMNIST_CACHE[key] = (images[..., None], labels)
     return _FMNIST_CACHE[key]
-
-
-def _fashion_mnist_num_examples(directory: pathlib.Path, split: str) -> int:
-  """From the label file's header only (cheap)."""
-  stem = _FASHION_MNIST_SPLITS[split][1]
-  path = _idx_file(directory, stem)
-  try:
-    raw = _read_maybe_gzip(path, 8)
-  except (OSError, EOFError, zlib.error, TypeError) as e:
-    raise DatasetError(f'Cannot read {path or directory / stem}: {e}.') from None
-  return _idx_header(raw, path)[1][0]
 
 
 # --------------------------------------------------------------------------------------------
@@ -742,10 +729,6 @@ class TrainIterator(Iterator[np.ndarray]):
     """The step whose batch `next()` returns next."""
     return self._next_step
 
-  @property
-  def batch_shape(self) -> tuple[int, int, int, int]:
-    return (self.local_batch_size, self.image_size, self.image_size, self.channels)
-
   def permutation(self, epoch: int) -> np.ndarray:
     """The order (dataset indices) in which epoch `epoch` visits the dataset."""
     with self._perm_lock:
@@ -808,10 +791,6 @@ class TrainIterator(Iterator[np.ndarray]):
           f'Label {int(labels[bad][0])} is outside [0, {self.num_classes}): set '
           f'config.model.num_classes to the number of classes of the dataset.')
     return labels.astype(np.int32)
-
-  def get_uint8_batch(self, step: int) -> np.ndarray:
-    """This process's batch `step` as uint8 (B / P, S, S, C), flips applied."""
-    return self._uint8_and_labels(step)[0]
 
   def get_batch(self, step: int):
     """This process's batch `step`: float32 (B / P, S, S, C) in [-1, 1]; for a
@@ -909,26 +888,3 @@ def load_split(data_config, split: str, max_examples: Optional[int] = None) -> n
     for _ in ex.map(work, range(n), chunksize=64):
       pass
   return out
-
-
-def dataset_info(data_config) -> dict:
-  """Cheap facts about `config.data` (its `split`): {'dataset', 'split', 'num_examples',
-  'image_shape' (S, S, C) after preprocessing, 'source' (where the data is read from)}."""
-  dataset, image_size, channels = data_config.dataset, data_config.image_size, data_config.channels
-  data_dir, split = data_config.data_dir, data_config.split
-  kind, tfds_name = _resolve(dataset, image_size)
-  if kind == 'fashion_mnist' and not (
-      data_dir and (pathlib.Path(data_dir).expanduser() / 'fashion_mnist').is_dir()):
-    directory = find_fashion_mnist_dir(data_dir)
-    parts = _split_parts(split)
-    for s in parts:
-      if s not in _FASHION_MNIST_SPLITS:
-        raise DatasetError(f"Fashion-MNIST has splits 'train' and 'test', not {s!r}.")
-    num, where = sum(_fashion_mnist_num_examples(directory, s) for s in parts), str(directory)
-  else:
-    source = open_source(data_config, split)
-    num = len(source)
-    where = (str(source.root) if isinstance(source, FolderSource) else
-             f'tfds:{tfds_name}' if kind == 'tfds' else 'tfds:fashion_mnist')
-  return {'dataset': dataset, 'split': split, 'num_examples': int(num),
-          'image_shape': (image_size, image_size, channels), 'source': where}
