@@ -14,6 +14,7 @@ from ddpm_jax import fid, images
 from ddpm_jax.metrics import fmnist_classifier as fc
 from ddpm_jax.metrics import image_metrics, inception
 from test_inception import random_variables  # pylint: disable=unused-import  (a fixture)
+from torch_pickle_writer import flax_to_torch_state_dict
 
 
 def _images(seed, n, size=32, channels=1):
@@ -93,7 +94,7 @@ def test_inception_metrics_with_random_weights(tmp_path, random_variables, monke
   monkeypatch.setattr(image_metrics, 'frechet_distance',
                       lambda *args: calls.append(args) or 12.5)
   weights = str(tmp_path / 'inception.npz')
-  np.savez(weights, **inception.flax_to_torch_state_dict(random_variables))
+  np.savez(weights, **flax_to_torch_state_dict(random_variables))
   samples, reference = _images(2, 4, channels=3), _images(3, 3, channels=3)
   npz = images.save_npz(str(tmp_path / 's.npz'), samples)
   ref = images.save_npz(str(tmp_path / 'r.npz'), reference)
