@@ -45,9 +45,19 @@ def save_png(path: str, image: np.ndarray) -> str:
   return path
 
 
+GRID_MIN_WIDTH = 512  # Pixels: a grid of 32x32 images is shown at a size a person can see.
+
+
+def upscale(image: np.ndarray, min_width: int = GRID_MIN_WIDTH, max_factor: int = 8) -> np.ndarray:
+  """`image` (H, W, C) repeated k times along both axes (nearest neighbour, pixels stay sharp
+  squares), with the smallest integer k <= max_factor that makes it at least `min_width` wide."""
+  factor = min(max_factor, max(1, math.ceil(min_width / image.shape[1])))
+  return image if factor == 1 else image.repeat(factor, axis=0).repeat(factor, axis=1)
+
+
 def save_grid(path: str, images_uint8: np.ndarray, ncols: int | None = None) -> str:
-  """`make_grid` then `save_png`."""
-  return save_png(path, make_grid(images_uint8, ncols))
+  """`make_grid`, `upscale` to at least GRID_MIN_WIDTH pixels wide, then `save_png`."""
+  return save_png(path, upscale(make_grid(images_uint8, ncols)))
 
 
 def save_npz(path: str, images_uint8: np.ndarray, labels=None, **extra) -> str:

@@ -127,7 +127,8 @@ def _sample_grid(experiment, sample_fn, state, step: int, workdir: str, writer) 
     return None
   grid = images.make_grid(x)
   writer.write_image(step, 'samples_ema', grid)
-  return images.save_png(os.path.join(workdir, 'samples', f'train_step{step:08d}.png'), grid)
+  return images.save_png(os.path.join(workdir, 'samples', f'train_step{step:08d}.png'),
+                         images.upscale(grid))
 
 
 def train_and_evaluate(config, workdir: str, experiment: Experiment | None = None,
