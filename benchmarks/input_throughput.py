@@ -25,7 +25,7 @@ FLAGS = flags.FLAGS
 def main(argv):
   del argv
   import numpy as np
-  from ddpm_jax import input_pipeline
+  from ddpm_jax import config_checks, input_pipeline
 
   if FLAGS.synthetic:
     rng = np.random.default_rng(0)
@@ -37,6 +37,7 @@ def main(argv):
     what = f'synthetic {FLAGS.synthetic}x{FLAGS.image_size}x{FLAGS.image_size}x{FLAGS.channels}'
   else:
     config = common.load_config(FLAGS.config)
+    config_checks.validate(config)
     t0 = time.perf_counter()
     it = input_pipeline.create_train_iterator(config.data, FLAGS.batch, seed=0)
     next(it)

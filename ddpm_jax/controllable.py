@@ -147,6 +147,7 @@ def replacement_sample(schedule: Schedule, denoise_fn, known, project: Projector
   draws its noise from fold_in(key, k). `step_kwargs` go to `reverse_step` (eta, var_type,
   mean_type, clip_denoised, timesteps). Returns x_0, whose known part is P `known`.
   """
+  # `step_kwargs` are optional keyword arguments: absent ones take reverse_step's defaults.
   samplers._check_mean_type(step_kwargs.get('mean_type', 'eps'),  # pylint: disable=protected-access
                             step_kwargs.get('timesteps'))
   known = jnp.asarray(known, jnp.float32)

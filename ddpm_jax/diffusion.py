@@ -127,26 +127,6 @@ def model_output_to_x0(schedule: Schedule, mean_out, xt, t, mean_type: str):
   return predict_x0_from_mu(schedule, xt, t, mean_out)
 
 
-def x0_to_model_output(schedule: Schedule, x0, xt, t, mean_type: str):
-  """The output of parameterisation `mean_type` that corresponds to x_0, given x_t: the
-  inverse of `model_output_to_x0`."""
-  _check(mean_type, MEAN_TYPES, 'mean_type')
-  if mean_type == 'x0':
-    return x0
-  if mean_type == 'mu':
-    return q_posterior_mean_variance(schedule, x0, xt, t)[0]
-  eps = predict_eps_from_x0(schedule, xt, t, x0)
-  return eps if mean_type == 'eps' else v_from_x0_eps(schedule, x0, eps, t)
-
-
-def convert_model_output(schedule: Schedule, mean_out, xt, t, from_type: str, to_type: str):
-  """Re-express a mean output of parameterisation `from_type` as `to_type` (x0/eps/v/mu)."""
-  if from_type == to_type:
-    return mean_out
-  return x0_to_model_output(schedule, model_output_to_x0(schedule, mean_out, xt, t, from_type),
-                            xt, t, to_type)
-
-
 def mean_target(schedule: Schedule, x0, xt, t, noise, mean_type: str):
   """Regression target of the mean output for a training example (x_0, eps, x_t = eq. 4):
   eps (eq. 14), x_0, v = sqrt(alphabar) eps - sqrt(1 - alphabar) x_0 (S&H), or the posterior
@@ -316,15 +296,13 @@ def prior_bpd(schedule: Schedule, x0):
 # Training objectives.
 
 
-def simple_loss(model_output, x0, noise, mean_type: str = 'eps'):
-  """L_simple of eq. 14, per example: || eps - eps_theta(x_t, t) ||^2 averaged over pixels.
-
-  With `mean_type='x0'` the network predicts x_0 and the target is x_0 instead (the paper's
-  Table 2 alternative). Returns shape (B,). (`training_losses` covers every mean type.)
-  """
-  _check(mean_type, ('eps', 'x0'), 'mean_type for simple_loss')
-  target = noise if mean_type == 'eps' else x0
-  return mean_flat(jnp.square(model_output.astype(jnp.float32) - target))
+def simple_loss(schedule: Schedule, mean_out, x0, xt, t, noise, mean_type: str = 'eps'):
+  """L_simple of eq. 14, per example: || eps - eps_theta(x_t, t) ||^2 averaged over pixels,
+  for every parameterisation: the squared error of the mean output against its
+  `mean_target` (x_0 for 'x0', the paper's Table 2 alternative; v; the posterior mean for
+  'mu'). Returns shape (B,)."""
+  target = mean_target(schedule, x0, xt, t, noise, mean_type)
+  return mean_flat(jnp.square(mean_out.astype(jnp.float32) - target))
 
 
 def min_snr_weight(schedule: Schedule, t, mean_type: str, gamma: float):
@@ -362,8 +340,7 @@ def training_losses(schedule: Schedule, model_output, x0, xt, t, noise, *,
   mean_out, var_out = split_model_output(model_output.astype(jnp.float32), var_type)
   out = {}
   if loss_type in ('mse', 'hybrid'):
-    target = mean_target(schedule, x0, xt, t, noise, mean_type)
-    mse = mean_flat(jnp.square(mean_out - target))
+    mse = simple_loss(schedule, mean_out, x0, xt, t, noise, mean_type)
     if min_snr_gamma > 0:
       mse = mse * min_snr_weight(schedule, t, mean_type, min_snr_gamma)
     out['mse'] = mse

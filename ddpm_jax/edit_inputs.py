@@ -157,9 +157,9 @@ def load_images(config, num: int) -> np.ndarray:
   `config.sample.input_dir` (sorted; fewer if it holds fewer), or of the dataset's
   `config.sample.data_split` when it is empty."""
   d, s = config.data, config.sample
-  folder = s.get('input_dir', '')
+  folder = s.input_dir
   if not folder:
-    source = input_pipeline.open_source(d, s.get('data_split', 'test'))
+    source = input_pipeline.open_source(d, s.data_split)
     if len(source) < num:
       raise InputError(f'The {s.data_split!r} split has {len(source)} images; {num} are '
                        'needed (config.sample.num).')
@@ -172,5 +172,5 @@ def load_images(config, num: int) -> np.ndarray:
   if not files:
     raise InputError(f'No images ({", ".join(input_pipeline.IMAGE_EXTENSIONS)}) in {path} '
                      '(config.sample.input_dir).')
-  allow_grey = s.get('mode', 'grid') == 'colorize'
+  allow_grey = s.mode == 'colorize'
   return np.stack([read_image(f, d.image_size, d.channels, allow_grey) for f in files])

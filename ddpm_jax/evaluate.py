@@ -36,8 +36,7 @@ CSV_FIELDS = ('step', 'bpd', 'prior_bpd', 'decoder_bpd', 'kl_terms_bpd', 'bpd_ex
 
 def _sampler_desc(config) -> tuple[str, int]:
   s = config.sample
-  steps = s.get('steps', 0) or config.diffusion.num_timesteps
-  return s.get('sampler', 'ancestral'), int(steps)
+  return s.sampler, int(s.steps or config.diffusion.num_timesteps)
 
 
 def load_inception_weights(path: str):

@@ -36,12 +36,12 @@ class Experiment:
   def from_config(cls, config, mesh=None) -> 'Experiment':
     config_checks.validate(config)
     if mesh is None:
-      mesh = sharding.make_mesh(mesh_shape=config.train.get('mesh_shape', (-1, 1)))
+      mesh = sharding.make_mesh(mesh_shape=config.train.mesh_shape)
     try:
-      model = create_model(config, ops=kernels.from_config(config, mesh))
-    except ValueError as e:  # Its checks name the config key.
+      ops = kernels.from_config(config, mesh)
+    except ValueError as e:  # 'cpu' kernels on other devices: names the config key.
       raise ConfigError(str(e)) from e
-    return cls(config=config, model=model,
+    return cls(config=config, model=create_model(config, ops=ops),
                schedule=schedule_from_config(config.diffusion),
                tx=make_optimizer(config.optim), mesh=mesh)
 
@@ -52,7 +52,7 @@ class Experiment:
 
   def _init_fn(self):
     f = self.config.diffusion
-    history = f.num_timesteps if f.get('importance_sampling', False) else 0
+    history = f.num_timesteps if f.importance_sampling else 0
     return functools.partial(init_train_state, self.model, self.tx, image_shape=self.image_shape,
                              loss_history_timesteps=history)
 
@@ -102,12 +102,12 @@ class Experiment:
 
   def _mesh_for_step(self):
     """The mesh, which `config.train.exact_reduction` needs (and which must not split
-    parameters over `fsdp` then)."""
-    if not self.config.train.get('exact_reduction', False):
+    parameters over `fsdp` then: the config's mesh_shape is checked, this is the mesh given)."""
+    if not self.config.train.exact_reduction:
       return None
     if sharding.fsdp_size(self.mesh) > 1:
-      raise ValueError('config.train.exact_reduction=True needs replicated parameters: use '
-                       "config.train.mesh_shape=(-1, 1) (no 'fsdp' axis).")
+      raise ValueError('config.train.exact_reduction=True needs replicated parameters: this '
+                       "mesh splits them over an 'fsdp' axis.")
     return self.mesh
 
   def jitted_train_steps(self, num_steps: int):

@@ -51,9 +51,9 @@ def export(config, workdir: str, out: str, step: int | None = None, params: str 
   from ddpm_jax.checkpointing import Checkpointer
   from ddpm_jax.experiment import Experiment
   from ddpm_jax.interop import diffusers, diffusers_config
+  experiment = Experiment.from_config(config, mesh=sharding.make_mesh())  # Validates config.
   diffusers_config.unet_config(config)  # What diffusers cannot express fails here, first.
   diffusers_config.scheduler_config(config)
-  experiment = Experiment.from_config(config, mesh=sharding.make_mesh())
   checkpointer = Checkpointer(workdir, max_to_keep=None, async_save=False, read_only=True,
                               config=config)
   try:

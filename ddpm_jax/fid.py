@@ -74,18 +74,25 @@ def _check_images(images: np.ndarray, what: str) -> np.ndarray:
   return images
 
 
+def _data_config(**fields):
+  """The default `config.data` with `fields` set: data read as training reads it."""
+  from configs import default  # pylint: disable=g-import-not-at-top
+  data = default.get_config().data
+  data.update(fields)
+  return data
+
+
 def _folder(path: str, size: int | None, channels: int) -> np.ndarray:
   """Every image under `path` (recursive), preprocessed as training data to `size` (default:
   the first image's side)."""
   from ddpm_jax import input_pipeline  # pylint: disable=g-import-not-at-top
-  from ml_collections import ConfigDict  # pylint: disable=g-import-not-at-top
   try:
     if size is None:
       first = input_pipeline.FolderSource(path, channels)[0][0]
       size = min(first.shape[:2])
     # data_dir/split names the folder itself (split = its name, see input_pipeline.open_source).
     parent, name = os.path.split(os.path.abspath(path))
-    cfg = ConfigDict(dict(dataset='folder', data_dir=parent, image_size=size, channels=channels))
+    cfg = _data_config(dataset='folder', data_dir=parent, image_size=size, channels=channels)
     return input_pipeline.load_split(cfg, name)
   except input_pipeline.DatasetError as e:
     raise InputError(f'{path}: {e}') from None
@@ -96,8 +103,7 @@ def _dataset(spec: str, what: str, size: int, channels: int, data_dir: str,
   """The first `max_examples` images of the dataset split `NAME:SPLIT`, as training reads them."""
   name, _, split = spec.partition(':')
   from ddpm_jax import input_pipeline  # pylint: disable=g-import-not-at-top
-  from ml_collections import ConfigDict  # pylint: disable=g-import-not-at-top
-  cfg = ConfigDict(dict(dataset=name, data_dir=data_dir, image_size=size, channels=channels))
+  cfg = _data_config(dataset=name, data_dir=data_dir, image_size=size, channels=channels)
   try:
     images = input_pipeline.load_split(cfg, split or 'train', max_examples=max_examples)
   except (input_pipeline.DatasetError, ValueError) as e:

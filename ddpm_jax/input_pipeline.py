@@ -9,7 +9,6 @@ Public API (the training loop and the evaluation code depend on these names):
   class-conditional model) each batch is a dict `{'image': ..., 'label': int32 (B,)}`.
 * `load_split(data_config, split, max_examples=None)` -> uint8 `(N, H, W, C)` preprocessed
   images (crop / resize / pad and channel conversion, no flip), in dataset order.
-* `dataset_info(data_config)` -> dict with `num_examples` and `image_shape` (cheap).
 
 Data sources (random access: `len(source)` and `source[i] -> (uint8 HWC image, int label or
 None)`), chosen by `config.data.dataset`:
@@ -58,7 +57,7 @@ import tempfile
 import threading
 import urllib.request
 import zlib
-from typing import Any, Iterator, Optional
+from typing import Iterator, Optional
 
 import numpy as np
 from PIL import Image
@@ -77,7 +76,6 @@ __all__ = [
     'check_dataset_name',
     'convert_channels',
     'create_train_iterator',
-    'dataset_info',
     'find_fashion_mnist_dir',
     'flip_images',
     'flip_mask',
@@ -144,11 +142,6 @@ class DatasetError(UserError, RuntimeError):
 _NO_LABELS = ('config.model.num_classes > 0 (a class-conditional model) needs a dataset with '
               'labels, and this one has none (an image folder, celeb_a_hq, lsun): set '
               'config.model.num_classes=0.')
-
-
-def _cfg(data_config, name: str, default: Any) -> Any:
-  value = getattr(data_config, name, default)
-  return default if value is None else value
 
 
 # --------------------------------------------------------------------------------------------
@@ -307,14 +300,14 @@ _IDX_DTYPES = {0x08: np.dtype(np.uint8), 0x09: np.dtype(np.int8), 0x0B: np.dtype
                0x0C: np.dtype('>i4'), 0x0D: np.dtype('>f4'), 0x0E: np.dtype('>f8')}
 
 
-def _read_maybe_gzip(path: pathlib.Path, max_bytes: int = -1) -> bytes:
+def _read_maybe_gzip(path: pathlib.Path) -> bytes:
   with open(path, 'rb') as f:
     magic = f.read(2)
     f.seek(0)
     if magic == b'\x1f\x8b':
       with gzip.GzipFile(fileobj=f) as g:
-        return g.read(max_bytes)
-    return f.read(max_bytes)
+        return g.read()
+    return f.read()
 
 
 def _idx_header(raw: bytes, path) -> tuple[np.dtype, tuple[int, ...], int]:
@@ -444,17 +437,6 @@ def load_fashion_mnist(directory, split: str) -> tuple[np.ndarray, np.ndarray]:
       labels.setflags(write=False)
       _FMNIST_CACHE[key] = (images[..., None], labels)
     return _FMNIST_CACHE[key]
-
-
-def _fashion_mnist_num_examples(directory: pathlib.Path, split: str) -> int:
-  """From the label file's header only (cheap)."""
-  stem = _FASHION_MNIST_SPLITS[split][1]
-  path = _idx_file(directory, stem)
-  try:
-    raw = _read_maybe_gzip(path, 8)
-  except (OSError, EOFError, zlib.error, TypeError) as e:
-    raise DatasetError(f'Cannot read {path or directory / stem}: {e}.') from None
-  return _idx_header(raw, path)[1][0]
 
 
 # --------------------------------------------------------------------------------------------
@@ -652,11 +634,9 @@ def _split_parts(split: str) -> list[str]:
 
 def open_source(data_config, split: Optional[str] = None):
   """The random-access source of `config.data` for `split` (default `config.data.split`)."""
-  dataset = _cfg(data_config, 'dataset', 'cifar10')
-  image_size = int(_cfg(data_config, 'image_size', 32))
-  channels = int(_cfg(data_config, 'channels', 3))
-  data_dir = str(_cfg(data_config, 'data_dir', '') or '')
-  split = split or _cfg(data_config, 'split', 'train') or 'train'
+  dataset, image_size, channels = data_config.dataset, data_config.image_size, data_config.channels
+  data_dir = data_config.data_dir
+  split = split or data_config.split
   kind, tfds_name = _resolve(dataset, image_size)
   if kind == 'tfds':
     return TfdsSource(dataset, tfds_name, split, data_dir)
@@ -712,13 +692,9 @@ class TrainIterator(Iterator[np.ndarray]):
                num_workers: Optional[int] = None, prefetch: Optional[int] = None,
                num_classes: int = 0):
     _check_sharding(global_batch_size, process_index, process_count)
-    if int(num_classes) < 0:
-      raise ValueError(f'num_classes must be >= 0, got {num_classes}.')
     self.num_classes = int(num_classes)
     if self.num_classes and isinstance(source, ArraySource) and source.labels is None:
       raise DatasetError(_NO_LABELS)
-    if int(seed) < 0:
-      raise ValueError(f'seed must be >= 0, got {seed}.')
     if int(start_step) < 0:
       raise ValueError(f'start_step must be >= 0, got {start_step}.')
     if len(source) == 0:
@@ -752,10 +728,6 @@ class TrainIterator(Iterator[np.ndarray]):
   def step(self) -> int:
     """The step whose batch `next()` returns next."""
     return self._next_step
-
-  @property
-  def batch_shape(self) -> tuple[int, int, int, int]:
-    return (self.local_batch_size, self.image_size, self.image_size, self.channels)
 
   def permutation(self, epoch: int) -> np.ndarray:
     """The order (dataset indices) in which epoch `epoch` visits the dataset."""
@@ -819,10 +791,6 @@ class TrainIterator(Iterator[np.ndarray]):
           f'Label {int(labels[bad][0])} is outside [0, {self.num_classes}): set '
           f'config.model.num_classes to the number of classes of the dataset.')
     return labels.astype(np.int32)
-
-  def get_uint8_batch(self, step: int) -> np.ndarray:
-    """This process's batch `step` as uint8 (B / P, S, S, C), flips applied."""
-    return self._uint8_and_labels(step)[0]
 
   def get_batch(self, step: int):
     """This process's batch `step`: float32 (B / P, S, S, C) in [-1, 1]; for a
@@ -895,20 +863,18 @@ def create_train_iterator(data_config, global_batch_size: int, seed: int, start_
   before anything else."""
   _check_sharding(global_batch_size, process_index, process_count)
   if source is None:
-    source = open_source(data_config, _cfg(data_config, 'split', 'train') or 'train')
+    source = open_source(data_config)
   return TrainIterator(
       source, global_batch_size=global_batch_size, seed=seed,
-      image_size=int(_cfg(data_config, 'image_size', 32)),
-      channels=int(_cfg(data_config, 'channels', 3)),
-      random_flip=bool(_cfg(data_config, 'random_flip', True)), start_step=start_step,
+      image_size=data_config.image_size, channels=data_config.channels,
+      random_flip=data_config.random_flip, start_step=start_step,
       process_index=process_index, process_count=process_count, num_classes=num_classes)
 
 
 def load_split(data_config, split: str, max_examples: Optional[int] = None) -> np.ndarray:
   """The first `max_examples` (all if None) images of `split` in dataset order, preprocessed
   (channels, crop, resize / pad; no flip): uint8 (N, S, S, C)."""
-  image_size = int(_cfg(data_config, 'image_size', 32))
-  channels = int(_cfg(data_config, 'channels', 3))
+  image_size, channels = data_config.image_size, data_config.channels
   source = open_source(data_config, split)
   n = len(source) if max_examples is None else max(0, min(int(max_examples), len(source)))
   if isinstance(source, ArraySource):
@@ -922,29 +888,3 @@ def load_split(data_config, split: str, max_examples: Optional[int] = None) -> n
     for _ in ex.map(work, range(n), chunksize=64):
       pass
   return out
-
-
-def dataset_info(data_config) -> dict:
-  """Cheap facts about `config.data` (its `split`): {'dataset', 'split', 'num_examples',
-  'image_shape' (S, S, C) after preprocessing, 'source' (where the data is read from)}."""
-  dataset = _cfg(data_config, 'dataset', 'cifar10')
-  image_size = int(_cfg(data_config, 'image_size', 32))
-  channels = int(_cfg(data_config, 'channels', 3))
-  data_dir = str(_cfg(data_config, 'data_dir', '') or '')
-  split = _cfg(data_config, 'split', 'train') or 'train'
-  kind, tfds_name = _resolve(dataset, image_size)
-  if kind == 'fashion_mnist' and not (
-      data_dir and (pathlib.Path(data_dir).expanduser() / 'fashion_mnist').is_dir()):
-    directory = find_fashion_mnist_dir(data_dir)
-    parts = _split_parts(split)
-    for s in parts:
-      if s not in _FASHION_MNIST_SPLITS:
-        raise DatasetError(f"Fashion-MNIST has splits 'train' and 'test', not {s!r}.")
-    num, where = sum(_fashion_mnist_num_examples(directory, s) for s in parts), str(directory)
-  else:
-    source = open_source(data_config, split)
-    num = len(source)
-    where = (str(source.root) if isinstance(source, FolderSource) else
-             f'tfds:{tfds_name}' if kind == 'tfds' else 'tfds:fashion_mnist')
-  return {'dataset': dataset, 'split': split, 'num_examples': int(num),
-          'image_shape': (image_size, image_size, channels), 'source': where}

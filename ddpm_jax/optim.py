@@ -20,8 +20,7 @@ def clip_by_global_norm(max_norm: float) -> optax.GradientTransformation:
   The same clipping as `optax.clip_by_global_norm` (and the same, empty, state, so
   checkpoints are interchangeable), written as one scalar factor instead of a per-element
   select between g and g / ||g|| * max_norm. XLA then fuses the clipping into Adam's update
-  instead of writing a clipped copy of every gradient: on the 2-core benchmark CPU, clipping +
-  Adam + EMA over the CIFAR-10 model's 35.7M parameters takes 53 ms instead of 96 ms.
+  instead of writing a clipped copy of every gradient (README, "Benchmarks", has the timing).
   """
 
   def update_fn(updates, state, params=None):

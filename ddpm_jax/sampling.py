@@ -39,7 +39,7 @@ def chain_for(experiment, steps: int | None = None) -> samplers.Respaced:
   timesteps 0..T-1, or the respaced one."""
   cfg = experiment.config
   num_timesteps = experiment.schedule.num_timesteps
-  steps = int(cfg.sample.get('steps', 0) if steps is None else steps) or num_timesteps
+  steps = int(cfg.sample.steps if steps is None else steps) or num_timesteps
   if steps == num_timesteps:
     return samplers.Respaced(experiment.schedule, jnp.arange(num_timesteps, dtype=jnp.int32))
   betas = base_betas(cfg.diffusion)
@@ -51,10 +51,10 @@ def chain_for(experiment, steps: int | None = None) -> samplers.Respaced:
 def sample_labels(config, batch_size: int):
   """Labels of a class-conditional model's samples (`config.sample.label`, -1 = 0, 1, ..,
   num_classes - 1 in turn), or None for an unconditional model."""
-  num_classes = int(config.model.get('num_classes', 0))
+  num_classes = int(config.model.num_classes)
   if num_classes == 0:
     return None
-  label = int(config.sample.get('label', -1))
+  label = int(config.sample.label)
   if label >= 0:
     return jnp.full((batch_size,), label, jnp.int32)
   return jnp.arange(batch_size, dtype=jnp.int32) % num_classes
@@ -84,7 +84,7 @@ def make_denoise_fn(experiment, params, labels=None, guidance_scale: float = 0.0
   """`denoise_fn(x_t, t)` of the network; with labels and w != 0, the guided output from one
   network call on the doubled batch (conditional and null labels)."""
   model = experiment.model
-  num_classes = int(experiment.config.model.get('num_classes', 0))
+  num_classes = int(experiment.config.model.num_classes)
   var_type = experiment.config.diffusion.var_type
 
   def denoise_fn(x, t):
@@ -116,21 +116,21 @@ def chain_setup(experiment, chain: samplers.Respaced, denoise_fn):
     mean_type = 'x0'
   kwargs = dict(var_type=var_type, mean_type=mean_type, clip_denoised=s.clip_denoised,
                 timesteps=chain.timesteps if respaced else None)
-  if s.get('sampler', 'ancestral') == 'ddim':
-    kwargs['eta'] = float(s.get('eta', 0.0))
+  if s.sampler == 'ddim':
+    kwargs['eta'] = float(s.eta)
   return denoise_fn, kwargs
 
 
 def describe(config, num_timesteps: int) -> str:
   """E.g. 'ancestral, 1000 steps' or 'ddim eta=0.0, 50 of 1000 steps, guidance 3.0'."""
   s = config.sample
-  sampler = s.get('sampler', 'ancestral')
-  steps = int(s.get('steps', 0)) or num_timesteps
+  sampler = s.sampler
+  steps = int(s.steps) or num_timesteps
   text = f'{sampler}' + (f' eta={s.eta}' if sampler == 'ddim' else '')
   text += (f', {steps} steps' if steps == num_timesteps else
            f', {steps} of {num_timesteps} steps')
-  if config.model.get('num_classes', 0):
-    text += f', label {s.get("label", -1)}, guidance {s.get("guidance_scale", 0.0)}'
+  if config.model.num_classes:
+    text += f', label {s.label}, guidance {s.guidance_scale}'
   return text
 
 
@@ -147,9 +147,9 @@ def make_sample_fn(experiment, batch_size: int, save_at=None):
   out_sharding = (sharding.batch_sharding(mesh) if batch_size % n_dev == 0
                   else sharding.replicated(mesh))
   chain = chain_for(experiment)
-  sampler = cfg.sample.get('sampler', 'ancestral')
+  sampler = cfg.sample.sampler
   labels = sample_labels(cfg, batch_size)
-  guidance = float(cfg.sample.get('guidance_scale', 0.0))
+  guidance = float(cfg.sample.guidance_scale)
 
   def sample(params, key):
     x_T = jax.random.normal(jax.random.fold_in(key, 0x7fffffff), shape)
@@ -206,12 +206,12 @@ def _restore_params(config, workdir: str, experiment, init_from: str | None = No
 def _suffix(config, num_timesteps: int) -> str:
   """'' for the default chain (ancestral, all steps, no guidance), else e.g. '_ddim50_eta0.0'."""
   s = config.sample
-  sampler, steps = s.get('sampler', 'ancestral'), int(s.get('steps', 0)) or num_timesteps
+  sampler, steps = s.sampler, int(s.steps) or num_timesteps
   out = ''
   if sampler != 'ancestral' or steps != num_timesteps:
     out += f'_{sampler}{steps}' + (f'_eta{s.eta}' if sampler == 'ddim' else '')
-  if config.model.get('num_classes', 0):
-    out += f'_label{s.get("label", -1)}_w{s.get("guidance_scale", 0.0)}'
+  if config.model.num_classes:
+    out += f'_label{s.label}_w{s.guidance_scale}'
   return out
 
 
@@ -219,7 +219,7 @@ def _data_images(config, num: int) -> np.ndarray:
   """The first `num` images of `config.sample.data_split`, float32 in [-1, 1]."""
   from ddpm_jax import input_pipeline  # pylint: disable=g-import-not-at-top
   d = config.data
-  source = input_pipeline.open_source(d, config.sample.get('data_split', 'test'))
+  source = input_pipeline.open_source(d, config.sample.data_split)
   if len(source) < num:
     raise ValueError(f'The {config.sample.data_split!r} split has {len(source)} images; '
                      f'{num} are needed.')
@@ -249,7 +249,7 @@ def sample_from_workdir(config, workdir: str, experiment=None,
   from ddpm_jax.experiment import Experiment  # Local import: experiment imports the models.
   experiment = experiment or Experiment.from_config(config)
   params, step = _restore_params(config, workdir, experiment, init_from)
-  mode = config.sample.get('mode', 'grid')
+  mode = config.sample.mode
   num_timesteps = experiment.schedule.num_timesteps
   origin = f'checkpoint {step}' if step is not None else f'--init_from={init_from}'
   logging.info('Sampling (%s) from %s (%s parameters), %s.', mode, origin,
@@ -306,7 +306,7 @@ def _interpolate(config, experiment, params, key, stem, is_main) -> dict:
   lambdas = np.linspace(0.0, 1.0, s.interp_lambdas)
   labels = sample_labels(config, pairs)
   denoise_fn, kwargs = chain_setup(experiment, chain, make_denoise_fn(
-      experiment, params, labels, float(s.get('guidance_scale', 0.0))))
+      experiment, params, labels, float(s.guidance_scale)))
   run = jax.jit(lambda a, b, k: progressive.interpolate(
       chain.schedule, denoise_fn, a, b, lambdas, start, k, sampler=s.sampler, **kwargs))
   out = images.to_uint8(jax.device_get(run(x_a, x_b, key)))  # (L, B, H, W, C)
@@ -325,7 +325,7 @@ def _reconstruct(config, experiment, params, stem, is_main) -> dict:
   chain = chain_for(experiment)
   labels = sample_labels(config, s.num)
   denoise_fn, kwargs = chain_setup(experiment, chain, make_denoise_fn(
-      experiment, params, labels, float(s.get('guidance_scale', 0.0))))
+      experiment, params, labels, float(s.guidance_scale)))
   kwargs.pop('eta', None)
 
   def run(x):

@@ -64,6 +64,7 @@ def state_field_differences(config, workdir: str) -> list[str]:
   if saved is None:
     return []
   now = flatten(config.to_dict())
+  # A key only one side has (a field added or removed since the workdir's run) shows as unset.
   return [f'config.{k}: {saved.get(k, "unset")!r} in {_path(workdir)}, {now.get(k, "unset")!r} '
           'now' for k in sorted(set(saved) | set(now))
           if _shapes_state(k) and saved.get(k, 'unset') != now.get(k, 'unset')]

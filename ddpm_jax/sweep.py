@@ -264,12 +264,6 @@ def write_sweep_json(sweep_dir: str, planned, config_path: str, sweep_path: str)
 # Commands for other launchers.
 
 
-def _value_arg(value) -> str:
-  if isinstance(value, (tuple, list)):
-    return '(' + ','.join(str(v) for v in value) + (',)' if len(value) == 1 else ')')
-  return str(value)
-
-
 def commands(launcher: str, names, config_path: str, sweep_path: str, sweep_dir: str,
              base_args=()) -> list[str]:
   """One shell command per member that runs it with `launcher` (print | slurm | tpu);

@@ -157,7 +157,7 @@ def apply_overrides(config: ml_collections.ConfigDict,
   for key, value in flatten(overrides).items():
     *path, leaf = key.split('.')
     node = config
-    for part in path:
+    for part in path:  # A sweep's key may name no field: that is reported below.
       node = node.get(part) if isinstance(node, ml_collections.ConfigDict) else None
     if not isinstance(node, ml_collections.ConfigDict) or leaf not in node:
       known = known or _all_keys(config)

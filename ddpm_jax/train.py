@@ -147,8 +147,7 @@ def train_and_evaluate(config, workdir: str, experiment: Experiment | None = Non
   # Inputs, checked before the workdir is touched: config, data, evaluation weights.
   experiment = experiment or Experiment.from_config(config)
   mesh = experiment.mesh
-  sharding.check_divisible(tcfg.batch_size, mesh,
-                           grad_accum_steps=tcfg.get('grad_accum_steps', 1))
+  sharding.check_divisible(tcfg.batch_size, mesh, grad_accum_steps=tcfg.grad_accum_steps)
   # (params, folder) of --init_from, read and checked before anything is written.
   imported = None
   if init_from and not checkpointing.has_checkpoint(workdir):
@@ -205,17 +204,17 @@ def _train(config, workdir: str, experiment: Experiment, source, sample_experime
   batches = None if start_step >= tcfg.num_steps else input_pipeline.create_train_iterator(
       config.data, tcfg.batch_size, tcfg.seed, start_step=start_step,
       process_index=jax.process_index(), process_count=jax.process_count(),
-      num_classes=int(config.model.get('num_classes', 0)), source=source)
+      num_classes=int(config.model.num_classes), source=source)
 
   # Update.
   train_step = experiment.jitted_train_step()
-  k_dispatch = int(tcfg.get('steps_per_dispatch', 1))
+  k_dispatch = int(tcfg.steps_per_dispatch)
   multi_step = experiment.jitted_train_steps(k_dispatch) if k_dispatch > 1 else None
   check_fn = experiment.jitted_state_check()
   grid_fn = None
   if tcfg.sample_every > 0:
     grid_fn = sampling.make_sample_fn(sample_experiment, tcfg.num_sample_grid)
-  preemption_every = tcfg.get('preemption_every', 0)
+  preemption_every = tcfg.preemption_every
   agreement = distributed.StopAgreement(mesh)
 
   writer = MetricWriter(workdir)

@@ -173,16 +173,15 @@ def make_train_step(model, tx: optax.GradientTransformation, schedule: Schedule,
   num_timesteps = schedule.num_timesteps
   dcfg = config.diffusion
   loss_kwargs = dict(mean_type=dcfg.mean_type, var_type=dcfg.var_type, loss_type=dcfg.loss,
-                     hybrid_lambda=dcfg.get('hybrid_lambda', 0.001),
-                     min_snr_gamma=dcfg.get('min_snr_gamma', 0.0))
-  importance_sampling = bool(dcfg.get('importance_sampling', False))
-  num_classes = int(config.model.get('num_classes', 0))
-  label_dropout = float(config.train.get('label_dropout', 0.0))
+                     hybrid_lambda=dcfg.hybrid_lambda, min_snr_gamma=dcfg.min_snr_gamma)
+  importance_sampling = bool(dcfg.importance_sampling)
+  num_classes = int(config.model.num_classes)
+  label_dropout = float(config.train.label_dropout)
   ema_decay = config.optim.ema_decay
   ema_warmup = bool(config.optim.ema_warmup)
   lr_fn = learning_rate_schedule(config.optim)
-  grad_accum_steps = int(config.train.get('grad_accum_steps', 1))
-  exact = bool(config.train.get('exact_reduction', False))
+  grad_accum_steps = int(config.train.grad_accum_steps)
+  exact = bool(config.train.exact_reduction)
   if exact and mesh is None:
     raise ValueError('config.train.exact_reduction needs the mesh (make_train_step(..., mesh)).')
 

@@ -1,15 +1,14 @@
 """XLA:CPU settings that make ddpm-jax's U-Net faster on a CPU, measured on 2 cores with the
-CIFAR-10 model (benchmarks/, README "Performance"):
+CIFAR-10 model by `benchmarks/` (the command lines' `--cpu_preset`, by default the job's):
 
 * `train`: convolutions left to XLA's own convolution runtime instead of the default YNNPACK
-  library fusions (dots and reductions stay with YNNPACK): train step 2.10 -> 1.96 s at batch
-  8 (3.81 -> 4.09 images/s). (XNNPACK, which an earlier version of this preset also named,
-  takes none of the U-Net's convolutions: the compiled train step is the same without it.)
+  library fusions (dots and reductions stay with YNNPACK): a faster train step. (XNNPACK,
+  which an earlier version of this preset also named, takes none of the U-Net's
+  convolutions: the compiled train step is the same without it.)
 * `inference`: convolutions and dots left to XLA's own emitters instead of YNNPACK (reductions
-  stay with YNNPACK, which the CPU backend's GroupNorm, `ddpm_jax.kernels.group_norm`, needs;
-  it is about 2x slower with XLA's own reductions): forward pass 563 -> 526 ms at batch 8 (14.2 -> 15.2
-  images/s, measured with the earlier Flax GroupNorm and XLA's reductions); the same flags slow
-  training down (2.29 s per step), hence two presets.
+  stay with YNNPACK, which the CPU backend's GroupNorm, `ddpm_jax.kernels.group_norm`, needs:
+  it is slower with XLA's own reductions): a faster forward pass; the same flags slow
+  training down, hence two presets.
 
 They only change how XLA:CPU compiles (accelerator backends ignore them) and must be in
 `XLA_FLAGS` before JAX creates its CPU client. A user's own `XLA_FLAGS` choice of these library

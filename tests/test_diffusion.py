@@ -102,10 +102,36 @@ def test_clipping_and_x0_mean_type():
 def test_simple_loss_eq14():
   noise = jnp.ones((3, 2, 2, 1))
   x0 = jnp.zeros_like(noise)
-  np.testing.assert_allclose(diffusion.simple_loss(noise, x0, noise), 0.0)
+  t = jnp.array([0, 10, 500])
+  xt = diffusion.q_sample(S, x0, t, noise)
+  loss = lambda out, mean_type='eps': diffusion.simple_loss(S, out, x0, xt, t, noise, mean_type)
+  np.testing.assert_allclose(loss(noise), 0.0)
   out = noise.at[1].set(3.0)
-  np.testing.assert_allclose(diffusion.simple_loss(out, x0, noise), [0.0, 4.0, 0.0])
-  np.testing.assert_allclose(diffusion.simple_loss(out, x0, noise, mean_type='x0'), [1, 9, 1])
+  np.testing.assert_allclose(loss(out), [0.0, 4.0, 0.0])
+  np.testing.assert_allclose(loss(out, 'x0'), [1, 9, 1])
+  # v = sqrt(abar) eps - sqrt(1 - abar) x_0 = sqrt(abar) here.
+  v = jnp.sqrt(S.alphas_cumprod[t])[:, None, None, None] * noise
+  np.testing.assert_allclose(loss(v, 'v'), 0.0, atol=1e-12)
+  np.testing.assert_allclose(loss(v + 0.5, 'v'), 0.25, rtol=1e-6)
+
+
+def x0_to_model_output(schedule, x0, xt, t, mean_type: str):
+  """The output of parameterisation `mean_type` that stands for x_0 given x_t (the inverse of
+  `diffusion.model_output_to_x0`)."""
+  if mean_type == 'x0':
+    return x0
+  if mean_type == 'mu':
+    return diffusion.q_posterior_mean_variance(schedule, x0, xt, t)[0]
+  eps = diffusion.predict_eps_from_x0(schedule, xt, t, x0)
+  return eps if mean_type == 'eps' else diffusion.v_from_x0_eps(schedule, x0, eps, t)
+
+
+def convert_model_output(schedule, mean_out, xt, t, from_type: str, to_type: str):
+  """A mean output of parameterisation `from_type` re-expressed as `to_type` (x0/eps/v/mu)."""
+  if from_type == to_type:
+    return mean_out
+  x0 = diffusion.model_output_to_x0(schedule, mean_out, xt, t, from_type)
+  return x0_to_model_output(schedule, x0, xt, t, to_type)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -131,7 +157,7 @@ def test_mean_types_convert_to_each_other_exactly():
     np.testing.assert_allclose(diffusion.model_output_to_x0(S, out, xt, t, src), x0,
                                atol=2e-3 if src == 'mu' else 2e-4, err_msg=src)
     for dst, expected in targets.items():
-      got = diffusion.convert_model_output(S, out, xt, t, src, dst)
+      got = convert_model_output(S, out, xt, t, src, dst)
       # eps from x0 divides by sqrt(1/alphabar - 1) = 0.01 at t = 1; mu -> others as above.
       atol = 5e-3 if 'mu' in (src, dst) or dst == 'eps' else 2e-4
       np.testing.assert_allclose(got, expected, atol=atol, err_msg=f'{src} -> {dst}')
@@ -275,7 +301,7 @@ def test_min_snr_weighting_makes_every_target_an_x0_loss():
   pred_x0 = x0 + 0.1 * jax.random.normal(jax.random.PRNGKey(2), x0.shape)
   x0_mse = np.mean((np.asarray(pred_x0) - np.asarray(x0)) ** 2, axis=(1, 2, 3))
   for mean_type in ('eps', 'x0', 'v'):
-    out = diffusion.x0_to_model_output(S, pred_x0, xt, t, mean_type)
+    out = x0_to_model_output(S, pred_x0, xt, t, mean_type)
     loss = diffusion.training_losses(S, out, x0, xt, t, eps, mean_type=mean_type,
                                      loss_type='mse', min_snr_gamma=gamma)['loss']
     np.testing.assert_allclose(loss, np.minimum(snr, gamma) * x0_mse, rtol=2e-3, atol=1e-7,

@@ -10,6 +10,7 @@ import pytest
 from conftest import make_tiny_config
 from ddpm_jax import evaluate, input_pipeline, train
 from ddpm_jax.experiment import Experiment
+from torch_pickle_writer import flax_to_torch_state_dict
 
 
 @pytest.fixture(scope='module')
@@ -82,7 +83,7 @@ def test_fid_is_kid_wiring_with_random_inception_weights(tmp_path):
       lambda path, s: (np.ones(s.shape, np.float32) if 'var' in str(path[-1]) else
                        rng.normal(0, 0.05, s.shape).astype(np.float32)), shapes)
   weights = str(tmp_path / 'random_inception.npz')
-  np.savez(weights, **inception.flax_to_torch_state_dict(variables))
+  np.savez(weights, **flax_to_torch_state_dict(variables))
   config = make_tiny_config(image_size=32)
   config.eval.inception_weights = weights
   config.eval.reference_examples = 6

@@ -8,11 +8,13 @@ import sys
 import numpy as np
 import pytest
 
+from configs import default
 from conftest import ROOT
 from ddpm_jax import fid, images
 from ddpm_jax.metrics import fmnist_classifier as fc
 from ddpm_jax.metrics import image_metrics, inception
 from test_inception import random_variables  # pylint: disable=unused-import  (a fixture)
+from torch_pickle_writer import flax_to_torch_state_dict
 
 
 def _images(seed, n, size=32, channels=1):
@@ -68,10 +70,9 @@ def test_a_dataset_split_as_samples_is_real_datas_floor(tmp_path):
   # The first 48 test images as SAMPLES, read as training reads them: the same distance as
   # their pixels written to an .npz.
   from ddpm_jax import input_pipeline  # pylint: disable=g-import-not-at-top
-  from ml_collections import ConfigDict  # pylint: disable=g-import-not-at-top
-  test = input_pipeline.load_split(
-      ConfigDict(dict(dataset='fashion_mnist', data_dir='', image_size=32, channels=1)), 'test',
-      max_examples=48)
+  data = default.get_config().data
+  data.update(dict(dataset='fashion_mnist', image_size=32, channels=1))
+  test = input_pipeline.load_split(data, 'test', max_examples=48)
   npz = images.save_npz(str(tmp_path / 'test48.npz'), test)
   ref = images.save_npz(str(tmp_path / 'ref.npz'), _images(2, 40))
   got, protocol = fid.evaluate('fashion_mnist:test', ref, features='fmnist', num_samples=48)
@@ -93,7 +94,7 @@ def test_inception_metrics_with_random_weights(tmp_path, random_variables, monke
   monkeypatch.setattr(image_metrics, 'frechet_distance',
                       lambda *args: calls.append(args) or 12.5)
   weights = str(tmp_path / 'inception.npz')
-  np.savez(weights, **inception.flax_to_torch_state_dict(random_variables))
+  np.savez(weights, **flax_to_torch_state_dict(random_variables))
   samples, reference = _images(2, 4, channels=3), _images(3, 3, channels=3)
   npz = images.save_npz(str(tmp_path / 's.npz'), samples)
   ref = images.save_npz(str(tmp_path / 'r.npz'), reference)

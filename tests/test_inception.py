@@ -17,8 +17,8 @@ import numpy as np
 import pytest
 
 from ddpm_jax.metrics import inception, torch_pickle
-from ddpm_jax.metrics.inception import (BasicConv2d, InceptionV3, count_params,
-                                        flax_to_torch_state_dict, load_inception_params)
+from ddpm_jax.metrics.inception import BasicConv2d, InceptionV3, count_params, load_inception_params
+from torch_pickle_writer import flax_to_torch_state_dict, save_state_dict
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.join(ROOT, 'tools'))
@@ -198,7 +198,7 @@ def test_load_torch_checkpoint(tmp_path, random_variables, layout):
   state = torch_style_state_dict(random_variables)
   assert len(state) == 6 * NUM_CONVS + 2
   path = str(tmp_path / 'pt_inception-2015-12-05-6726825d.pth')
-  torch_pickle.save_state_dict(path, state, layout=layout)
+  save_state_dict(path, state, layout=layout)
   if layout == 'zip':
     with zipfile.ZipFile(path) as zf:
       assert 'pt_inception-2015-12-05-6726825d/data.pkl' in zf.namelist()
@@ -217,7 +217,7 @@ def test_load_torch_checkpoint(tmp_path, random_variables, layout):
 
 def test_convert_to_npz_and_back(tmp_path, random_variables, capsys):
   pth, npz, npz2 = (str(tmp_path / n) for n in ('w.pth', 'w.npz', 'again.npz'))
-  torch_pickle.save_state_dict(pth, torch_style_state_dict(random_variables))
+  save_state_dict(pth, torch_style_state_dict(random_variables))
   assert convert_inception_weights.main([pth, npz]) == 0
   assert '472 arrays, 23,850,960 parameters' in capsys.readouterr().out
   with np.load(npz) as f:
@@ -244,12 +244,12 @@ def test_wrong_state_dict_is_rejected(tmp_path, random_variables):
   state = torch_style_state_dict(random_variables)
   state['AuxLogits.fc.weight'] = np.zeros((1000, 768), np.float32)
   path = str(tmp_path / 'torchvision.pth')
-  torch_pickle.save_state_dict(path, state)
+  save_state_dict(path, state)
   with pytest.raises(ValueError, match="torchvision's ImageNet Inception-v3"):
     load_inception_params(path)
   state.pop('AuxLogits.fc.weight')
   state['Mixed_5b.branch1x1.conv.weight'] = np.zeros((64, 192, 3, 3), np.float32)
-  torch_pickle.save_state_dict(path, state)
+  save_state_dict(path, state)
   with pytest.raises(ValueError, match='Mixed_5b.branch1x1.conv.weight: shape'):
     load_inception_params(path)
 

@@ -105,8 +105,7 @@ def test_real_fashion_mnist_files():
 @needs_debian
 def test_fashion_mnist_pipeline_end_to_end():
   cfg = data_config(dataset='fashion_mnist', channels=1, image_size=32)
-  info = ip.dataset_info(cfg)
-  assert info['num_examples'] == 60000 and info['image_shape'] == (32, 32, 1)
+  assert len(ip.open_source(cfg)) == 60000
   test = ip.load_split(cfg, 'test', max_examples=5)
   raw, _ = ip.load_fashion_mnist(DEBIAN_DIR, 'test')
   assert test.shape == (5, 32, 32, 1) and test.dtype == np.uint8
@@ -128,7 +127,7 @@ def test_fashion_mnist_from_data_dir_and_missing(tmp_path, monkeypatch):
   cfg = data_config(dataset='fashion_mnist', channels=1, image_size=28,
                     data_dir=str(tmp_path / 'empty'))
   with pytest.raises(ip.DatasetError, match='apt-get install dataset-fashion-mnist'):
-    ip.dataset_info(cfg)
+    ip.open_source(cfg)
   with pytest.raises(ip.DatasetError, match='--config.data.data_dir'):
     ip.load_split(cfg, 'train')
   # A tiny fake copy in data_dir is used.
@@ -139,7 +138,7 @@ def test_fashion_mnist_from_data_dir_and_missing(tmp_path, monkeypatch):
     write_idx(d / f'{split}-images-idx3-ubyte.gz', rng.integers(0, 256, (n, 28, 28), np.uint8))
     write_idx(d / f'{split}-labels-idx1-ubyte.gz', rng.integers(0, 10, (n,), np.uint8))
   cfg.data_dir = str(d)
-  assert ip.dataset_info(cfg)['num_examples'] == 6
+  assert len(ip.open_source(cfg)) == 6
   assert ip.load_split(cfg, 'test').shape == (4, 28, 28, 1)
   assert ip.load_split(cfg, 'train+test').shape == (10, 28, 28, 1)
 
@@ -303,7 +302,7 @@ def test_folder_source(tmp_path):
   Image.fromarray(rng.integers(0, 256, (33, 21, 3), np.uint8)).save(tmp_path / 'sub' / 'c.jpg')
   (tmp_path / 'notes.txt').write_text('not an image')
   cfg = data_config(dataset='folder', data_dir=str(tmp_path), image_size=16, channels=3)
-  assert ip.dataset_info(cfg)['num_examples'] == 5
+  assert len(ip.open_source(cfg)) == 5
   images = ip.load_split(cfg, 'train')
   assert images.shape == (5, 16, 16, 3) and images.dtype == np.uint8
   cfg.channels = 1
@@ -324,12 +323,12 @@ def test_folder_missing_or_empty(tmp_path):
     ip.create_train_iterator(cfg, 4, 0)
   cfg.data_dir = ''
   with pytest.raises(ip.DatasetError, match='data_dir'):
-    ip.dataset_info(cfg)
+    ip.open_source(cfg)
 
 
 def test_unknown_dataset_name():
   with pytest.raises(ValueError, match='cifar10.*fashion_mnist.*folder'):
-    ip.dataset_info(data_config(dataset='imagenet'))
+    ip.open_source(data_config(dataset='imagenet'))
 
 
 def test_missing_tfds_dataset_clear_error(tmp_path):
@@ -350,7 +349,7 @@ def test_tfds_source_with_mock_data():
   tfds = pytest.importorskip('tensorflow_datasets')
   with tfds.testing.mock_data(num_examples=20, policy=tfds.testing.MockPolicy.USE_CODE):
     cfg = data_config(dataset='cifar10', image_size=32, channels=3)
-    assert ip.dataset_info(cfg)['num_examples'] == 20
+    assert len(ip.open_source(cfg)) == 20
     source = ip.open_source(cfg, 'train')
     image, label = source[3]
     assert image.shape == (32, 32, 3) and image.dtype == np.uint8 and 0 <= label < 10

@@ -21,7 +21,7 @@ from configs import default
 from ddpm_jax import export, train
 from ddpm_jax.experiment import Experiment
 from ddpm_jax.interop import InteropError, diffusers, diffusers_config, unet_names
-from ddpm_jax.metrics import torch_pickle
+from torch_pickle_writer import save_state_dict
 
 DATA = os.path.join(ROOT, 'tests', 'data')
 PIPELINE = os.path.join(DATA, 'diffusers_pipeline')
@@ -124,7 +124,7 @@ def test_bin_with_older_attention_names_reads_like_safetensors(tmp_path):
   folder = tmp_path / 'old'
   folder.mkdir()
   shutil.copy(os.path.join(PIPELINE, 'unet', 'config.json'), folder / 'config.json')
-  torch_pickle.save_state_dict(str(folder / diffusers.WEIGHTS_BIN), old)
+  save_state_dict(str(folder / diffusers.WEIGHTS_BIN), old)
   a, _ = diffusers.load_params(PIPELINE, config, expected)
   b, f = diffusers.load_params(str(folder), config, expected)
   assert f.scheduler_file is None

@@ -7,7 +7,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from ddpm_jax import diffusion, samplers, schedules
+from ddpm_jax import samplers, schedules
+from test_diffusion import convert_model_output
 
 S = schedules.make_schedule('linear', 1000)
 
@@ -244,7 +245,7 @@ def test_trajectory_and_start_index():
 def test_mu_network_in_a_respaced_chain_goes_through_x0():
   chain = _chain(50)
   eps_fn = gaussian_optimal_eps(S, MU, SIGMA)
-  mu_fn = lambda x, t: diffusion.convert_model_output(S, eps_fn(x, t), x, t, 'eps', 'mu')
+  mu_fn = lambda x, t: convert_model_output(S, eps_fn(x, t), x, t, 'eps', 'mu')
   with pytest.raises(ValueError, match='as_x0_denoiser'):
     samplers.ancestral_sample(chain.schedule, mu_fn, (4, 2, 2, 1), jax.random.PRNGKey(0),
                               mean_type='mu', timesteps=chain.timesteps)

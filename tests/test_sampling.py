@@ -16,6 +16,7 @@ from conftest import ROOT, make_tiny_config
 from ddpm_jax import diffusion, sampling, schedules
 from ddpm_jax.checkpointing import Checkpointer
 from ddpm_jax.experiment import Experiment
+from test_diffusion import convert_model_output
 
 S = schedules.make_schedule('linear', 100, beta_end=0.2)
 
@@ -30,14 +31,14 @@ def test_guidance_on_any_parameterisation_is_eps_guidance(var_type):
   w = 2.5
   want = (1 + w) * eps_c - w * eps_u
   for mean_type in diffusion.MEAN_TYPES:
-    conv = lambda e, m=mean_type: diffusion.convert_model_output(S, e, xt, t, 'eps', m)
+    conv = lambda e, m=mean_type: convert_model_output(S, e, xt, t, 'eps', m)
     cond, uncond = conv(eps_c), conv(eps_u)
     if var_type == 'learned_range':
       cond = jnp.concatenate([cond, var], -1)
       uncond = jnp.concatenate([uncond, -var], -1)
     out = sampling.guided_output(cond, uncond, w, var_type)
     mean_out, var_out = diffusion.split_model_output(out, var_type)
-    got = diffusion.convert_model_output(S, mean_out, xt, t, mean_type, 'eps')
+    got = convert_model_output(S, mean_out, xt, t, mean_type, 'eps')
     np.testing.assert_allclose(got, want, atol=2e-2 if mean_type == 'mu' else 2e-3,
                                err_msg=mean_type)
     if var_out is not None:

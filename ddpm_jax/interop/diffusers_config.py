@@ -92,7 +92,7 @@ def unet_config(config) -> dict:
   attn = set(m.attn_resolutions)
   levels = _levels(config)
   down = ['AttnDownBlock2D' if r in attn else 'DownBlock2D' for r in levels]
-  num_classes = int(m.get('num_classes', 0))
+  num_classes = int(m.num_classes)
   out = dict(UNET_DEFAULTS, **DDPM_LAYOUT)
   out.update(
       sample_size=int(config.data.image_size), in_channels=int(config.data.channels),
@@ -183,7 +183,7 @@ def check_unet_config(dcfg: dict, config) -> list[str]:
   if d['norm_num_groups'] != m.num_groups:
     out.append(_ours_vs('model.num_groups', m.num_groups, d['norm_num_groups'],
                         'norm_num_groups'))
-  num_classes = int(m.get('num_classes', 0))
+  num_classes = int(m.num_classes)
   embeds = d['num_class_embeds']
   if (embeds or 0) != (num_classes + 1 if num_classes else 0):
     theirs = 0 if not embeds else embeds - 1

@@ -31,10 +31,8 @@ CPU = Ops(name='cpu', conv_general_dilated=conv.conv_general_dilated,
 def select(name: str, platform: str, device_count: int, compute_dtype: str) -> Ops:
   """The backend `name` ('auto' | 'xla' | 'cpu') for a run on `device_count` devices of
   `platform` ('cpu', 'gpu', 'tpu') computing in `compute_dtype` ('float32', 'bfloat16', ...).
-  Raises ValueError, naming the config key, for 'cpu' anywhere but on one CPU device."""
-  if name not in KERNELS:
-    raise ValueError(f'config.model.kernels={name!r} is invalid: expected one of '
-                     f'{", ".join(map(repr, KERNELS))}.')
+  Raises ValueError, naming the config key, for 'cpu' anywhere but on one CPU device (the name
+  itself is checked with the rest of the config, `ddpm_jax.config_checks`)."""
   if name == 'auto':
     name = ('cpu' if platform == 'cpu' and device_count == 1 and compute_dtype == 'float32'
             else 'xla')
@@ -51,9 +49,8 @@ def from_config(config, mesh=None) -> Ops:
   `mesh` (all devices when None); logs which backend it is."""
   import jax
   devices = list(mesh.devices.flat) if mesh is not None else jax.devices()
-  train = config.get('train') or {}
-  ops = select(config.model.get('kernels', 'auto'), devices[0].platform, len(devices),
-               train.get('compute_dtype', 'float32'))
+  ops = select(config.model.kernels, devices[0].platform, len(devices),
+               config.train.compute_dtype)
   logging.getLogger(__name__).info('U-Net kernels: %s', describe(ops))
   return ops
 

@@ -7,9 +7,8 @@
   (`ddpm_jax.kernels.onednn`) where it can be built. Anything else is XLA's.
 * `dot_general`: `nn.Dense` over the channels of an NHWC image (the residual blocks'
   shortcut, the attention's projections) as a 1x1 convolution through
-  `conv_general_dilated`: oneDNN's 1x1 convolution and its gradients are about twice as fast
-  as XLA:CPU's matmul at these shapes (forward and backward of 8x32x32x256 -> 128: 19.1 ->
-  9.4 ms). Anything else is XLA's.
+  `conv_general_dilated`: oneDNN's 1x1 convolution and its gradients measured faster than
+  XLA:CPU's matmul at these shapes (README, "Benchmarks"). Anything else is XLA's.
 """
 
 from __future__ import annotations

@@ -2,10 +2,9 @@
 with the forward pass, input gradient and kernel gradient each one oneDNN primitive: the CPU
 backend's convolutions (`ddpm_jax.kernels.conv`).
 
-Why: on the 2-core benchmark CPU, XLA:CPU's own convolution runs the U-Net's 3x3
-convolutions at 150-200 GFLOP/s; oneDNN's at 220-250 GFLOP/s (8x32x32x128 -> 128: forward,
-input and kernel gradient 12.6 / 12.5 / 12.9-17.9 ms with XLA, 10.2 / 10.3 / 10.9 ms with
-oneDNN), and it skips the zero padding (README, "Benchmarks").
+Why: on the benchmark CPU oneDNN runs the U-Net's 3x3 convolutions faster than XLA:CPU's own
+convolution, forward and both gradients, and it skips the zero padding (README, "Benchmarks",
+has the figures).
 
 The custom call runs on one device: XLA cannot split it across devices, so the CPU backend
 is for a single CPU device (`ddpm_jax.kernels.select`).

@@ -4,7 +4,7 @@
   (pytorch-fid's .pth, read without torch, or a converted .npz).
 * `image_metrics`: `extract_features`, `feature_statistics`, `frechet_distance`,
   `inception_score`, `kernel_inception_distance` (float64 NumPy / SciPy).
-* `torch_pickle`: reading (and writing) torch `state_dict` files without torch.
+* `torch_pickle`: reading torch `state_dict` files without torch.
 
 The names below are re-exported lazily, so that importing one submodule does not import the
 others.

@@ -289,15 +289,6 @@ def torch_to_flax_layout(value: np.ndarray) -> np.ndarray:
   return value
 
 
-def flax_to_torch_layout(value: np.ndarray) -> np.ndarray:
-  """The inverse of `torch_to_flax_layout`."""
-  if value.ndim == 4:  # HWIO -> OIHW
-    return value.transpose(3, 2, 0, 1)
-  if value.ndim == 2:
-    return value.T
-  return value
-
-
 @functools.lru_cache(maxsize=None)
 def _flax_shapes() -> dict[tuple[str, ...], tuple[int, ...]]:
   """Flat Flax variable path -> shape, from an abstract initialisation (no FLOPs)."""
@@ -352,13 +343,6 @@ def torch_state_dict_to_flax(state_dict: Mapping[str, np.ndarray]) -> dict[str, 
       raise ValueError(f'{name}: shape {value.shape}, expected {expected[name]}.')
     flat[path] = np.ascontiguousarray(torch_to_flax_layout(value.astype(np.float32)))
   return traverse_util.unflatten_dict(flat)
-
-
-def flax_to_torch_state_dict(variables: Mapping[str, Any]) -> dict[str, np.ndarray]:
-  """The inverse of `torch_state_dict_to_flax`: `InceptionV3` variables -> pytorch-fid names."""
-  flat = traverse_util.flatten_dict(jax.device_get(dict(variables)))
-  return {torch_name(path): np.ascontiguousarray(flax_to_torch_layout(np.asarray(v)))
-          for path, v in flat.items()}
 
 
 def read_weights_file(path: str) -> dict[str, np.ndarray]:

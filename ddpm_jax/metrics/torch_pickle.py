@@ -1,4 +1,4 @@
-"""Reading (and, for tests and tools, writing) PyTorch `state_dict` files without PyTorch.
+"""Reading PyTorch `state_dict` files without PyTorch.
 
 `torch.save(state_dict, path)` has written two layouts over the years; both are read here:
 
@@ -18,9 +18,6 @@ backward_hooks[, metadata])`. The unpickler below resolves only those few global
 `collections.OrderedDict`), so a file cannot make it import or call anything else: loading a
 hostile file raises `pickle.UnpicklingError` rather than running its code. Tensors come back as
 NumPy arrays (copies, C-contiguous, native byte order).
-
-`save_state_dict` writes either layout from NumPy arrays with the same opcodes torch uses. It
-exists so that tests can build a checkpoint with a real file's structure without PyTorch.
 """
 
 from __future__ import annotations
@@ -49,7 +46,6 @@ STORAGE_DTYPES = {
     'ByteStorage': np.dtype('u1'),
     'BoolStorage': np.dtype('?'),
 }
-_STORAGE_NAMES = {dtype: name for name, dtype in STORAGE_DTYPES.items()}
 
 
 class _StorageType:
@@ -244,115 +240,3 @@ def load_state_dict(path: str) -> 'collections.OrderedDict[str, np.ndarray]':
   if not isinstance(obj, Mapping):
     raise ValueError(f'{path}: holds a {type(obj).__name__}, not a state_dict.')
   return obj
-
-
-# ---------------------------------------------------------------------------------------------
-# Writing (tests and tools).
-
-
-class _Global:
-  """A reference to `module.name` that is pickled as GLOBAL without importing `module`."""
-
-  def __init__(self, module: str, name: str):
-    self.module, self.name = module, name
-
-  def __call__(self, *args):  # pickle requires reduce functions to be callable.
-    raise TypeError(f'{self.module}.{self.name} is a pickling placeholder.')
-
-
-class _Storage:
-
-  def __init__(self, key: str, array: np.ndarray):
-    self.key, self.array = key, array
-
-
-class _Tensor:
-  """A C-contiguous tensor that pickles as `torch._utils._rebuild_tensor_v2(...)`."""
-
-  def __init__(self, storage: _Storage, shape):
-    self.storage, self.shape = storage, tuple(shape)
-
-  def __reduce__(self):
-    stride, acc = [], 1
-    for n in reversed(self.shape):
-      stride.append(acc)
-      acc *= n
-    args = (self.storage, 0, self.shape, tuple(reversed(stride)), False,
-            collections.OrderedDict())
-    return _Global('torch._utils', '_rebuild_tensor_v2'), args
-
-
-class _TorchPickler(pickle._Pickler):  # pylint: disable=protected-access
-  """Pure-Python pickler that writes `_Global`s as GLOBAL opcodes and storages as persistent ids."""
-
-  dispatch = dict(pickle._Pickler.dispatch)  # pylint: disable=protected-access
-
-  def save_placeholder_global(self, obj: _Global):
-    self.write(pickle.GLOBAL + f'{obj.module}\n{obj.name}\n'.encode('ascii'))
-    self.memoize(obj)
-
-  dispatch[_Global] = save_placeholder_global
-
-  def persistent_id(self, obj):
-    if isinstance(obj, _Storage):
-      name = _STORAGE_NAMES[obj.array.dtype.newbyteorder('<')]
-      return ('storage', _Global('torch', name), obj.key, 'cpu', obj.array.size)
-    return None
-
-
-def _as_pickle_tree(state_dict: Mapping[str, np.ndarray]):
-  """(OrderedDict of _Tensor, list of (key, little-endian 1-D array)) for `state_dict`."""
-  tensors, storages = collections.OrderedDict(), []
-  # Like `nn.Module.state_dict()`, whose OrderedDict carries per-module versions (a BUILD opcode).
-  setattr(tensors, '_metadata', collections.OrderedDict([('', {'version': 1})]))
-  for i, (name, value) in enumerate(state_dict.items()):
-    arr = np.asarray(value)
-    arr = np.array(arr, dtype=arr.dtype.newbyteorder('<'), order='C')
-    if arr.dtype.newbyteorder('<') not in _STORAGE_NAMES:
-      raise TypeError(f'{name}: dtype {arr.dtype} has no torch storage type here.')
-    storage = _Storage(str(i), arr.reshape(-1))
-    storages.append(storage)
-    tensors[name] = _Tensor(storage, arr.shape)
-  return tensors, storages
-
-
-def _dumps(obj) -> bytes:
-  buf = io.BytesIO()
-  _TorchPickler(buf, protocol=2).dump(obj)
-  return buf.getvalue()
-
-
-def save_state_dict(path: str, state_dict: Mapping[str, np.ndarray], layout: str = 'zip') -> str:
-  """Writes NumPy arrays as a torch state_dict file that `torch.load` and `load_state_dict` read.
-
-  Args:
-    path: output file; for the zip layout its stem names the archive folder, as in torch.
-    state_dict: name -> array (any dtype in `STORAGE_DTYPES`), in torch's layouts.
-    layout: 'zip' (torch >= 1.6) or 'legacy' (torch 0.4 - 1.5).
-
-  Returns:
-    `path`.
-  """
-  tensors, storages = _as_pickle_tree(state_dict)
-  if layout == 'zip':
-    prefix = os.path.splitext(os.path.basename(path))[0] or 'archive'
-    with zipfile.ZipFile(path, 'w', compression=zipfile.ZIP_STORED) as zf:
-      zf.writestr(f'{prefix}/data.pkl', _dumps(tensors))
-      zf.writestr(f'{prefix}/byteorder', 'little')
-      for s in storages:
-        zf.writestr(f'{prefix}/data/{s.key}', s.array.tobytes())
-      zf.writestr(f'{prefix}/version', '3\n')
-  elif layout == 'legacy':
-    sys_info = {'protocol_version': LEGACY_PROTOCOL_VERSION, 'little_endian': True,
-                'type_sizes': {'short': 2, 'int': 4, 'long': 4}}
-    with open(path, 'wb') as f:
-      for header in (LEGACY_MAGIC_NUMBER, LEGACY_PROTOCOL_VERSION, sys_info):
-        pickle.dump(header, f, protocol=2)
-      f.write(_dumps(tensors))
-      pickle.dump([s.key for s in storages], f, protocol=2)
-      for s in storages:
-        f.write(np.int64(s.array.size).astype('<i8').tobytes())
-        f.write(s.array.tobytes())
-  else:
-    raise ValueError(f"layout must be 'zip' or 'legacy', got {layout!r}.")
-  return path

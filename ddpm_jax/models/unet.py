@@ -34,7 +34,7 @@ from ddpm_jax.models.ops import XLA, Ops
 
 Dtype = Any
 
-_DTYPES = {'float32': jnp.float32, 'bfloat16': jnp.bfloat16, 'float16': jnp.float16}
+_DTYPES = {'float32': jnp.float32, 'bfloat16': jnp.bfloat16}
 
 
 class UNet(nn.Module):
@@ -144,68 +144,17 @@ class UNet(nn.Module):
     return h.astype(jnp.float32)
 
 
-def _validate(config) -> None:
-  """Check the model/data config; raise ValueError naming the offending key."""
-  m, d = config.model, config.data
-  ch_mult = tuple(m.ch_mult)
-  if not ch_mult or any(int(c) != c or c < 1 for c in ch_mult):
-    raise ValueError(f'config.model.ch_mult must be a non-empty sequence of positive ints, '
-                     f'got {m.ch_mult!r}.')
-  if m.ch < 4:
-    raise ValueError(f'config.model.ch must be >= 4 (it is also the timestep-embedding '
-                     f'width), got {m.ch}.')
-  if m.num_res_blocks < 1:
-    raise ValueError(f'config.model.num_res_blocks must be >= 1, got {m.num_res_blocks}.')
-  if not 0.0 <= m.dropout < 1.0:
-    raise ValueError(f'config.model.dropout must be in [0, 1), got {m.dropout}.')
-  if d.channels < 1:
-    raise ValueError(f'config.data.channels must be >= 1, got {d.channels}.')
-  factor = 2 ** (len(ch_mult) - 1)
-  if d.image_size < factor or d.image_size % factor:
-    raise ValueError(
-        f'config.data.image_size={d.image_size} must be divisible by '
-        f'2**(len(config.model.ch_mult)-1) = {factor} (ch_mult={ch_mult}).')
-  if m.num_groups < 1:
-    raise ValueError(f'config.model.num_groups must be >= 1, got {m.num_groups}.')
-  for c in sorted({m.ch} | {m.ch * k for k in ch_mult}):
-    if c % m.num_groups:
-      raise ValueError(
-          f'config.model.num_groups={m.num_groups} must divide every channel count '
-          f'(config.model.ch * config.model.ch_mult = {sorted({m.ch * k for k in ch_mult})}, '
-          f'and config.model.ch = {m.ch}); {c} is not divisible.')
-  resolutions = [d.image_size // 2**i for i in range(len(ch_mult))]
-  bad = [r for r in m.attn_resolutions if r not in resolutions]
-  if bad:
-    raise ValueError(
-        f'config.model.attn_resolutions contains {bad}, which the network never has; '
-        f'its resolutions are {resolutions} (config.data.image_size={d.image_size}, '
-        f'len(config.model.ch_mult)={len(ch_mult)}).')
-  if m.get('num_classes', 0) < 0:
-    raise ValueError(f'config.model.num_classes must be >= 0, got {m.num_classes}.')
-  dtype = compute_dtype_name(config)
-  if dtype not in _DTYPES:
-    raise ValueError(f'config.train.compute_dtype must be one of {sorted(_DTYPES)}, got '
-                     f'{dtype!r}.')
-
-
-def compute_dtype_name(config) -> str:
-  """`config.train.compute_dtype` (float32 when the config has no train group)."""
-  train = config.get('train') or {}
-  return train.get('compute_dtype', 'float32')
-
-
 def create_model(config, ops: Ops = XLA) -> UNet:
-  """Build the `UNet` described by `config.model` and `config.data` (validated first),
-  computing with `ops` (stock JAX by default; `ddpm_jax.kernels.from_config` picks a
-  platform's backend from `config.model.kernels`).
+  """Build the `UNet` described by `config.model` and `config.data` (a config validated by
+  `ddpm_jax.config_checks.validate`, which checks the shapes), computing with `ops` (stock JAX
+  by default; `ddpm_jax.kernels.from_config` picks a platform's backend from
+  `config.model.kernels`).
 
   The output has 2 * channels channels when `config.diffusion.var_type` is learned (mean and
   variance outputs, see `ddpm_jax.diffusion.split_model_output`).
   """
-  _validate(config)
   m = config.model
-  var_type = (config.get('diffusion') or {}).get('var_type', 'fixedlarge')
-  learned_var = var_type in ('learned', 'learned_range')
+  learned_var = config.diffusion.var_type in ('learned', 'learned_range')
   return UNet(
       ch=int(m.ch),
       out_ch=int(config.data.channels) * (2 if learned_var else 1),
@@ -215,8 +164,8 @@ def create_model(config, ops: Ops = XLA) -> UNet:
       dropout=float(m.dropout),
       num_groups=int(m.num_groups),
       resamp_with_conv=bool(m.resamp_with_conv),
-      dtype=_DTYPES[compute_dtype_name(config)],
-      num_classes=int(m.get('num_classes', 0)),
-      remat=bool(m.get('remat', False)),
+      dtype=_DTYPES[config.train.compute_dtype],
+      num_classes=int(m.num_classes),
+      remat=bool(m.remat),
       ops=ops,
   )
