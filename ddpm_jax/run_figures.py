@@ -15,6 +15,7 @@ Works on a run that is still going: it draws what has been written so far.
 from __future__ import annotations
 
 import glob
+import math
 import os
 import re
 
@@ -78,8 +79,11 @@ def plot_curves(workdir: str, path: str, floor: float | None = None) -> str:
     values = [v for _, v in curve]
     if smooth and values:
       ax.plot(steps, values, color='tab:blue', alpha=0.25, linewidth=0.8)
-      ax.plot(steps, report.moving_average(values), color='tab:blue', linewidth=1.5,
-              label=f'moving average of {report.SMOOTH_WINDOW}')
+      # A geometric mean: on the log axis, the first large losses do not hold the curve up.
+      smooth = [math.exp(v) for v in report.moving_average([math.log(max(v, 1e-12))
+                                                           for v in values])]
+      ax.plot(steps, smooth, color='tab:blue', linewidth=1.5,
+              label=f'geometric moving average of {report.SMOOTH_WINDOW}')
       ax.set_yscale('log')
     elif values:
       ax.plot(steps, values, 'o-', color='tab:orange', linewidth=1.5)
