@@ -136,8 +136,9 @@ class TrainIterator:
   `next()` yields the batches of steps start_step, start_step + 1, ...; `get_batch(step)`
   computes any step's batch directly (the array `next()` gives for that step).
   `example_indices(step)` and `flips(step)` say which examples it holds and which are flipped.
-  `num_threads` (default: up to 8) read batches ahead in this process; `worker_processes > 0`
-  read them in that many processes instead (each with `num_threads` threads).
+  `num_threads` threads prepare batches ahead in this process (default: one for an in-memory
+  source, else one per core up to 8); with `worker_processes > 0` that many processes prepare
+  them instead, each with `num_threads` threads.
   """
 
   def __init__(self, source, *, global_batch_size: int, seed: int, image_size: int,
