@@ -338,6 +338,8 @@ def _train(config, workdir: str, experiment: Experiment, source, sample_experime
         consume_dispatch(*pending)
   finally:
     bar.close()
+    if batches is not None:
+      batches.close()  # Stops the input threads and worker processes.
     checkpointer.close()
     writer.close()
 
