@@ -8,6 +8,7 @@ import signal
 import jax
 import numpy as np
 import pytest
+from PIL import Image
 
 from conftest import make_tiny_config
 from ddpm_jax import data, train
@@ -253,3 +254,16 @@ def test_several_steps_per_dispatch_match_one_at_a_time(uninterrupted, tmp_path)
   # of one step's largest update (lr = 1e-3).
   for x, y in zip(jax.tree.leaves(a.params), jax.tree.leaves(b.params)):
     np.testing.assert_allclose(np.asarray(x), np.asarray(y), rtol=1e-4, atol=1e-5)
+
+
+def test_class_count_of_a_folder_is_checked_before_the_workdir_is_touched(tmp_path):
+  for name in ('cat', 'dog', 'owl'):
+    (tmp_path / 'images' / name).mkdir(parents=True)
+    Image.fromarray(np.full((8, 8), 100, np.uint8)).save(tmp_path / 'images' / name / '0.png')
+  config = make_tiny_config()
+  config.data.dataset, config.data.data_dir = 'folder', str(tmp_path / 'images')
+  config.model.num_classes = 10
+  with pytest.raises(data.DatasetError, match=r'num_classes=10 but the dataset has 3 classes '
+                     r'\(cat, dog, owl\)'):
+    train.train_and_evaluate(config, str(tmp_path / 'run'), progress=False)
+  assert not (tmp_path / 'run').exists()
