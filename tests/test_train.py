@@ -50,7 +50,6 @@ def test_uninterrupted_run_writes_checkpoints_logs_and_samples(uninterrupted):
   assert [l['step'] for l in lines] == [1, 2, 3, 4]
   assert all(np.isfinite(l['train/loss']) for l in lines)
   assert glob.glob(os.path.join(workdir, 'tensorboard', 'events.out.tfevents.*'))
-  from PIL import Image
   (png,) = summary['samples']
   img = np.asarray(Image.open(png))
   # 4 grey 8x8 samples, 2x2 grid (22 px), written 8x larger (images.upscale's cap).
