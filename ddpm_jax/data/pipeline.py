@@ -92,10 +92,10 @@ class _LocalSlice:
 
 
 class _Batch:
-  """grain `map`: (indices, flips) -> the model's input: float32 (n, S, S, C) in [-1, 1] (the
-  examples read, preprocessed and flipped), and with `num_classes > 0` a dict with their int32
-  labels, checked to lie in [0, num_classes). In-memory sources already preprocessed
-  (`preprocessed`) are read by one fancy index."""
+  """grain `map`: (indices, flips) -> uint8 (n, S, S, C), the examples read, preprocessed and
+  flipped, and with `num_classes > 0` a dict with their int32 labels, checked to lie in
+  [0, num_classes). In-memory sources already preprocessed (`preprocessed`) are read by one
+  fancy index."""
 
   def __init__(self, source, image_size: int, channels: int, num_classes: int,
                preprocessed: bool):
@@ -115,8 +115,8 @@ class _Batch:
     if flips.any():
       images[flips] = images[flips][:, :, ::-1]
     if not self.num_classes:
-      return to_float(images)
-    return {'image': to_float(images), 'label': self._check(labels)}
+      return images
+    return {'image': images, 'label': self._check(labels)}
 
   def _check(self, labels) -> np.ndarray:
     if any(label is None for label in labels):
@@ -127,6 +127,13 @@ class _Batch:
       raise DatasetError(f'Label {int(labels[bad][0])} is outside [0, {self.num_classes}): set '
                          'config.model.num_classes to the number of classes of the dataset.')
     return labels.astype(np.int32)
+
+
+def _model_input(batch):
+  """grain `map`: a uint8 batch (or {'image', 'label'}) -> float32 in [-1, 1]."""
+  if isinstance(batch, dict):
+    return {'image': to_float(batch['image']), 'label': batch['label']}
+  return to_float(batch)
 
 
 class TrainIterator:
@@ -165,8 +172,9 @@ class TrainIterator:
     self._plan = self._order.batch(self.global_batch_size).random_map(
         _DrawFlips(bool(random_flip)), seed=_grain_seed(seed, _FLIP_STREAM)).map(
             _LocalSlice(self._offset, self.local_batch_size))
-    self._batches = self._plan.map(
+    self._uint8 = self._plan.map(
         _Batch(source, int(image_size), int(channels), int(num_classes), in_memory))
+    self._batches = self._uint8.map(_model_input)
     if num_threads is None:
       num_threads = 1 if in_memory else min(8, os.cpu_count() or 1)
     self._num_threads, self._worker_processes = int(num_threads), int(worker_processes)
@@ -202,13 +210,17 @@ class TrainIterator:
   def __next__(self):
     if self._iter is None:
       threads = self._num_threads
-      ds = self._batches[self._step:].to_iter_dataset(grain.ReadOptions(
-          num_threads=threads, prefetch_buffer_size=2 * threads if threads else 1))
+      options = grain.ReadOptions(num_threads=threads,
+                                  prefetch_buffer_size=2 * threads if threads else 1)
       if self._worker_processes > 0:
         if not flags.FLAGS.is_parsed():  # grain's workers read its absl flags (defaults here).
           flags.FLAGS.mark_as_parsed()
-        ds = ds.mp_prefetch(grain.MultiprocessingOptions(
-            num_workers=self._worker_processes, per_worker_buffer_size=2))
+        # Workers send uint8 batches (a quarter of float32's bytes); floats are made here.
+        ds = self._uint8[self._step:].to_iter_dataset(options).mp_prefetch(
+            grain.MultiprocessingOptions(num_workers=self._worker_processes,
+                                         per_worker_buffer_size=2)).map(_model_input)
+      else:
+        ds = self._batches[self._step:].to_iter_dataset(options)
       self._iter = iter(ds)
     batch = next(self._iter)
     self._step += 1
