@@ -20,6 +20,8 @@ def get_config() -> ml_collections.ConfigDict:
   data.random_flip = True
   data.data_dir = ''  # tfds data_dir, the folder of images for `folder`, or Fashion-MNIST IDX files.
   data.split = 'train'
+  # Processes that decode and resize training images (0: threads of the training process).
+  data.worker_processes = 0
 
   # U-Net (Ho et al. 2020, appendix B).
   config.model = model = ml_collections.ConfigDict()

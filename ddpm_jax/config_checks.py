@@ -8,7 +8,7 @@ validated config. The data files are checked by the input pipeline when it opens
 
 from __future__ import annotations
 
-from ddpm_jax import diffusion, input_pipeline, kernels, samplers, schedules
+from ddpm_jax import data, diffusion, kernels, samplers, schedules
 from ddpm_jax.errors import ConfigError
 
 SEED_RANGE = 2 ** 32  # Seeds feed NumPy's generators too, which take [0, 2**32).
@@ -34,11 +34,13 @@ def validate(config) -> None:
   """Raises ValueError naming the first invalid field of `config`."""
   d, f, o, t, s = config.data, config.diffusion, config.optim, config.train, config.sample
   try:
-    input_pipeline.check_dataset_name(d.dataset, d.image_size)
+    data.check_dataset_name(d.dataset, d.image_size)
   except ValueError as e:
     raise ConfigError(str(e)) from None
   _require(d.image_size >= 4, 'data.image_size', d.image_size, 'an integer >= 4')
   _require(d.channels in (1, 3), 'data.channels', d.channels, '1 or 3')
+  _require(d.worker_processes >= 0, 'data.worker_processes', d.worker_processes,
+           'an integer >= 0')
   _validate_model(config)
   _choice(config, 'diffusion.schedule', schedules.SCHEDULE_NAMES)
   _choice(config, 'diffusion.mean_type', diffusion.MEAN_TYPES)

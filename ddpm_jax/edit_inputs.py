@@ -14,7 +14,7 @@ import pathlib
 import numpy as np
 from PIL import Image, ImageDraw, ImageOps
 
-from ddpm_jax import input_pipeline
+from ddpm_jax import data
 from ddpm_jax.errors import UserError
 
 MASK_SHAPES = ('center', 'left', 'strokes')
@@ -79,11 +79,6 @@ def builtin_masks(shape: str, size: int, num: int, seed: int = 0) -> np.ndarray:
 # Mask PNGs.
 
 
-def _image_files(folder: pathlib.Path) -> list[pathlib.Path]:
-  return sorted(p for p in folder.rglob('*')
-                if p.suffix.lower() in input_pipeline.IMAGE_EXTENSIONS and p.is_file())
-
-
 def read_mask(path, size: int) -> np.ndarray:
   """One mask file -> float32 (size, size): white (255) = keep, black (0) = generate."""
   try:
@@ -112,9 +107,9 @@ def load_masks(spec: str, size: int, num: int, seed: int = 0) -> np.ndarray:
     return builtin_masks(spec, size, num, seed)
   path = pathlib.Path(spec).expanduser()
   if path.is_dir():
-    files = _image_files(path)
+    files = data.list_images(path)
     if not files:
-      raise InputError(f'No mask images ({", ".join(input_pipeline.IMAGE_EXTENSIONS)}) in '
+      raise InputError(f'No mask images ({", ".join(data.IMAGE_EXTENSIONS)}) in '
                        f'{path} (config.sample.mask).')
   elif path.is_file():
     files = [path]
@@ -136,7 +131,7 @@ def _is_grey(im: Image.Image) -> bool:
 
 def read_image(path, image_size: int, channels: int, allow_grey: bool) -> np.ndarray:
   """One image file -> uint8 (image_size, image_size, channels), cropped and resized as the
-  training data (`input_pipeline.preprocess_image`). A grey image for a colour model is refused
+  training data (`data.preprocess_image`). A grey image for a colour model is refused
   unless `allow_grey` (colorization)."""
   try:
     with Image.open(path) as im:
@@ -149,7 +144,7 @@ def read_image(path, image_size: int, channels: int, allow_grey: bool) -> np.nda
     raise InputError(f'Image {path} is grayscale but the model generates colour images '
                      '(config.data.channels=3); give colour images, or colour grayscale ones '
                      'with --config.sample.mode=colorize.')
-  return input_pipeline.preprocess_image(array, image_size, channels)
+  return data.preprocess_image(array, image_size, channels)
 
 
 def load_images(config, num: int) -> np.ndarray:
@@ -159,18 +154,17 @@ def load_images(config, num: int) -> np.ndarray:
   d, s = config.data, config.sample
   folder = s.input_dir
   if not folder:
-    source = input_pipeline.open_source(d, s.data_split)
-    if len(source) < num:
-      raise InputError(f'The {s.data_split!r} split has {len(source)} images; {num} are '
+    images = data.load_split(d, s.data_split, max_examples=num)
+    if len(images) < num:
+      raise InputError(f'The {s.data_split!r} split has {len(images)} images; {num} are '
                        'needed (config.sample.num).')
-    return np.stack([input_pipeline.preprocess_image(source[i][0], d.image_size, d.channels)
-                     for i in range(num)])
+    return images
   path = pathlib.Path(folder).expanduser()
   if not path.is_dir():
     raise InputError(f'config.sample.input_dir={folder!r} is not a folder.')
-  files = _image_files(path)[:num]
+  files = data.list_images(path)[:num]
   if not files:
-    raise InputError(f'No images ({", ".join(input_pipeline.IMAGE_EXTENSIONS)}) in {path} '
+    raise InputError(f'No images ({", ".join(data.IMAGE_EXTENSIONS)}) in {path} '
                      '(config.sample.input_dir).')
   allow_grey = s.mode == 'colorize'
   return np.stack([read_image(f, d.image_size, d.channels, allow_grey) for f in files])

@@ -20,7 +20,7 @@ import jax.numpy as jnp
 import numpy as np
 from tqdm.auto import tqdm
 
-from ddpm_jax import controllable, edit_inputs, images, input_pipeline, sampling
+from ddpm_jax import controllable, data, edit_inputs, images, sampling
 
 MODES = ('inpaint', 'colorize', 'edit')
 
@@ -85,7 +85,7 @@ def run(config, experiment, params, key, stem: str, is_main: bool) -> dict:
   masks = (edit_inputs.load_masks(s.mask, size, n, s.seed) if s.mode == 'inpaint'
            else np.ones((n, size, size, 1), np.float32))
   fn, start, chain = _edit_fn(config, experiment, params)
-  x = input_pipeline.to_float(originals)
+  x = data.to_float(originals)
   results, conds = [], []
   bs = min(s.batch_size, n)
   for b in tqdm(range(math.ceil(n / bs)), desc=s.mode, unit='batch',
@@ -116,7 +116,7 @@ def run(config, experiment, params, key, stem: str, is_main: bool) -> dict:
             '(uint8 rounding)')
   else:
     extra['t0'] = np.int64(s.t0)
-    summary['mse_to_input'] = float(np.mean((input_pipeline.to_float(results) - x) ** 2))
+    summary['mse_to_input'] = float(np.mean((data.to_float(results) - x) ** 2))
     kept_t = int(chain.timesteps[start]) + 1 if start >= 0 else 0
     what = (f't0 = {s.t0} (chain starts at t = {kept_t}); mean squared change '
             f'{summary["mse_to_input"]:.3f} on [-1, 1] images')

@@ -14,3 +14,7 @@ class UserError(Exception):
 
 class ConfigError(UserError, ValueError):
   """A config value is invalid or inconsistent; the message names the `config.` key."""
+
+
+class DatasetError(UserError, RuntimeError):
+  """A dataset is missing, unprepared, corrupt or misconfigured; the message says what to do."""

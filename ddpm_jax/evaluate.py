@@ -21,7 +21,7 @@ import time
 import jax
 import numpy as np
 
-from ddpm_jax import checkpointing, input_pipeline, sampling, sharding, workdir_lock
+from ddpm_jax import checkpointing, data, sampling, sharding, workdir_lock
 from ddpm_jax.checkpointing import Checkpointer, CheckpointError, CheckpointMismatchError
 from ddpm_jax.errors import ConfigError
 from ddpm_jax.experiment import Experiment
@@ -58,11 +58,11 @@ def check_inputs(config, bpd_examples: int, num_samples: int):
   weights) before any of the hours it may take; returns the Inception variables (or None)."""
   ev = config.eval
   if bpd_examples > 0:
-    input_pipeline.open_source(config.data, ev.split)
+    data.open_source(config.data, ev.split)
   if num_samples <= 0:
     return None
   if config.data.dataset == 'fashion_mnist' or ev.inception_weights:
-    input_pipeline.open_source(config.data, ev.reference_split)
+    data.open_source(config.data, ev.reference_split)
   return load_inception_weights(ev.inception_weights) if ev.inception_weights else None
 
 
@@ -108,7 +108,7 @@ class Evaluator:
 
   def test_images(self, num: int) -> np.ndarray:
     if self._test_images is None or len(self._test_images) < num:
-      self._test_images = input_pipeline.load_split(self.config.data, self.config.eval.split,
+      self._test_images = data.load_split(self.config.data, self.config.eval.split,
                                                      max_examples=num)
     return self._test_images[:num]
 
@@ -157,7 +157,7 @@ class Evaluator:
         data_cfg = self.config.data.copy_and_resolve_references()
         with data_cfg.unlocked():
           data_cfg.image_size, data_cfg.channels = fc.IMAGE_SIZE, 1
-        ref = input_pipeline.load_split(data_cfg, ev.reference_split,
+        ref = data.load_split(data_cfg, ev.reference_split,
                                         max_examples=ev.reference_examples)
         feats, _ = fc.features_and_logits(params, ref)
         mu, sigma = image_metrics.feature_statistics(feats)
@@ -192,7 +192,7 @@ class Evaluator:
       with np.load(path) as f:
         ref_feats = f['features']
     else:
-      ref = input_pipeline.load_split(self.config.data, ev.reference_split,
+      ref = data.load_split(self.config.data, ev.reference_split,
                                       max_examples=ev.reference_examples)
       ref_feats, _ = inception.extract_features(params, ref, ev.inception_batch_size)
       if jax.process_index() == 0:

@@ -27,7 +27,7 @@ import os
 import numpy as np
 from absl import app, flags
 
-from ddpm_jax import cli, runtime
+from ddpm_jax import cli, data, runtime
 from ddpm_jax.errors import UserError
 
 FLAGS = flags.FLAGS
@@ -77,24 +77,23 @@ def _check_images(images: np.ndarray, what: str) -> np.ndarray:
 def _data_config(**fields):
   """The default `config.data` with `fields` set: data read as training reads it."""
   from configs import default  # pylint: disable=g-import-not-at-top
-  data = default.get_config().data
-  data.update(fields)
-  return data
+  cfg = default.get_config().data
+  cfg.update(fields)
+  return cfg
 
 
 def _folder(path: str, size: int | None, channels: int) -> np.ndarray:
   """Every image under `path` (recursive), preprocessed as training data to `size` (default:
   the first image's side)."""
-  from ddpm_jax import input_pipeline  # pylint: disable=g-import-not-at-top
   try:
     if size is None:
-      first = input_pipeline.FolderSource(path, channels)[0][0]
+      first = data.FolderSource(path, channels)[0][0]
       size = min(first.shape[:2])
-    # data_dir/split names the folder itself (split = its name, see input_pipeline.open_source).
+    # data_dir/split names the folder itself (split = its name, see data.open_source).
     parent, name = os.path.split(os.path.abspath(path))
     cfg = _data_config(dataset='folder', data_dir=parent, image_size=size, channels=channels)
-    return input_pipeline.load_split(cfg, name)
-  except input_pipeline.DatasetError as e:
+    return data.load_split(cfg, name)
+  except data.DatasetError as e:
     raise InputError(f'{path}: {e}') from None
 
 
@@ -102,11 +101,10 @@ def _dataset(spec: str, what: str, size: int, channels: int, data_dir: str,
              max_examples: int) -> tuple[np.ndarray, str]:
   """The first `max_examples` images of the dataset split `NAME:SPLIT`, as training reads them."""
   name, _, split = spec.partition(':')
-  from ddpm_jax import input_pipeline  # pylint: disable=g-import-not-at-top
   cfg = _data_config(dataset=name, data_dir=data_dir, image_size=size, channels=channels)
   try:
-    images = input_pipeline.load_split(cfg, split or 'train', max_examples=max_examples)
-  except (input_pipeline.DatasetError, ValueError) as e:
+    images = data.load_split(cfg, split or 'train', max_examples=max_examples)
+  except (data.DatasetError, ValueError) as e:
     raise InputError(f'{what} {spec} is not a file or folder, and as a dataset NAME:SPLIT: '
                      + ' '.join(str(e).split())) from None
   return _check_images(images, spec), f'{name}/{split or "train"} ({len(images)} images)'

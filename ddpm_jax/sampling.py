@@ -18,7 +18,7 @@ import numpy as np
 from jax.experimental import multihost_utils
 from tqdm.auto import tqdm
 
-from ddpm_jax import (checkpointing, diffusion, images, progressive, samplers, schedules,
+from ddpm_jax import (checkpointing, data, diffusion, images, progressive, samplers, schedules,
                       sharding)
 from ddpm_jax.checkpointing import Checkpointer
 
@@ -217,15 +217,11 @@ def _suffix(config, num_timesteps: int) -> str:
 
 def _data_images(config, num: int) -> np.ndarray:
   """The first `num` images of `config.sample.data_split`, float32 in [-1, 1]."""
-  from ddpm_jax import input_pipeline  # pylint: disable=g-import-not-at-top
-  d = config.data
-  source = input_pipeline.open_source(d, config.sample.data_split)
-  if len(source) < num:
-    raise ValueError(f'The {config.sample.data_split!r} split has {len(source)} images; '
+  imgs = data.load_split(config.data, config.sample.data_split, max_examples=num)
+  if len(imgs) < num:
+    raise ValueError(f'The {config.sample.data_split!r} split has {len(imgs)} images; '
                      f'{num} are needed.')
-  imgs = np.stack([input_pipeline.preprocess_image(source[i][0], d.image_size, d.channels)
-                   for i in range(num)])
-  return input_pipeline.to_float(imgs)
+  return data.to_float(imgs)
 
 
 def sample_from_workdir(config, workdir: str, experiment=None,

@@ -128,7 +128,7 @@ def global_batch_from_local(local, mesh, stacked: bool = False):
   """Assemble each process's slice of the batch into one global array split over the devices.
 
   Each process passes the rows it read (`global_batch // process_count` of them, as produced
-  by `input_pipeline.create_train_iterator(..., process_index, process_count)`). The global
+  by `data.create_train_iterator(..., process_index, process_count)`). The global
   array is their concatenation in process order when each process's devices form one
   contiguous block of the mesh (always so on CPU and GPU; on TPU `jax.make_mesh` may order
   devices by the physical topology, and then the rows are a permutation of that concatenation:

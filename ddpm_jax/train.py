@@ -29,7 +29,7 @@ import jax
 import numpy as np
 from tqdm.auto import tqdm
 
-from ddpm_jax import (checkpointing, evaluate, distributed, images, input_pipeline, sampling,
+from ddpm_jax import (checkpointing, data, evaluate, distributed, images, sampling,
                       saved_config, sharding, workdir_lock)
 from ddpm_jax.checkpointing import Checkpointer
 from ddpm_jax.errors import UserError
@@ -153,7 +153,9 @@ def train_and_evaluate(config, workdir: str, experiment: Experiment | None = Non
   if init_from and not checkpointing.has_checkpoint(workdir):
     imported = hf_interop.load_params(init_from, config, experiment.abstract_state().params)
   # No data is needed when no step is to run (e.g. an import with num_steps=0).
-  source = input_pipeline.open_source(config.data) if tcfg.num_steps > 0 else None
+  source = data.open_source(config.data) if tcfg.num_steps > 0 else None
+  if source is not None:
+    data.check_labels(source, config.model.num_classes)
   sample_experiment = _sampling_experiment(experiment)
   evaluator = None
   if config.eval.eval_every > 0:
@@ -201,7 +203,7 @@ def _train(config, workdir: str, experiment: Experiment, source, sample_experime
             'params and EMA params, a fresh optimizer; saved as checkpoint 0.', flush=True)
 
   # Input (none needed when no step is left, e.g. an import with num_steps=0).
-  batches = None if start_step >= tcfg.num_steps else input_pipeline.create_train_iterator(
+  batches = None if start_step >= tcfg.num_steps else data.create_train_iterator(
       config.data, tcfg.batch_size, tcfg.seed, start_step=start_step,
       process_index=jax.process_index(), process_count=jax.process_count(),
       num_classes=int(config.model.num_classes), source=source)
@@ -336,6 +338,8 @@ def _train(config, workdir: str, experiment: Experiment, source, sample_experime
         consume_dispatch(*pending)
   finally:
     bar.close()
+    if batches is not None:
+      batches.close()  # Stops the input threads and worker processes.
     checkpointer.close()
     writer.close()
 

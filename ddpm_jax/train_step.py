@@ -20,7 +20,7 @@ class TrainState(flax.struct.PyTreeNode):
 
   step: number of updates applied so far (int32 scalar). rng: the run's base key (uint32[2]);
   step keys are `fold_in(rng, step)`, so the key is never advanced and resuming is exact.
-  The data position is a function of `step` too (see `ddpm_jax.input_pipeline`).
+  The data position is a function of `step` too (see `ddpm_jax.data.pipeline`).
   """
 
   step: jax.Array

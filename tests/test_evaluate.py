@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from conftest import make_tiny_config
-from ddpm_jax import evaluate, input_pipeline, train
+from ddpm_jax import data, evaluate, train
 from ddpm_jax.experiment import Experiment
 from torch_pickle_writer import flax_to_torch_state_dict
 
@@ -64,7 +64,7 @@ def test_fd_fmnist_separates_real_images_from_noise(tmp_path):
   config.eval.reference_examples = 5000
   ev = evaluate.Evaluator.__new__(evaluate.Evaluator)
   ev.config, ev.workdir, ev._fmnist = config, str(tmp_path), None
-  real = input_pipeline.load_split(config.data, 'test', max_examples=2000)
+  real = data.load_split(config.data, 'test', max_examples=2000)
   noise = np.random.default_rng(0).integers(0, 256, real.shape, dtype=np.uint8)
   fd_real = ev.sample_quality(real)['fd_fmnist']
   fd_noise = ev.sample_quality(noise)['fd_fmnist']

@@ -10,7 +10,7 @@ import pytest
 
 from configs import default
 from conftest import ROOT
-from ddpm_jax import fid, images
+from ddpm_jax import data, fid, images
 from ddpm_jax.metrics import fmnist_classifier as fc
 from ddpm_jax.metrics import image_metrics, inception
 from test_inception import random_variables  # pylint: disable=unused-import  (a fixture)
@@ -69,10 +69,9 @@ def test_npz_folder_and_statistics_give_the_same_fd_fmnist(tmp_path):
 def test_a_dataset_split_as_samples_is_real_datas_floor(tmp_path):
   # The first 48 test images as SAMPLES, read as training reads them: the same distance as
   # their pixels written to an .npz.
-  from ddpm_jax import input_pipeline  # pylint: disable=g-import-not-at-top
-  data = default.get_config().data
-  data.update(dict(dataset='fashion_mnist', image_size=32, channels=1))
-  test = input_pipeline.load_split(data, 'test', max_examples=48)
+  cfg = default.get_config().data
+  cfg.update(dict(dataset='fashion_mnist', image_size=32, channels=1))
+  test = data.load_split(cfg, 'test', max_examples=48)
   npz = images.save_npz(str(tmp_path / 'test48.npz'), test)
   ref = images.save_npz(str(tmp_path / 'ref.npz'), _images(2, 40))
   got, protocol = fid.evaluate('fashion_mnist:test', ref, features='fmnist', num_samples=48)

@@ -5,14 +5,15 @@ import numpy as np
 import pytest
 
 from conftest import make_tiny_config
-from ddpm_jax import input_pipeline
+from ddpm_jax import data
+from ddpm_jax.data import fashion_mnist
 from ddpm_jax.metrics import fmnist_classifier as fc
 
 
 def _split(name, n):
   c = make_tiny_config(image_size=32)
-  images = input_pipeline.load_split(c.data, name, max_examples=n)
-  _, labels = input_pipeline.load_fashion_mnist(input_pipeline.find_fashion_mnist_dir(), name)
+  images = data.load_split(c.data, name, max_examples=n)
+  _, labels = fashion_mnist.load(fashion_mnist.find_dir(), name)
   return images, np.asarray(labels)[:n]
 
 

@@ -8,9 +8,10 @@ import signal
 import jax
 import numpy as np
 import pytest
+from PIL import Image
 
 from conftest import make_tiny_config
-from ddpm_jax import input_pipeline, train
+from ddpm_jax import data, train
 from ddpm_jax.checkpointing import Checkpointer, CheckpointError
 from ddpm_jax.experiment import Experiment
 from ddpm_jax.train_step import make_train_step
@@ -49,7 +50,6 @@ def test_uninterrupted_run_writes_checkpoints_logs_and_samples(uninterrupted):
   assert [l['step'] for l in lines] == [1, 2, 3, 4]
   assert all(np.isfinite(l['train/loss']) for l in lines)
   assert glob.glob(os.path.join(workdir, 'tensorboard', 'events.out.tfevents.*'))
-  from PIL import Image
   (png,) = summary['samples']
   img = np.asarray(Image.open(png))
   # 4 grey 8x8 samples, 2x2 grid (22 px), written 8x larger (images.upscale's cap).
@@ -73,7 +73,7 @@ def test_sigterm_checkpoints_and_resumes_exactly(uninterrupted, tmp_path, monkey
   full_dir, config, _ = uninterrupted
   config.train.sample_every = 0
   config.train.checkpoint_every = 100  # Only the signal and the end save.
-  real = input_pipeline.create_train_iterator
+  real = data.create_train_iterator
   # "saved checkpoint" must come after the save is durable (a SIGKILL may follow at once).
   events = []
   real_wait, real_write = Checkpointer.wait, train.tqdm.write
@@ -88,14 +88,14 @@ def test_sigterm_checkpoints_and_resumes_exactly(uninterrupted, tmp_path, monkey
         os.kill(os.getpid(), signal.SIGTERM)
       yield batch
 
-  monkeypatch.setattr(input_pipeline, 'create_train_iterator', killed_after_first_batch)
+  monkeypatch.setattr(data, 'create_train_iterator', killed_after_first_batch)
   summary = train.train_and_evaluate(config, str(tmp_path), progress=False)
   assert summary['stopped_by'] == 'SIGTERM' and summary['final_step'] == 2
   message = [e for e in events if 'saved checkpoint at step 2' in e]
   assert message and 'wait' in events[:events.index(message[0])]
   ckpt = Checkpointer(str(tmp_path))
   assert ckpt.preemption_steps() == [2] and ckpt.all_steps() == []  # The preemption stream.
-  monkeypatch.setattr(input_pipeline, 'create_train_iterator', real)
+  monkeypatch.setattr(data, 'create_train_iterator', real)
   summary = train.train_and_evaluate(config, str(tmp_path), progress=False)
   assert summary['start_step'] == 2 and summary['final_step'] == 4
   _assert_same_state(_final_state(str(tmp_path), config)[0], _final_state(full_dir, config)[0])
@@ -103,13 +103,13 @@ def test_sigterm_checkpoints_and_resumes_exactly(uninterrupted, tmp_path, monkey
 
 def test_nan_loss_stops_with_a_clear_error(tmp_path, monkeypatch):
   config = make_tiny_config()
-  real = input_pipeline.create_train_iterator
+  real = data.create_train_iterator
 
   def nan_batches(*args, **kwargs):
     for batch in real(*args, **kwargs):
       yield np.full_like(batch, np.nan)
 
-  monkeypatch.setattr(input_pipeline, 'create_train_iterator', nan_batches)
+  monkeypatch.setattr(data, 'create_train_iterator', nan_batches)
   with pytest.raises(train.NonFiniteLossError, match='Loss is nan at step 1'):
     train.train_and_evaluate(config, str(tmp_path), progress=False)
   assert Checkpointer(str(tmp_path)).all_steps() == []
@@ -173,7 +173,7 @@ def test_a_diverging_update_is_never_saved(tmp_path):
   exp = Experiment.from_config(config)
   state = ckpt.restore(exp.abstract_state(), newest)
   assert all(np.isfinite(np.asarray(x)).all() for x in jax.tree.leaves(state))
-  batch = input_pipeline.create_train_iterator(config.data, 8, config.train.seed).get_batch(
+  batch = data.create_train_iterator(config.data, 8, config.train.seed).get_batch(
       newest - 1)  # The batch of the newest checkpoint's step.
   step_fn = jax.jit(make_train_step(exp.model, exp.tx, exp.schedule, config))
   assert np.isfinite(float(step_fn(state, batch)[1]['loss']))
@@ -218,7 +218,7 @@ def test_class_conditional_training_end_to_end(tmp_path):
 
   # Zero-initialised layers: the third step (batch 2) is the first whose gradient reaches the
   # label embedding (see test_objectives), so only its labels can have moved their rows.
-  it = input_pipeline.create_train_iterator(config.data, 8, config.train.seed, num_classes=10)
+  it = data.create_train_iterator(config.data, 8, config.train.seed, num_classes=10)
   seen = set(it.get_batch(2)['label'].tolist())
   exp = Experiment.from_config(config)
   init = np.asarray(exp.init_state().params['label_emb']['embedding'])
@@ -253,3 +253,16 @@ def test_several_steps_per_dispatch_match_one_at_a_time(uninterrupted, tmp_path)
   # of one step's largest update (lr = 1e-3).
   for x, y in zip(jax.tree.leaves(a.params), jax.tree.leaves(b.params)):
     np.testing.assert_allclose(np.asarray(x), np.asarray(y), rtol=1e-4, atol=1e-5)
+
+
+def test_class_count_of_a_folder_is_checked_before_the_workdir_is_touched(tmp_path):
+  for name in ('cat', 'dog', 'owl'):
+    (tmp_path / 'images' / name).mkdir(parents=True)
+    Image.fromarray(np.full((8, 8), 100, np.uint8)).save(tmp_path / 'images' / name / '0.png')
+  config = make_tiny_config()
+  config.data.dataset, config.data.data_dir = 'folder', str(tmp_path / 'images')
+  config.model.num_classes = 10
+  with pytest.raises(data.DatasetError, match=r'num_classes=10 but the dataset has 3 classes '
+                     r'\(cat, dog, owl\)'):
+    train.train_and_evaluate(config, str(tmp_path / 'run'), progress=False)
+  assert not (tmp_path / 'run').exists()

@@ -22,6 +22,9 @@ import numpy as np
 import optax
 from flax import traverse_util
 
+from ddpm_jax.data import fashion_mnist
+from ddpm_jax.data.preprocess import preprocess_images
+
 WEIGHTS_PATH = os.path.join(os.path.dirname(os.path.abspath(__file__)), 'fmnist_classifier.npz')
 IMAGE_SIZE = 32
 FEATURE_DIM = 128
@@ -132,10 +135,8 @@ def accuracy(params, images_uint8, labels) -> float:
 
 
 def _load_padded(split: str):
-  from ddpm_jax import input_pipeline
-  images, labels = input_pipeline.load_fashion_mnist(input_pipeline.find_fashion_mnist_dir(),
-                                                     split)
-  images = input_pipeline.preprocess_images(images, IMAGE_SIZE, 1)
+  images, labels = fashion_mnist.load(fashion_mnist.find_dir(), split)
+  images = preprocess_images(images, IMAGE_SIZE, 1)
   return images, np.asarray(labels)
 
 

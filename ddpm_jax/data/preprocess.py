@@ -1,0 +1,140 @@
+"""Preprocessing of one image and of a batch: channels, centre crop, pad or resize, [-1, 1].
+
+An image becomes a training example in three steps (`preprocess_image`): channel conversion
+(`convert_channels`), centre crop to a square (`center_crop`), then to `image_size` by zero
+padding (`pad_to_size`) when the square is smaller by a small even margin (Fashion-MNIST
+28 -> 32 gets a 2-pixel black border instead of being blurred by upsampling), else by
+antialiased resizing (`resize`, PIL Lanczos). The pipeline then mirrors it left-right with
+probability 1/2 and scales batches to [-1, 1] (`to_float`).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from PIL import Image
+
+
+def as_hwc(image) -> np.ndarray:
+  """A uint8 image (H, W) or (H, W, C) as (H, W, C); anything else is a ValueError."""
+  image = np.asarray(image)
+  if image.ndim == 2:
+    image = image[:, :, None]
+  if image.ndim != 3:
+    raise ValueError(f'Expected an image (H, W) or (H, W, C), got shape {image.shape}.')
+  if image.dtype != np.uint8:
+    raise ValueError(f'Expected a uint8 image, got {image.dtype}.')
+  return image
+
+
+def convert_channels(image: np.ndarray, channels: int) -> np.ndarray:
+  """uint8 (..., H, W, C) -> (..., H, W, `channels`).
+
+  Grey -> RGB repeats the channel; RGB -> grey is ITU-R 601-2 luma with PIL's fixed-point
+  arithmetic (identical to `PIL.Image.convert('L')`). An alpha channel is dropped.
+  """
+  if channels not in (1, 3):
+    raise ValueError(f'config.data.channels must be 1 or 3, got {channels}.')
+  c = image.shape[-1]
+  if c == 2:  # Grey + alpha.
+    image, c = image[..., :1], 1
+  elif c == 4:  # RGBA.
+    image, c = image[..., :3], 3
+  if c == channels:
+    return image
+  if c == 1:
+    return np.repeat(image, 3, axis=-1)
+  if c == 3:
+    rgb = image.astype(np.uint32)
+    luma = (rgb[..., 0] * 19595 + rgb[..., 1] * 38470 + rgb[..., 2] * 7471 + 0x8000) >> 16
+    return luma.astype(np.uint8)[..., None]
+  raise ValueError(f'Cannot convert an image with {c} channels to {channels}.')
+
+
+def center_crop(image: np.ndarray) -> np.ndarray:
+  """The largest centred square of (..., H, W, C); an odd surplus drops the extra row/column
+  at the bottom/right."""
+  h, w = image.shape[-3], image.shape[-2]
+  s = min(h, w)
+  top, left = (h - s) // 2, (w - s) // 2
+  return image[..., top:top + s, left:left + s, :]
+
+
+def pad_to_size(image: np.ndarray, size: int) -> np.ndarray:
+  """Zero-pads a square (..., s, s, C) image centrally to (..., size, size, C); size - s must be
+  even and >= 0."""
+  s = image.shape[-2]
+  margin = size - s
+  if image.shape[-3] != s or margin < 0 or margin % 2:
+    raise ValueError(f'pad_to_size needs a square image at most {size} wide with an even '
+                     f'margin, got {image.shape}.')
+  p = margin // 2
+  pad = [(0, 0)] * (image.ndim - 3) + [(p, p), (p, p), (0, 0)]
+  return np.pad(image, pad, mode='constant', constant_values=0)
+
+
+def resize(image: np.ndarray, size: int) -> np.ndarray:
+  """Resizes one uint8 (H, W, C) image to (size, size, C) with PIL's Lanczos filter, which
+  widens its support when downsampling (antialiased)."""
+  h, w, c = image.shape
+  if (h, w) == (size, size):
+    return image
+  if c not in (1, 3):
+    raise ValueError(f'resize expects 1 or 3 channels, got {c}.')
+  pil = Image.fromarray(image[:, :, 0] if c == 1 else image, mode='L' if c == 1 else 'RGB')
+  out = np.asarray(pil.resize((size, size), resample=Image.Resampling.LANCZOS))
+  return out[:, :, None] if c == 1 else out
+
+
+def _pads(s: int, size: int) -> bool:
+  """Whether a square of side `s` is zero-padded (not resized) to `size`: only for a small even
+  margin of at most size / 8 (Fashion-MNIST 28 -> 32); anything smaller is upscaled."""
+  return s < size and (size - s) % 2 == 0 and size - s <= size // 8
+
+
+def needs_resize(height: int, width: int, size: int) -> bool:
+  """Whether `preprocess_image` resizes (rather than pads or keeps) an H x W image."""
+  s = min(height, width)
+  return s != size and not _pads(s, size)
+
+
+def _square_to_size(image: np.ndarray, size: int) -> np.ndarray:
+  s = image.shape[-2]
+  if s == size:
+    return image
+  if _pads(s, size):
+    return pad_to_size(image, size)
+  if image.ndim == 3:
+    return resize(image, size)
+  return np.stack([resize(im, size) for im in image]) if len(image) else np.zeros(
+      (0, size, size, image.shape[-1]), np.uint8)
+
+
+def preprocess_image(image: np.ndarray, image_size: int, channels: int) -> np.ndarray:
+  """One uint8 image (H, W[, C]) -> uint8 (image_size, image_size, channels).
+
+  Channel conversion, centre crop to a square, then zero padding when the square is smaller
+  than `image_size` by a small even margin (at most image_size / 8, e.g. Fashion-MNIST
+  28 -> 32), else Lanczos resizing.
+  """
+  image = convert_channels(as_hwc(image), channels)
+  return np.ascontiguousarray(_square_to_size(center_crop(image), image_size))
+
+
+def preprocess_images(images: np.ndarray, image_size: int, channels: int) -> np.ndarray:
+  """`preprocess_image` over a uint8 array (N, H, W[, C]) of same-sized images, vectorised
+  where possible (channels, crop and pad are whole-array operations)."""
+  images = np.asarray(images)
+  if images.ndim == 3:
+    images = images[..., None]
+  if images.ndim != 4 or images.dtype != np.uint8:
+    raise ValueError(f'Expected uint8 images (N, H, W, C), got {images.dtype} {images.shape}.')
+  images = convert_channels(images, channels)
+  return np.ascontiguousarray(_square_to_size(center_crop(images), image_size))
+
+
+def to_float(images: np.ndarray) -> np.ndarray:
+  """uint8 -> float32 `x / 127.5 - 1`: 0 -> -1.0 and 255 -> 1.0 exactly."""
+  out = np.asarray(images).astype(np.float32)
+  out /= np.float32(127.5)
+  out -= np.float32(1.0)
+  return out
