@@ -15,7 +15,7 @@ TINY = [
     '--config.model.num_groups=4', '--config.diffusion.num_timesteps=20',
     '--config.train.batch_size=4', '--config.train.log_every=1',
     '--config.train.checkpoint_every=2', '--config.train.sample_every=0',
-    '--config.sample.num=6', '--config.sample.batch_size=4',
+    '--config.sample.num=6', '--config.sample.batch_size=4', '--config.sample.steps=0',
 ]
 
 
