@@ -66,10 +66,10 @@ def _join(workdir: str, name: str) -> str:
 
 
 def _drop_closed_loop_errors() -> None:
-  """After a failed restore, TensorStore's callbacks keep reporting into the event loop that
-  orbax closed, each an unraisable "Event loop is closed" traceback (hundreds for a large
-  state, some at exit): from then on the process drops exactly those; every other unraisable
-  exception still reaches the previous hook."""
+  """During and after a failed restore, TensorStore's callbacks keep reporting into the event
+  loop that orbax closed, each an "Event loop is closed" traceback (hundreds for a large state,
+  some at exit): from the first restore on, the process drops exactly those; every other
+  unraisable or uncaught exception still reaches the previous hook."""
   previous = sys.unraisablehook
   if getattr(previous, 'drops_closed_loop_errors', False):
     return
@@ -81,6 +81,14 @@ def _drop_closed_loop_errors() -> None:
 
   hook.drops_closed_loop_errors = True
   sys.unraisablehook = hook
+  # Some reach the interpreter's error printer from TensorStore's threads instead.
+  previous_except = sys.excepthook
+
+  def except_hook(exc_type, exc_value, tb):
+    if not (isinstance(exc_value, RuntimeError) and 'Event loop is closed' in str(exc_value)):
+      previous_except(exc_type, exc_value, tb)
+
+  sys.excepthook = except_hook
 
 
 @contextlib.contextmanager
@@ -93,6 +101,8 @@ def _quiet_orbax():
   levels = [l.level for l in loggers]
   for l in loggers:
     l.setLevel(logging.CRITICAL)
+  # Installed before the restore: a failing one's first callbacks can fire before it raises.
+  _drop_closed_loop_errors()
   try:
     yield
   except CheckpointError:
