@@ -12,7 +12,7 @@ from PIL import Image
 from conftest import ROOT, make_tiny_config
 from configs import fashion_mnist
 from ddpm_jax import config_checks, edit_inputs, editing, sampling
-from test_main import TINY
+from test_main import TINY, tiny_quickstart_config
 from test_sampling import _checkpoint
 
 
@@ -95,11 +95,7 @@ def _run(*args):
 def test_every_editing_mode_from_the_command_line(tmp_path):
   # The quickstart config at the size of test_main's TINY flags, a checkpoint written without
   # training, and respaced chains of a few steps; inputs from the Fashion-MNIST test split.
-  c = fashion_mnist.get_config()
-  c.data.image_size, c.model.ch, c.model.ch_mult = 8, 8, (1, 2)
-  c.model.update(num_res_blocks=1, attn_resolutions=(4,), num_groups=4)
-  c.diffusion.num_timesteps = 20
-  c.sample.steps = 0  # The quickstart's 250 respaced steps exceed these 20.
+  c = tiny_quickstart_config()
   _checkpoint(c, tmp_path)
   base = [f'--config={os.path.join(ROOT, "configs", "fashion_mnist.py")}',
           f'--workdir={tmp_path}', *TINY, '--mode=sample', '--config.sample.steps=5']

@@ -7,6 +7,7 @@ import sys
 import numpy as np
 from PIL import Image
 
+from configs import fashion_mnist
 from conftest import ROOT
 
 TINY = [
@@ -17,6 +18,17 @@ TINY = [
     '--config.train.checkpoint_every=2', '--config.train.sample_every=0',
     '--config.sample.num=6', '--config.sample.batch_size=4', '--config.sample.steps=0',
 ]
+
+
+def tiny_quickstart_config():
+  """The config that configs/fashion_mnist.py with the TINY flags builds (the model, the
+  diffusion and the sampler's steps), to write a checkpoint without training."""
+  c = fashion_mnist.get_config()
+  c.data.image_size, c.model.ch, c.model.ch_mult = 8, 8, (1, 2)
+  c.model.update(num_res_blocks=1, attn_resolutions=(4,), num_groups=4)
+  c.diffusion.num_timesteps = 20
+  c.sample.steps = 0  # The quickstart's 250 respaced steps exceed these 20.
+  return c
 
 
 def _run(*args, timeout=600):

@@ -11,7 +11,6 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from configs import fashion_mnist
 from conftest import ROOT, make_tiny_config
 from ddpm_jax import diffusion, sampling, schedules
 from ddpm_jax.checkpointing import Checkpointer
@@ -116,15 +115,11 @@ def test_every_sample_mode_writes_its_files(tmp_path):
 
 
 def test_ddim_sampling_from_the_command_line(tmp_path):
-  from test_main import TINY  # pylint: disable=g-import-not-at-top
+  from test_main import TINY, tiny_quickstart_config  # pylint: disable=g-import-not-at-top
   cfg = os.path.join(ROOT, 'configs', 'fashion_mnist.py')
   flags = [f'--config={cfg}', f'--workdir={tmp_path}', *TINY]
   # The config those flags build, to write a checkpoint without training.
-  c = fashion_mnist.get_config()
-  c.data.image_size, c.model.ch, c.model.ch_mult = 8, 8, (1, 2)
-  c.model.update(num_res_blocks=1, attn_resolutions=(4,), num_groups=4)
-  c.diffusion.num_timesteps = 20
-  c.sample.steps = 0  # The quickstart's 250 respaced steps exceed these 20.
+  c = tiny_quickstart_config()
   _checkpoint(c, tmp_path)
   env = dict(os.environ, PYTHONPATH=ROOT)
   out = subprocess.run(
