@@ -127,23 +127,30 @@ def get_config() -> ml_collections.ConfigDict:
   sample.resample = 1
   sample.jump_length = 10
 
-  # Evaluation: bits/dim (eq. 5) and sample quality, during training and in `--mode=eval`.
+  # Evaluators (`ddpm_jax/evaluators/`), as big_vision's `config.evals`: each entry names its
+  # `type`; `every` > 0 runs it during training every this many steps. `train_*` sizes serve
+  # training-time evaluation and a sweep's final evaluation; `num_*` sizes the `--mode=eval`
+  # job. At most one evaluator per type (their results share eval_results.csv's columns).
+  config.evals = evals = ml_collections.ConfigDict()
+  # Bits/dim of the full bound (eq. 5) on uint8 `split` images (10,000: the whole test set).
+  evals.bpd = dict(type='bpd', every=0, train_examples=64, num_examples=10_000, batch_size=64,
+                   clip_denoised=True, split='test')
+  # FID / IS / KID of uint8 samples of `config.sample`'s sampler against the statistics of
+  # `reference_split` (the paper: the training set), cached in the workdir; runs only when
+  # `weights` is given: pytorch-fid's pt_inception-2015-12-05-6726825d.pth (or an .npz).
+  # `is_splits`: 10 as the original IS code (the DDPM paper's own code scores as 1 split).
+  evals.inception = dict(type='inception', every=0, train_samples=2_000, num_samples=50_000,
+                         weights='', batch_size=100, is_splits=10, reference_split='train',
+                         reference_examples=50_000)
+  # FD-FMNIST: the Fréchet distance in ddpm-jax's Fashion-MNIST classifier's features; runs
+  # only on Fashion-MNIST at 32x32x1.
+  evals.fd_fmnist = dict(type='fd_fmnist', every=0, train_samples=2_000, num_samples=50_000,
+                         reference_split='train', reference_examples=50_000)
+  # What every evaluator shares: the seed of its noise and samples; the `--mode=eval` job's
+  # polling for new checkpoints, and how long it waits without one before it stops.
   config.eval = ev = ml_collections.ConfigDict()
-  ev.eval_every = 0  # Training-time evaluation every this many steps (0 = off).
-  ev.train_bpd_examples = 64  # Test images for the training-time bits/dim.
-  ev.train_num_samples = 2_000  # Samples for the training-time quick sample-quality metric.
-  ev.bpd_num_examples = 10_000  # Test images for `--mode=eval` bits/dim (the whole test set).
-  ev.bpd_batch_size = 64
-  ev.bpd_clip_denoised = True
-  ev.split = 'test'
-  ev.num_samples = 50_000  # Samples for FID / IS / KID / FD-FMNIST in `--mode=eval`.
-  ev.inception_weights = ''  # pytorch-fid's pt_inception-2015-12-05-6726825d.pth (or .npz).
-  ev.inception_batch_size = 100
-  ev.is_splits = 10  # Inception Score splits (the DDPM paper's own code scores as 1 split).
-  ev.reference_split = 'train'  # FID reference statistics (the paper: the training set).
-  ev.reference_examples = 50_000
-  ev.poll_seconds = 60  # `--mode=eval`: how often to look for new checkpoints.
-  ev.timeout_seconds = 3_600  # `--mode=eval`: stop after this long without a new checkpoint.
   ev.seed = 1
+  ev.poll_seconds = 60
+  ev.timeout_seconds = 3_600
 
   return config

@@ -19,10 +19,8 @@ def get_config():
   config.train.keep_checkpoints = 5
   config.train.sample_every = 1_500
   config.train.num_sample_grid = 64
-  config.eval.eval_every = 1_500
-  config.eval.train_bpd_examples = 32
-  config.eval.bpd_batch_size = 32
-  config.eval.train_num_samples = 1_000
+  config.evals.bpd.update(every=1_500, train_examples=32, batch_size=32)
+  config.evals.fd_fmnist.update(every=1_500, train_samples=1_000)
   config.sample.sampler = 'ddim'
   config.sample.steps = 50
   config.sample.num = 64

@@ -79,6 +79,7 @@ def validate(config) -> None:
   _validate_objective_and_sampler(config)
   _validate_editing(config)
   _validate_parallelism(config)
+  _validate_evals(config)
 
 
 def _validate_model(config) -> None:
@@ -190,3 +191,39 @@ def _validate_parallelism(config) -> None:
   _require(t.compute_dtype in ('float32', 'bfloat16'), 'train.compute_dtype', t.compute_dtype,
            "'float32' or 'bfloat16' (float16 is not supported: it would need loss scaling; "
            "bfloat16 has float32's range and halves the memory and compute the same way)")
+
+
+# The fields of each evaluator type (`ddpm_jax.evaluators.suite.TYPES` builds them).
+EVALUATOR_FIELDS = {
+    'bpd': ('every', 'train_examples', 'num_examples', 'batch_size', 'clip_denoised', 'split'),
+    'inception': ('every', 'train_samples', 'num_samples', 'weights', 'batch_size', 'is_splits',
+                  'reference_split', 'reference_examples'),
+    'fd_fmnist': ('every', 'train_samples', 'num_samples', 'reference_split',
+                  'reference_examples'),
+}
+
+
+def _validate_evals(config) -> None:
+  """`config.evals`: known types, one evaluator per type, each with its type's fields."""
+  seen = {}
+  for name, spec in config.evals.items():
+    key = f'evals.{name}'
+    kind = spec.get('type') if hasattr(spec, 'get') else None
+    _require(kind in EVALUATOR_FIELDS, f'{key}.type', kind,
+             'one of ' + ', '.join(map(repr, EVALUATOR_FIELDS)))
+    _require(kind not in seen, f'{key}.type', kind, f'a type no other evaluator has (config.'
+             f'evals.{seen.get(kind)} has it; their results would share eval_results.csv\'s '
+             'columns)')
+    seen[kind] = name
+    fields = set(spec) - {'type'}
+    _require(fields == set(EVALUATOR_FIELDS[kind]), key, sorted(fields),
+             f'the fields of type {kind!r}: {", ".join(EVALUATOR_FIELDS[kind])}')
+    for field in fields & {'every', 'train_examples', 'num_examples', 'train_samples',
+                           'num_samples'}:
+      _require(spec[field] >= 0, f'{key}.{field}', spec[field], 'an integer >= 0 (0 = off)')
+    for field in fields & {'batch_size', 'is_splits'}:
+      _require(spec[field] >= 1, f'{key}.{field}', spec[field], 'a positive integer')
+    if 'reference_examples' in fields:
+      _require(spec.reference_examples >= 2, f'{key}.reference_examples',
+               spec.reference_examples, 'an integer >= 2 (statistics need two images)')
+  _require(config.eval.poll_seconds >= 0, 'eval.poll_seconds', config.eval.poll_seconds, '>= 0')

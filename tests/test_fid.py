@@ -12,7 +12,7 @@ from configs import default
 from conftest import ROOT
 from ddpm_jax import data, fid, images
 from ddpm_jax.metrics import fmnist_classifier as fc
-from ddpm_jax.metrics import image_metrics, inception
+from ddpm_jax.metrics import fid_is_kid, inception
 from test_inception import random_variables  # pylint: disable=unused-import  (a fixture)
 from torch_pickle_writer import flax_to_torch_state_dict
 
@@ -46,9 +46,9 @@ def test_npz_folder_and_statistics_give_the_same_fd_fmnist(tmp_path):
   r2, _ = fid.evaluate(sample_dir, ref_dir, features='fmnist')
   r3, protocol3 = fid.evaluate(npz, stats, features='fmnist')
   params = fc.load_params()
-  want = image_metrics.frechet_distance(
-      *image_metrics.feature_statistics(fc.features_and_logits(params, samples)[0]),
-      *image_metrics.feature_statistics(fc.features_and_logits(params, reference)[0]))
+  want = fid_is_kid.frechet_distance(
+      *fid_is_kid.feature_statistics(fc.features_and_logits(params, samples)[0]),
+      *fid_is_kid.feature_statistics(fc.features_and_logits(params, reference)[0]))
   assert want > 1
   assert r1 == {'fd_fmnist': want, 'num_samples': 40, 'num_reference': 30}
   assert r2['fd_fmnist'] == want  # PNG round trip is lossless.
@@ -88,9 +88,9 @@ def test_a_dataset_split_as_samples_is_real_datas_floor(tmp_path):
 
 def test_inception_metrics_with_random_weights(tmp_path, random_variables, monkeypatch):
   # The Fréchet distance of 2048-d statistics costs ~40 s of scipy's sqrtm here; its maths is
-  # tested in test_image_metrics.py. Here: that it gets the right statistics.
+  # tested in test_fid_is_kid.py. Here: that it gets the right statistics.
   calls = []
-  monkeypatch.setattr(image_metrics, 'frechet_distance',
+  monkeypatch.setattr(fid_is_kid, 'frechet_distance',
                       lambda *args: calls.append(args) or 12.5)
   weights = str(tmp_path / 'inception.npz')
   np.savez(weights, **flax_to_torch_state_dict(random_variables))
@@ -101,16 +101,16 @@ def test_inception_metrics_with_random_weights(tmp_path, random_variables, monke
   feats, logits = inception.extract_features(random_variables, samples, batch_size=2)
   ref_feats, _ = inception.extract_features(random_variables, reference, batch_size=2)
   (mu, sigma, mu_ref, sigma_ref), = calls
-  for got, want in zip((mu, sigma, mu_ref, sigma_ref), image_metrics.feature_statistics(feats)
-                       + image_metrics.feature_statistics(ref_feats)):
+  for got, want in zip((mu, sigma, mu_ref, sigma_ref), fid_is_kid.feature_statistics(feats)
+                       + fid_is_kid.feature_statistics(ref_feats)):
     np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-7)
   assert mu.shape == (2048,) and np.abs(mu - mu_ref).max() > 1e-3
   assert set(result) == {'fid', 'is', 'is_std', 'kid', 'kid_std', 'num_samples',
                          'num_reference'} and result['fid'] == 12.5
-  want_is = image_metrics.inception_score(logits, splits=4)
+  want_is = fid_is_kid.inception_score(logits, splits=4)
   assert (result['is'], result['is_std']) == pytest.approx(want_is, rel=1e-6)
   assert result['is'] >= 1
-  want_kid = image_metrics.kernel_inception_distance(feats, ref_feats, subset_size=1000)
+  want_kid = fid_is_kid.kernel_inception_distance(feats, ref_feats, subset_size=1000)
   assert (result['kid'], result['kid_std']) == pytest.approx(want_kid, rel=1e-6)
   assert "pytorch-fid's FID Inception-v3" in protocol and 'IS over 4 splits' in protocol
   # Statistics of another network's features are refused before any feature is computed.

@@ -16,8 +16,9 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from ddpm_jax.metrics import inception, torch_pickle
-from ddpm_jax.metrics.inception import BasicConv2d, InceptionV3, count_params, load_inception_params
+from ddpm_jax.metrics import inception, inception_weights, torch_pickle
+from ddpm_jax.metrics.inception import BasicConv2d, InceptionV3, count_params
+from ddpm_jax.metrics.inception_weights import load_inception_params
 from torch_pickle_writer import flax_to_torch_state_dict, save_state_dict
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -59,7 +60,7 @@ def test_parameter_count_and_layout():
   assert count_params(variables) == FID_INCEPTION_PARAMS
   assert sum(np.prod(x.shape) for x in jax.tree_util.tree_leaves(
       variables['batch_stats'])) == BATCHNORM_STATS
-  shapes = inception.expected_torch_shapes()
+  shapes = inception_weights.expected_torch_shapes()
   assert len(shapes) == 5 * NUM_CONVS + 2
   assert sum(k.endswith('.conv.weight') for k in shapes) == NUM_CONVS
   assert shapes['Conv2d_1a_3x3.conv.weight'] == (32, 3, 3, 3)
@@ -163,7 +164,7 @@ def test_basic_conv_matches_torch_semantics():
   gamma, beta = rng.normal(size=3), rng.normal(size=3)
   mean, var = rng.normal(size=3), rng.uniform(0.5, 2.0, size=3)
   x = rng.normal(size=(1, 5, 6, 4)).astype(np.float32)
-  variables = {'params': {'conv': {'kernel': inception.torch_to_flax_layout(w)},
+  variables = {'params': {'conv': {'kernel': inception_weights.torch_to_flax_layout(w)},
                           'bn': {'scale': gamma, 'bias': beta}},
                'batch_stats': {'bn': {'mean': mean, 'var': var}}}
   out = BasicConv2d(3, (1, 3), padding=(0, 1)).apply(variables, x)
@@ -221,7 +222,7 @@ def test_convert_to_npz_and_back(tmp_path, random_variables, capsys):
   assert convert_inception_weights.main([pth, npz]) == 0
   assert '472 arrays, 23,850,960 parameters' in capsys.readouterr().out
   with np.load(npz) as f:
-    assert sorted(f.files) == sorted(inception.expected_torch_shapes())
+    assert sorted(f.files) == sorted(inception_weights.expected_torch_shapes())
     np.testing.assert_array_equal(f['fc.weight'], np.asarray(random_variables['params']['fc'][
         'kernel']).T)
   assert_variables_equal(load_inception_params(npz), random_variables)
@@ -234,8 +235,8 @@ def test_missing_weights_say_where_to_get_them(tmp_path):
   for path in (None, '', str(tmp_path / 'nope.pth')):
     with pytest.raises(FileNotFoundError) as e:
       load_inception_params(path)
-    assert inception.FID_WEIGHTS_URL in str(e.value)
-    assert 'config.eval.inception_weights' in str(e.value)
+    assert inception_weights.FID_WEIGHTS_URL in str(e.value)
+    assert 'config.evals.inception.weights' in str(e.value)
   with pytest.raises(FileNotFoundError, match='pytorch-fid'):
     convert_inception_weights.convert(str(tmp_path / 'nope.pth'), str(tmp_path / 'o.npz'))
 
@@ -276,4 +277,4 @@ def test_converter_runs_as_a_script(tmp_path):
        str(tmp_path / 'missing.pth'), str(tmp_path / 'out.npz')],
       capture_output=True, text=True, check=False, cwd=str(tmp_path))
   assert result.returncode != 0
-  assert inception.FID_WEIGHTS_URL in result.stderr
+  assert inception_weights.FID_WEIGHTS_URL in result.stderr

@@ -19,7 +19,7 @@ import jax
 import numpy as np
 from flax import traverse_util
 
-from ddpm_jax.metrics import inception
+from ddpm_jax.metrics import inception_weights
 from ddpm_jax.metrics.torch_pickle import (LEGACY_MAGIC_NUMBER, LEGACY_PROTOCOL_VERSION,
                                            STORAGE_DTYPES)
 
@@ -135,7 +135,7 @@ def save_state_dict(path: str, state_dict: Mapping[str, np.ndarray], layout: str
 
 
 def flax_to_torch_state_dict(variables: Mapping[str, Any]) -> dict[str, np.ndarray]:
-  """The inverse of `inception.torch_state_dict_to_flax`: `InceptionV3` variables ->
+  """The inverse of `inception_weights.torch_state_dict_to_flax`: `InceptionV3` variables ->
   pytorch-fid names, with HWIO kernels as OIHW and (in, out) Dense kernels as (out, in)."""
   flat = traverse_util.flatten_dict(jax.device_get(dict(variables)))
   out = {}
@@ -145,5 +145,5 @@ def flax_to_torch_state_dict(variables: Mapping[str, Any]) -> dict[str, np.ndarr
       value = value.transpose(3, 2, 0, 1)
     elif value.ndim == 2:
       value = value.T
-    out[inception.torch_name(path)] = np.ascontiguousarray(value)
+    out[inception_weights.torch_name(path)] = np.ascontiguousarray(value)
   return out

@@ -25,7 +25,7 @@ import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from ddpm_jax.metrics import inception  # pylint: disable=wrong-import-position
+from ddpm_jax.metrics import inception_weights  # pylint: disable=wrong-import-position
 
 
 def sha256(path: str) -> str:
@@ -39,11 +39,11 @@ def sha256(path: str) -> str:
 def convert(in_path: str, out_path: str) -> dict[str, np.ndarray]:
   """Reads `in_path`, checks it against `InceptionV3`, writes `out_path`; returns the arrays."""
   if not os.path.isfile(in_path):
-    raise FileNotFoundError(f'{in_path} not found.\n{inception.WEIGHTS_HELP}')
-  state = inception.read_weights_file(in_path)
-  inception.torch_state_dict_to_flax(state)  # Raises on missing / unexpected keys and shapes.
+    raise FileNotFoundError(f'{in_path} not found.\n{inception_weights.WEIGHTS_HELP}')
+  state = inception_weights.read_weights_file(in_path)
+  inception_weights.torch_state_dict_to_flax(state)  # Raises on missing / unexpected keys and shapes.
   arrays = {name: np.asarray(state[name], dtype=np.float32)
-            for name in sorted(inception.expected_torch_shapes())}
+            for name in sorted(inception_weights.expected_torch_shapes())}
   os.makedirs(os.path.dirname(os.path.abspath(out_path)), exist_ok=True)
   tmp = out_path + '.tmp'
   with open(tmp, 'wb') as f:  # A file object: np.savez would append '.npz' to a bare name.
@@ -62,8 +62,8 @@ def main(argv=None) -> int:
   n_params = sum(v.size for k, v in arrays.items() if not k.endswith(('running_mean',
                                                                          'running_var')))
   print(f'{args.input}: sha256 {digest}'
-        + ('' if digest.startswith(inception.FID_WEIGHTS_SHA256_PREFIX) else
-           f' (pytorch-fid\'s published .pth starts with {inception.FID_WEIGHTS_SHA256_PREFIX})'))
+        + ('' if digest.startswith(inception_weights.FID_WEIGHTS_SHA256_PREFIX) else
+           f' (pytorch-fid\'s published .pth starts with {inception_weights.FID_WEIGHTS_SHA256_PREFIX})'))
   print(f'wrote {args.output}: {len(arrays)} arrays, {n_params:,} parameters '
         f'(+ BatchNorm running statistics)')
   return 0

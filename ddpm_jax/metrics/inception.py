@@ -1,4 +1,4 @@
-"""The FID Inception-v3 network in Flax, and loading its published weights.
+"""The FID Inception-v3 network in Flax (its weights: `ddpm_jax.metrics.inception_weights`).
 
 This is the "2015-12-05" Inception-v3 graph that TF-GAN / the original FID and Inception Score code
 use, in the form pytorch-fid gives it (`pytorch_fid.inception.fid_inception_v3`): torchvision's
@@ -13,46 +13,28 @@ use, in the form pytorch-fid gives it (`pytorch_fid.inception.fid_inception_v3`)
 Every convolution is `BasicConv2d`: conv without bias -> BatchNorm (eps 1e-3, running statistics)
 -> ReLU. Layout is NHWC. Module names equal the PyTorch attribute names, so that a pytorch-fid
 state_dict key such as `Mixed_5b.branch5x5_1.conv.weight` is the Flax path
-`params/Mixed_5b/branch5x5_1/conv/kernel` (see `torch_state_dict_to_flax`).
+`params/Mixed_5b/branch5x5_1/conv/kernel` (see `inception_weights.torch_state_dict_to_flax`).
 
 Input preprocessing follows pytorch-fid: images with values in [0, 255] (uint8 or float) are scaled
 to [0, 1], resized to 299x299 with bilinear interpolation (half-pixel centres, no antialiasing, as
 `F.interpolate(mode='bilinear', align_corners=False)`), then mapped to [-1, 1] by 2x - 1.
-
-Weights are never downloaded: the user gives pytorch-fid's `.pth` file or an `.npz` made from it
-(`tools/convert_inception_weights.py`) to `load_inception_params`.
 """
 
 from __future__ import annotations
 
-import functools
-import os
-import zipfile
 from typing import Any, Mapping
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
-from flax import traverse_util
 
-from ddpm_jax.metrics import image_metrics, torch_pickle
+from ddpm_jax.metrics import fid_is_kid
 
 INCEPTION_IMAGE_SIZE = 299
 NUM_CLASSES = 1008  # 1000 ImageNet classes + 8 unused outputs of the 2015 TF graph.
 POOL_FEATURES = 2048
 BATCHNORM_EPSILON = 1e-3
-FID_WEIGHTS_URL = ('https://github.com/mseitzer/pytorch-fid/releases/download/fid_weights/'
-                   'pt_inception-2015-12-05-6726825d.pth')
-FID_WEIGHTS_SHA256_PREFIX = '6726825d'  # The first 8 hex digits of the published file's SHA-256.
-
-WEIGHTS_HELP = (
-    'FID / IS / KID need the FID Inception-v3 weights, which are not bundled and are never '
-    'downloaded at run time. On a machine with internet, download pytorch-fid\'s file (~91 MB):\n'
-    f'  {FID_WEIGHTS_URL}\n'
-    'then pass its path with --config.eval.inception_weights=/path/to/'
-    'pt_inception-2015-12-05-6726825d.pth (a .npz written by '
-    'tools/convert_inception_weights.py works too).')
 
 Precision = Any
 
@@ -121,6 +103,13 @@ def _conv(module: nn.Module, name: str, features: int, kernel_size, strides: int
                      precision=module.precision, name=name)
 
 
+def _branch3x3dbl(module: nn.Module, x, strides: int, padding):
+  """The 1x1(64) -> 3x3(96) -> 3x3(96, `strides`, `padding`) branch of Mixed_5b-d and 6a."""
+  x = _conv(module, 'branch3x3dbl_1', 64, 1)(x)
+  x = _conv(module, 'branch3x3dbl_2', 96, 3, padding=(1, 1))(x)
+  return _conv(module, 'branch3x3dbl_3', 96, 3, strides=strides, padding=padding)(x)
+
+
 class FIDInceptionA(nn.Module):
   """Mixed_5b-d: 1x1 | 1x1-5x5 | 1x1-3x3-3x3 | avgpool(no pad count)-1x1 -> 64+64+96+pool."""
   pool_features: int
@@ -131,9 +120,7 @@ class FIDInceptionA(nn.Module):
     b1 = _conv(self, 'branch1x1', 64, 1)(x)
     b5 = _conv(self, 'branch5x5_1', 48, 1)(x)
     b5 = _conv(self, 'branch5x5_2', 64, 5, padding=(2, 2))(b5)
-    b3 = _conv(self, 'branch3x3dbl_1', 64, 1)(x)
-    b3 = _conv(self, 'branch3x3dbl_2', 96, 3, padding=(1, 1))(b3)
-    b3 = _conv(self, 'branch3x3dbl_3', 96, 3, padding=(1, 1))(b3)
+    b3 = _branch3x3dbl(self, x, 1, (1, 1))
     bp = _conv(self, 'branch_pool', self.pool_features, 1)(avg_pool_3x3_same(x))
     return jnp.concatenate([b1, b5, b3, bp], axis=-1)
 
@@ -145,9 +132,7 @@ class InceptionB(nn.Module):
   @nn.compact
   def __call__(self, x):
     b3 = _conv(self, 'branch3x3', 384, 3, strides=2)(x)
-    bd = _conv(self, 'branch3x3dbl_1', 64, 1)(x)
-    bd = _conv(self, 'branch3x3dbl_2', 96, 3, padding=(1, 1))(bd)
-    bd = _conv(self, 'branch3x3dbl_3', 96, 3, strides=2)(bd)
+    bd = _branch3x3dbl(self, x, 2, (0, 0))
     return jnp.concatenate([b3, bd, max_pool_3x3_s2(x)], axis=-1)
 
 
@@ -261,142 +246,19 @@ class InceptionV3(nn.Module):
     return pool3, logits
 
 
-# ---------------------------------------------------------------------------------------------
-# Weights: pytorch-fid state_dict names and layouts <-> Flax variables.
-
-# (Flax collection, leaf name) -> torch state_dict suffix.
-_TORCH_SUFFIX = {
-    ('params', 'kernel'): 'weight',
-    ('params', 'scale'): 'weight',
-    ('params', 'bias'): 'bias',
-    ('batch_stats', 'mean'): 'running_mean',
-    ('batch_stats', 'var'): 'running_var',
-}
-
-
-def torch_name(flax_path: tuple[str, ...]) -> str:
-  """('params', 'Mixed_5b', 'branch1x1', 'conv', 'kernel') -> 'Mixed_5b.branch1x1.conv.weight'."""
-  collection, *modules, leaf = flax_path
-  return '.'.join(modules + [_TORCH_SUFFIX[(collection, leaf)]])
-
-
-def torch_to_flax_layout(value: np.ndarray) -> np.ndarray:
-  """Conv weight OIHW -> HWIO, linear weight (out, in) -> (in, out), vectors unchanged."""
-  if value.ndim == 4:  # conv weight OIHW -> HWIO
-    return value.transpose(2, 3, 1, 0)
-  if value.ndim == 2:  # linear weight (out, in) -> (in, out)
-    return value.T
-  return value
-
-
-@functools.lru_cache(maxsize=None)
-def _flax_shapes() -> dict[tuple[str, ...], tuple[int, ...]]:
-  """Flat Flax variable path -> shape, from an abstract initialisation (no FLOPs)."""
-  shapes = jax.eval_shape(
-      lambda: InceptionV3().init(jax.random.PRNGKey(0),
-                                 jnp.zeros((1, INCEPTION_IMAGE_SIZE, INCEPTION_IMAGE_SIZE, 3))))
-  return {k: tuple(v.shape) for k, v in traverse_util.flatten_dict(shapes).items()}
-
-
-def expected_torch_shapes() -> dict[str, tuple[int, ...]]:
-  """pytorch-fid state_dict name -> tensor shape (torch layout) for every weight the net uses.
-
-  `num_batches_tracked` buffers are left out: they do not affect inference.
-  """
-  def torch_shape(shape):
-    if len(shape) == 4:  # HWIO -> OIHW
-      return (shape[3], shape[2], shape[0], shape[1])
-    return tuple(reversed(shape))  # (in, out) -> (out, in); vectors unchanged
-
-  return {torch_name(path): torch_shape(shape) for path, shape in _flax_shapes().items()}
-
-
-def torch_state_dict_to_flax(state_dict: Mapping[str, np.ndarray]) -> dict[str, Any]:
-  """Maps a pytorch-fid FID Inception state_dict to `InceptionV3` variables.
-
-  Conv weights OIHW become HWIO kernels, `fc.weight` (1008, 2048) becomes the (2048, 1008) Dense
-  kernel, BatchNorm `weight/bias/running_mean/running_var` become `params` scale/bias and
-  `batch_stats` mean/var. All values become float32 NumPy arrays.
-
-  Raises:
-    ValueError: keys missing or unexpected (other than `num_batches_tracked`), or shapes wrong.
-  """
-  given = {k: v for k, v in state_dict.items() if not k.endswith('num_batches_tracked')}
-  expected = expected_torch_shapes()
-  missing = sorted(set(expected) - set(given))
-  unexpected = sorted(set(given) - set(expected))
-  if missing or unexpected:
-    hint = ''
-    if any(k.startswith('AuxLogits.') for k in unexpected) or ('fc.weight' in given and np.shape(
-        given['fc.weight'])[0] == 1000):
-      hint = (" This looks like torchvision's ImageNet Inception-v3, not the FID network "
-              "(pytorch-fid's pt_inception-2015-12-05 weights).")
-    raise ValueError(
-        f'Not a pytorch-fid FID Inception state_dict: {len(missing)} missing keys '
-        f'{missing[:5]}{"..." if len(missing) > 5 else ""}, {len(unexpected)} unexpected keys '
-        f'{unexpected[:5]}{"..." if len(unexpected) > 5 else ""}.{hint}')
-  flat = {}
-  for path in _flax_shapes():
-    name = torch_name(path)
-    value = np.asarray(given[name])
-    if value.shape != expected[name]:
-      raise ValueError(f'{name}: shape {value.shape}, expected {expected[name]}.')
-    flat[path] = np.ascontiguousarray(torch_to_flax_layout(value.astype(np.float32)))
-  return traverse_util.unflatten_dict(flat)
-
-
-def read_weights_file(path: str) -> dict[str, np.ndarray]:
-  """Reads a torch state_dict (.pth, zip or legacy layout) or an .npz into name -> array.
-
-  The format is told from the content, not the extension: an .npz is a zip of `<name>.npy`
-  members, a torch zip checkpoint has a `<prefix>/data.pkl` record.
-  """
-  if torch_pickle.is_torch_zip(path):
-    return dict(torch_pickle.load_state_dict(path))
-  if zipfile.is_zipfile(path):
-    with np.load(path, allow_pickle=False) as npz:
-      return {k: npz[k] for k in npz.files}
-  return dict(torch_pickle.load_state_dict(path))
-
-
-def load_inception_params(path: str | None) -> dict[str, Any]:
-  """Loads FID Inception weights from pytorch-fid's .pth (no torch needed) or a converted .npz.
-
-  Args:
-    path: `config.eval.inception_weights`: pytorch-fid's `pt_inception-2015-12-05-6726825d.pth`
-      (zip or legacy torch layout) or an .npz with the same keys and layouts.
-
-  Returns:
-    Flax variables `{'params': ..., 'batch_stats': ...}` (float32 NumPy arrays) for
-    `InceptionV3().apply(variables, images)`.
-
-  Raises:
-    FileNotFoundError: `path` is empty or not a file; the message says where to get the weights
-      and how to pass them.
-    ValueError: the file is not the FID Inception state_dict.
-  """
-  if not path:
-    raise FileNotFoundError('No Inception weights file given (config.eval.inception_weights is '
-                            f'empty).\n{WEIGHTS_HELP}')
-  path = os.path.expanduser(os.fspath(path))
-  if not os.path.isfile(path):
-    raise FileNotFoundError(f'Inception weights file not found: {path}\n{WEIGHTS_HELP}')
-  return torch_state_dict_to_flax(read_weights_file(path))
-
-
 def count_params(variables: Mapping[str, Any]) -> int:
   """Number of trainable parameters (`params` only, as torch's `model.parameters()`)."""
-  return int(sum(np.prod(np.shape(x)) for x in jax.tree_util.tree_leaves(variables['params'])))
+  return int(sum(np.prod(np.shape(x)) for x in jax.tree.leaves(variables['params'])))
 
 
 def extract_features(variables: Mapping[str, Any], images_uint8, batch_size: int = 100,
                      progress: bool = False) -> tuple[np.ndarray, np.ndarray]:
   """`InceptionV3` over uint8 (N, H, W, 1 or 3) images: (pool3 (N, 2048), logits (N, 1008)).
 
-  `image_metrics.extract_features` with `InceptionV3().apply`: jitted, fixed-size batches, grey
+  `fid_is_kid.extract_features` with `InceptionV3().apply`: jitted, fixed-size batches, grey
   images repeated to 3 channels; NumPy float32 outputs.
   """
-  return image_metrics.extract_features(_apply, variables, images_uint8, batch_size, progress)
+  return fid_is_kid.extract_features(_apply, variables, images_uint8, batch_size, progress)
 
 
 def _apply(variables, images):

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import scipy.stats
 
-from ddpm_jax.metrics.image_metrics import (extract_features, feature_statistics, frechet_distance,
+from ddpm_jax.metrics.fid_is_kid import (extract_features, feature_statistics, frechet_distance,
                                             inception_score, kernel_inception_distance,
                                             mmd2_unbiased, polynomial_kernel, sample_quality)
 
