@@ -27,8 +27,12 @@ import os
 import numpy as np
 from absl import app, flags
 
+from configs import default
 from ddpm_jax import cli, data, runtime
 from ddpm_jax.errors import UserError
+from ddpm_jax.evaluators import common, fd_fmnist, inception
+from ddpm_jax.metrics import fid_is_kid
+from ddpm_jax.metrics.inception_weights import FID_WEIGHTS_URL
 
 FLAGS = flags.FLAGS
 
@@ -76,7 +80,6 @@ def _check_images(images: np.ndarray, what: str) -> np.ndarray:
 
 def _data_config(**fields):
   """The default `config.data` with `fields` set: data read as training reads it."""
-  from configs import default  # pylint: disable=g-import-not-at-top
   cfg = default.get_config().data
   cfg.update(fields)
   return cfg
@@ -151,41 +154,17 @@ def load_reference(spec: str, size: int, channels: int, data_dir: str = '',
   return _dataset(spec, 'REFERENCE', size, channels, data_dir, max_examples)
 
 
-class _Features:
-  """A feature network: `extract(images) -> (features, logits or None)`."""
-
-  def __init__(self, kind: str, inception_weights: str = '', batch_size: int = 100):
-    self.kind, self.batch_size = kind, batch_size
-    if kind == 'inception':
-      from ddpm_jax.metrics import inception  # pylint: disable=g-import-not-at-top
-      if not inception_weights or not os.path.isfile(inception_weights):
-        raise InputError(
-            f'FID needs the FID Inception-v3 weights ({inception_weights or "none given"}): '
-            f"download pytorch-fid's file (~91 MB) where there is internet, "
-            f'{inception.FID_WEIGHTS_URL}, and pass --inception_weights=FILE (or use '
-            '--features=fmnist for FD-FMNIST on Fashion-MNIST).')
-      try:
-        self.params = inception.load_inception_params(inception_weights)
-      except ValueError as e:
-        raise InputError(f'{inception_weights}: {e}') from None
-      self.dim, self.channels = inception.POOL_FEATURES, 3
-      self.description = (f"pytorch-fid's FID Inception-v3 ({os.path.basename(inception_weights)}"
-                          '; bilinear resize to 299x299 as pytorch-fid, which differs from the '
-                          "resize of the paper's TensorFlow code)")
-    else:
-      from ddpm_jax.metrics import fmnist_classifier as fc  # pylint: disable=g-import-not-at-top
-      self.params = fc.load_params()
-      self.dim, self.channels = fc.FEATURE_DIM, 1
-      self.description = "ddpm-jax's Fashion-MNIST classifier (FD-FMNIST, 128-d features)"
-
-  def extract(self, images: np.ndarray):
-    if self.kind == 'inception':
-      from ddpm_jax.metrics import inception  # pylint: disable=g-import-not-at-top
-      return inception.extract_features(self.params, images, self.batch_size, progress=True)
-    from ddpm_jax.metrics import fmnist_classifier as fc  # pylint: disable=g-import-not-at-top
-    if images.shape[1:] != (fc.IMAGE_SIZE, fc.IMAGE_SIZE, 1):
-      raise InputError(f'--features=fmnist takes 32x32 grey images, got {images.shape[1:]}.')
-    return fc.features_and_logits(self.params, images)[0], None
+def _feature_net(features: str, weights: str, batch_size: int) -> common.FeatureNet:
+  """The evaluators' feature network of `--features` (and `--inception_weights`)."""
+  if features == 'fmnist':
+    return fd_fmnist.feature_net()
+  if not weights or not os.path.isfile(weights):
+    raise InputError(
+        f'FID needs the FID Inception-v3 weights ({weights or "none given"}): download '
+        f"pytorch-fid's file (~91 MB) where there is internet, "
+        f'{FID_WEIGHTS_URL}, and pass --inception_weights=FILE (or use '
+        '--features=fmnist for FD-FMNIST on Fashion-MNIST).')
+  return inception.feature_net(weights, batch_size, '--inception_weights', progress=True)
 
 
 def evaluate(samples: str, reference: str, features: str = 'inception',
@@ -195,9 +174,11 @@ def evaluate(samples: str, reference: str, features: str = 'inception',
              image_size: int = 32) -> tuple[dict, str]:
   """The metrics of SAMPLES against REFERENCE (see the module docstring) and the protocol
   line. Every input is checked before features are computed."""
-  from ddpm_jax.metrics import image_metrics  # pylint: disable=g-import-not-at-top
-  net = _Features(features, inception_weights, batch_size)
+  net = _feature_net(features, inception_weights, batch_size)
   images, sample_desc = load_samples(samples, net.channels, num_samples, image_size, data_dir)
+  if net.image_size and images.shape[1:] != (net.image_size, net.image_size, net.channels):
+    raise InputError(f'--features={features} takes {net.image_size}x{net.image_size}x'
+                     f'{net.channels} images, got {images.shape[1:]}.')
   ref, ref_desc = load_reference(reference, images.shape[1], net.channels, data_dir,
                                  reference_examples)
   if isinstance(ref, tuple) and np.shape(ref[0]) != (net.dim,):
@@ -205,23 +186,19 @@ def evaluate(samples: str, reference: str, features: str = 'inception',
                      f'has {net.dim}-d features.')
   feats, logits = net.extract(images)
   ref_feats = ref if isinstance(ref, tuple) else net.extract(ref)[0]
-  q = image_metrics.sample_quality(feats, ref_feats, logits, is_splits=is_splits)
-  if features != 'inception':  # IS and KID are defined on Inception's outputs only.
-    q = {'fd': q['fd']}
+  result = common.quality(net, feats, logits, ref_feats, is_splits)
   if save_stats:
-    mu, sigma = ref if isinstance(ref, tuple) else image_metrics.feature_statistics(ref_feats)
+    mu, sigma = ref if isinstance(ref, tuple) else fid_is_kid.feature_statistics(ref_feats)
     os.makedirs(os.path.dirname(os.path.abspath(save_stats)), exist_ok=True)
     np.savez(save_stats, mu=mu, sigma=sigma)
-  names = {'fd': 'fid' if features == 'inception' else 'fd_fmnist'}
-  result = {names.get(k, k): v for k, v in q.items()}
   result.update(num_samples=len(images),
                 num_reference=None if isinstance(ref, tuple) else len(ref))
   protocol = (f'protocol: {net.description}; samples: {len(images)} uint8 images from '
               f'{sample_desc}; reference: {ref_desc}'
               + (f'; IS over {min(is_splits, len(images))} splits of the samples'
-                 if 'is' in q else '')
+                 if 'is' in result else '')
               + ('; KID: cubic polynomial kernel, 100 subsets of '
-                 f'{min(1000, len(images), len(ref_feats))}' if 'kid' in q else '')
+                 f'{min(1000, len(images), len(ref_feats))}' if 'kid' in result else '')
               + ('' if len(images) >= 50_000 else
                  '; fewer than the 50,000 samples of published FIDs (FID is biased upwards)'))
   return result, protocol

@@ -21,8 +21,11 @@ import re
 
 from absl import flags
 
-from ddpm_jax import cli, report
+from ddpm_jax import cli
 from ddpm_jax.errors import UserError
+from ddpm_jax.evaluators import results
+from ddpm_jax.metric_writers import METRICS_JSONL, read_metrics, series
+from ddpm_jax.sweep.plots import SMOOTH_WINDOW, moving_average
 
 CURVES_PNG = 'curves.png'
 GRIDS_PNG = 'samples_by_step.png'
@@ -60,18 +63,17 @@ def quality_metric(eval_rows: list[dict]) -> str | None:
 def plot_curves(workdir: str, path: str, floor: float | None = None) -> str:
   """Loss, bits/dim and sample quality against the step; returns `path`."""
   from matplotlib.figure import Figure  # Imported lazily: only the plots need it.
-  records = report.read_metrics(os.path.join(workdir, report.METRICS_JSONL))
-  eval_rows = report.read_eval_csv(os.path.join(workdir, report.EVAL_CSV))
-  loss = report.series(records, 'train/loss') or report.series(records, 'loss')
+  records = read_metrics(os.path.join(workdir, METRICS_JSONL))
+  eval_rows = results.read_csv(os.path.join(workdir, results.CSV_NAME))
+  loss = series(records, 'train/loss') or series(records, 'loss')
   if not loss and not eval_rows:
-    raise UserError(f'{workdir} holds no {report.METRICS_JSONL} losses and no '
-                    f'{report.EVAL_CSV}: nothing to plot (is it a training workdir?)')
+    raise UserError(f'{workdir} holds no {METRICS_JSONL} losses and no '
+                    f'{results.CSV_NAME}: nothing to plot (is it a training workdir?)')
   quality = quality_metric(eval_rows)
-  panels = [('train loss (L_simple)', loss, True), ('bits/dim', report.series(eval_rows, 'bpd'),
-                                                    False)]
+  panels = [('train loss (L_simple)', loss, True), ('bits/dim', series(eval_rows, 'bpd'), False)]
   if quality:
     panels.append(({'fid': 'FID', 'fd_fmnist': 'FD-FMNIST'}[quality],
-                   report.series(eval_rows, quality), False))
+                   series(eval_rows, quality), False))
   fig = Figure(figsize=(4.2 * len(panels), 3.6), layout='constrained')
   axes = fig.subplots(1, len(panels))
   for i, (ax, (title, curve, smooth)) in enumerate(zip(axes, panels)):
@@ -80,10 +82,9 @@ def plot_curves(workdir: str, path: str, floor: float | None = None) -> str:
     if smooth and values:
       ax.plot(steps, values, color='tab:blue', alpha=0.25, linewidth=0.8)
       # A geometric mean: on the log axis, the first large losses do not hold the curve up.
-      smooth = [math.exp(v) for v in report.moving_average([math.log(max(v, 1e-12))
-                                                           for v in values])]
+      smooth = [math.exp(v) for v in moving_average([math.log(max(v, 1e-12)) for v in values])]
       ax.plot(steps, smooth, color='tab:blue', linewidth=1.5,
-              label=f'geometric moving average of {report.SMOOTH_WINDOW}')
+              label=f'geometric moving average of {SMOOTH_WINDOW}')
       ax.set_yscale('log')
     elif values:
       ax.plot(steps, values, 'o-', color='tab:orange', linewidth=1.5)

@@ -29,10 +29,12 @@ import jax
 import numpy as np
 from tqdm.auto import tqdm
 
-from ddpm_jax import (checkpointing, data, evaluate, distributed, images, sampling,
-                      saved_config, sharding, workdir_lock)
+from ddpm_jax import (checkpointing, data, distributed, images, sampling, saved_config, sharding,
+                      workdir_lock)
 from ddpm_jax.checkpointing import Checkpointer
 from ddpm_jax.errors import UserError
+from ddpm_jax.evaluators import results
+from ddpm_jax.evaluators.suite import Suite
 from ddpm_jax.experiment import Experiment
 from ddpm_jax.interop import diffusers as hf_interop
 from ddpm_jax.metric_writers import MetricWriter
@@ -43,28 +45,31 @@ class NonFiniteLossError(UserError, FloatingPointError):
 
 
 @contextlib.contextmanager
-def stop_on_signals(signals=(signal.SIGTERM, signal.SIGINT)):
-  """Yields a dict whose 'signal' entry is set when one of `signals` arrives (main thread only).
-
-  The loop checks it between steps, checkpoints and returns, instead of dying mid-step.
-  """
-  received = {'signal': None}
+def handling_signals(handler, signals=(signal.SIGTERM, signal.SIGINT)):
+  """Runs the block with `handler(signum, frame)` for `signals` (main thread only; elsewhere
+  the handlers stay), then restores the previous handlers."""
   previous = {}
-
-  def handler(signum, frame):
-    del frame
-    received['signal'] = signum
-
   try:
     for s in signals:
       try:
         previous[s] = signal.signal(s, handler)
       except ValueError:  # Not the main thread: leave the default handlers.
         pass
-    yield received
+    yield
   finally:
     for s, h in previous.items():
       signal.signal(s, signal.SIG_DFL if h is None else h)  # None: a handler set outside Python.
+
+
+@contextlib.contextmanager
+def stop_on_signals(signals=(signal.SIGTERM, signal.SIGINT)):
+  """Yields a dict whose 'signal' entry is set when one of `signals` arrives (main thread only).
+
+  The loop checks it between steps, checkpoints and returns, instead of dying mid-step.
+  """
+  received = {'signal': None}
+  with handling_signals(lambda signum, _: received.update(signal=signum), signals):
+    yield received
 
 
 def _check_state(check_fn, state, batch, step: int, checkpointer) -> None:
@@ -103,17 +108,14 @@ def _replicated_ema_params(experiment, state):
   return params
 
 
-def _evaluate(evaluator, experiment, state, step: int, workdir: str, writer) -> dict:
-  """Training-time evaluation (`config.eval.eval_every`): bits/dim on a few test batches and
-  the quick sample-quality metric, to TensorBoard, metrics.jsonl and eval_results.csv."""
-  ecfg = experiment.config.eval
-  row = evaluator.evaluate(_replicated_ema_params(experiment, state), step,
-                           ecfg.train_bpd_examples, ecfg.train_num_samples, progress=False)
-  writer.write_scalars(step, {f'eval/{k}': v for k, v in row.items()
-                              if isinstance(v, float) and k != 'seconds'})
-  if jax.process_index() == 0:
-    evaluate.append_csv(os.path.join(workdir, evaluate.CSV_NAME), row)
-  return row
+def _evaluate(suite: Suite, state, step: int, n: int, final: bool, writer) -> str | None:
+  """Training-time evaluation: the evaluators whose `every` this dispatch of `n` steps reached
+  (all at the `final` step), at their training-time sizes; returns the line to print."""
+  due = suite.due(step, n, final)
+  if not due:
+    return None
+  row = suite.evaluate(_replicated_ema_params(suite.ctx.experiment, state), step, due)
+  return results.record(suite.ctx.workdir, row, writer) if jax.process_index() == 0 else None
 
 
 def _sample_grid(experiment, sample_fn, state, step: int, workdir: str, writer) -> str | None:
@@ -157,22 +159,20 @@ def train_and_evaluate(config, workdir: str, experiment: Experiment | None = Non
   if source is not None:
     data.check_labels(source, config.model.num_classes)
   sample_experiment = _sampling_experiment(experiment)
-  evaluator = None
-  if config.eval.eval_every > 0:
-    evaluator = evaluate.Evaluator(sample_experiment, workdir)
-    evaluator.check_inputs(config.eval.train_bpd_examples, config.eval.train_num_samples)
+  suite = Suite(config, sample_experiment, workdir, job=False, scheduled=True, progress=False)
+  suite.check_inputs()
 
   # The workdir: one trainer at a time.
   lock = workdir_lock.acquire_for_run(workdir, what='training')
   try:
-    return _train(config, workdir, experiment, source, sample_experiment, evaluator, progress,
+    return _train(config, workdir, experiment, source, sample_experiment, suite, progress,
                   imported, init_from)
   finally:
     if lock is not None:
       lock.release()
 
 
-def _train(config, workdir: str, experiment: Experiment, source, sample_experiment, evaluator,
+def _train(config, workdir: str, experiment: Experiment, source, sample_experiment, suite: Suite,
            progress: bool, imported, init_from: str | None) -> dict:
   """`train_and_evaluate` once its inputs are checked and the workdir is locked."""
   is_main = jax.process_index() == 0
@@ -315,11 +315,9 @@ def _train(config, workdir: str, experiment: Experiment, source, sample_experime
           if path:
             summary['samples'].append(path)
             bar.write(f'step {step}: sample grid {path}')
-        if evaluator is not None and (crossed(config.eval.eval_every, n) or
-                                      step == tcfg.num_steps):
-          row = _evaluate(evaluator, sample_experiment, state, step, workdir, writer)
-          bar.write(f'step {step}: eval ' + ', '.join(
-              f'{k}={v:.4g}' for k, v in row.items() if isinstance(v, float)))
+        line = _evaluate(suite, state, step, n, step == tcfg.num_steps, writer)
+        if line:
+          bar.write(line)
         # Every process asks every step, so that all of them stop at the same step.
         if agreement.should_stop(stop['signal'] is not None) and step < tcfg.num_steps:
           stopped_by = (signal.Signals(stop['signal']).name if stop['signal'] is not None

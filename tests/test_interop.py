@@ -300,11 +300,12 @@ def test_eval_uses_the_imported_model_when_the_workdir_has_none(tmp_path):
   from ddpm_jax import evaluate  # pylint: disable=g-import-not-at-top
   config = cond_config()
   config.data.dataset = 'fashion_mnist'
-  config.eval.update(bpd_num_examples=4, bpd_batch_size=4, num_samples=0)
+  config.evals.bpd.update(num_examples=4, batch_size=4)
+  config.evals.fd_fmnist.num_samples = 0
   work = str(tmp_path / 'run')
   out = io.StringIO()
   with contextlib.redirect_stdout(out):
     rows = evaluate.eval_job(config, work, progress=False, init_from=COND)
   assert 'evaluating --init_from=' in out.getvalue() and len(rows) == 1
   assert rows[0]['step'] == 0 and 0 < rows[0]['bpd'] < 100
-  assert os.path.exists(os.path.join(work, evaluate.CSV_NAME))
+  assert os.path.exists(os.path.join(work, 'eval_results.csv'))

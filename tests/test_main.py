@@ -53,9 +53,8 @@ def test_train_resume_and_sample_from_the_command_line(tmp_path):
   grid = np.asarray(Image.open(os.path.join(work, 'samples', 'sample_step00000003_n6.png')))
   assert grid.shape == (8 * (2 + 2 * 10), 8 * (2 + 3 * 10))  # Upscaled 8x (images.upscale).
   out = _run(f'--config={cfg}', f'--workdir={work}', '--mode=eval', *TINY,
-             '--config.train.num_steps=3', '--config.eval.bpd_num_examples=4',
-             '--config.eval.bpd_batch_size=4', '--config.eval.num_samples=0',
-             '--config.eval.timeout_seconds=0')
+             '--config.train.num_steps=3', '--config.evals.bpd.num_examples=4',
+             '--config.evals.bpd.batch_size=4', '--config.eval.timeout_seconds=0')
   assert out.returncode == 0, out.stderr[-3000:]
   assert 'protocol: EMA params' in out.stdout
   rows = open(os.path.join(work, 'eval_results.csv')).read().splitlines()

@@ -13,8 +13,9 @@ import pytest
 
 from conftest import ROOT, make_tiny_config
 from configs import cifar10, fashion_mnist
-from ddpm_jax import sweep, sweeps, train
-from ddpm_jax.sweeps import SweepError, apply_overrides, name_members, product, zip_axes
+from ddpm_jax import train
+from ddpm_jax.sweep import report, run as sweep, spec as sweeps
+from ddpm_jax.sweep.spec import SweepError, apply_overrides, name_members, product, zip_axes
 
 
 def test_product_multiplies_axes_in_order():
@@ -106,13 +107,12 @@ def test_sweep_file_with_a_typo_fails_before_anything_runs(tmp_path):
 
 def _tiny_sweep(tmp_path):
   path = tmp_path / 'two.py'
-  path.write_text("from ddpm_jax.sweeps import product\n\n"
+  path.write_text("from ddpm_jax.sweep.spec import product\n\n"
                   "def get_sweep():\n"
                   "  return product({'diffusion.loss': ['kl', 'hybrid'],\n"
                   "                  'diffusion.var_type': ['learned_range']})\n")
   config = make_tiny_config()
-  config.eval.train_bpd_examples = 8  # The final evaluation: bits/dim only (fast).
-  config.eval.train_num_samples = 0
+  config.evals.bpd.train_examples = 8  # The final evaluation: bits/dim only (fast).
   return str(path), config
 
 
@@ -125,7 +125,7 @@ def test_runner_trains_evaluates_skips_and_resumes(tmp_path, monkeypatch):
   short = planned['loss=hybrid'].copy_and_resolve_references()
   short.train.num_steps = 2
   train.train_and_evaluate(short, os.path.join(sweep_dir, 'loss=hybrid'), progress=False)
-  sweep._write_json(os.path.join(sweep_dir, 'loss=hybrid', sweep.MEMBER_JSON),
+  sweep._write_json(os.path.join(sweep_dir, 'loss=hybrid', report.MEMBER_JSON),
                     {'name': 'loss=hybrid', 'status': 'interrupted', 'seconds': 1.0})
 
   calls = []
@@ -134,10 +134,10 @@ def test_runner_trains_evaluates_skips_and_resumes(tmp_path, monkeypatch):
                       lambda c, w, **kw: calls.append(w) or real(c, w, **kw))
   statuses = sweep.run_sweep(config, sweep_path, sweep_dir, progress=False)
   assert statuses == {'loss=kl': 'done', 'loss=hybrid': 'done'}
-  listing = json.load(open(os.path.join(sweep_dir, sweep.SWEEP_JSON)))
+  listing = json.load(open(os.path.join(sweep_dir, report.SWEEP_JSON)))
   assert [m['name'] for m in listing['members']] == ['loss=kl', 'loss=hybrid']
   for name in statuses:
-    record = sweep.read_member(os.path.join(sweep_dir, name))
+    record = report.member_state(os.path.join(sweep_dir, name))
     assert record['status'] == 'done' and record['final_step'] == 4
     assert record['overrides']['diffusion.loss'] == name.split('=')[1]
     rows = list(csv.DictReader(open(os.path.join(sweep_dir, name, 'eval_results.csv'))))
@@ -145,7 +145,7 @@ def test_runner_trains_evaluates_skips_and_resumes(tmp_path, monkeypatch):
   # The interrupted member resumed from its step-2 checkpoint.
   lines = [json.loads(l) for l in open(os.path.join(sweep_dir, 'loss=hybrid', 'metrics.jsonl'))]
   assert [l['step'] for l in lines] == [1, 2, 3, 4]
-  assert sweep.read_member(os.path.join(sweep_dir, 'loss=hybrid'))['attempts'] == 1
+  assert report.member_state(os.path.join(sweep_dir, 'loss=hybrid'))['attempts'] == 1
 
   # Re-running skips both; selecting by name or index works; an unknown member is an error.
   calls.clear()
@@ -170,7 +170,7 @@ def test_a_diverged_member_is_recorded_and_the_sweep_goes_on(tmp_path, monkeypat
   statuses = sweep.run_sweep(config, sweep_path, str(tmp_path), final_eval=False,
                              progress=False)
   assert statuses == {'loss=kl': 'failed', 'loss=hybrid': 'done'}
-  record = sweep.read_member(str(tmp_path / 'loss=kl'))
+  record = report.member_state(str(tmp_path / 'loss=kl'))
   assert record['error'].startswith('diverged: Loss is nan')
 
 
@@ -198,9 +198,8 @@ def test_launchers_print_one_command_per_member(tmp_path):
 
 
 def test_report_of_a_real_tiny_sweep(tmp_path):
-  """The runner's outputs are what `ddpm_jax.report` reads: one row per member, with its
+  """The runner's outputs are what `ddpm_jax.sweep.report` reads: one row per member, with its
   overrides, final loss and final bits/dim."""
-  from ddpm_jax import report
   sweep_path, config = _tiny_sweep(tmp_path)
   config.train.num_steps = 2
   sweep_dir = str(tmp_path / 'runs')
@@ -246,7 +245,7 @@ def test_sigterm_in_the_final_evaluation_marks_the_member_interrupted(tmp_path, 
   finally:
     signal.signal(signal.SIGTERM, previous)
   assert statuses == {'loss=kl': 'interrupted'}  # The sweep stopped after it.
-  record = sweep.read_member(os.path.join(sweep_dir, 'loss=kl'))
+  record = report.member_state(os.path.join(sweep_dir, 'loss=kl'))
   assert record['status'] == 'interrupted' and 'SIGTERM' in record['error']
   monkeypatch.setattr(sweep, 'final_evaluation', real_final)
   assert sweep.run_sweep(config, sweep_path, sweep_dir, members=['loss=kl'],

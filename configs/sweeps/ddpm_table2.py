@@ -13,7 +13,7 @@ eps + L learned unstable, eps + L fixed 13.51, eps + L_simple 3.17.
         --sweep=configs/sweeps/ddpm_table2.py --workdir=runs/table2
 """
 
-from ddpm_jax.sweeps import product, zip_axes
+from ddpm_jax.sweep.spec import product, zip_axes
 
 
 def get_sweep():

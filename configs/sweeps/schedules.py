@@ -5,7 +5,7 @@ Dhariwal 2021) and quadratic, each at T = 500, 1000 and 2000 (nine runs).
         --sweep=configs/sweeps/schedules.py --workdir=runs/schedules
 """
 
-from ddpm_jax.sweeps import product
+from ddpm_jax.sweep.spec import product
 
 
 def get_sweep():

@@ -15,6 +15,7 @@ from typing import Callable
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from ddpm_jax import diffusion
 from ddpm_jax.schedules import Schedule
@@ -46,7 +47,6 @@ def bpd_terms(schedule: Schedule, denoise_fn: Callable, x0, key, *, mean_type: s
 def summarize(results: dict) -> dict:
   """Batch means of `bpd_terms`' output as floats: total, prior, decoder (L_0), the sum of the
   KL terms, and the per-term means (T,) as a NumPy array under 'terms'."""
-  import numpy as np
   terms = np.asarray(results['terms'], np.float64)
   return {
       'bpd': float(np.mean(results['total'])),

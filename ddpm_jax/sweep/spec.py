@@ -3,7 +3,7 @@
 A sweep file (`configs/sweeps/*.py`) defines `get_sweep()` returning that list, usually built
 with the helpers here:
 
-    from ddpm_jax.sweeps import product, zip_axes
+    from ddpm_jax.sweep.spec import product, zip_axes
 
     def get_sweep():
       # 2 x 3 = 6 runs: each mean type with each (loss, variance) pair.

@@ -10,7 +10,7 @@ import sys
 import pytest
 from PIL import Image
 
-from ddpm_jax import report
+from ddpm_jax.sweep import report
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -215,7 +215,7 @@ def test_errors(tmp_path):
 def test_cli(tmp_path):
   sweep_dir = make_sweep(tmp_path / 'sweep')
   out = tmp_path / 'out'
-  proc = subprocess.run([sys.executable, '-m', 'ddpm_jax.report', sweep_dir, f'--out={out}',
+  proc = subprocess.run([sys.executable, '-m', 'ddpm_jax.sweep.report', sweep_dir, f'--out={out}',
                          '--last=3'], cwd=ROOT, capture_output=True, text=True, timeout=120)
   assert proc.returncode == 0, proc.stderr
   assert f'| {KL_MU} | done | kl | mu |' in proc.stdout
@@ -224,6 +224,6 @@ def test_cli(tmp_path):
   with open(out / 'report.csv', newline='') as f:
     back = _by_name(csv.DictReader(f))
   assert float(back[KL_MU]['final_loss']) == pytest.approx((0.48 + 0.52 + 0.51) / 3)
-  proc = subprocess.run([sys.executable, '-m', 'ddpm_jax.report', str(tmp_path / 'nope')],
+  proc = subprocess.run([sys.executable, '-m', 'ddpm_jax.sweep.report', str(tmp_path / 'nope')],
                         cwd=ROOT, capture_output=True, text=True, timeout=120)
   assert proc.returncode == 1 and 'sweep directory not found' in proc.stderr

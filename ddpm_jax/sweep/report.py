@@ -1,15 +1,12 @@
 """Report of an ablation sweep: one row per member as Markdown, CSV and PNG plots.
 
-Usage: `python -m ddpm_jax.report runs/table2 [--out=DIR] [--last=N]`, after (or during)
+Usage: `python -m ddpm_jax.sweep.report runs/table2 [--out=DIR] [--last=N]`, after (or during)
 `python -m ddpm_jax.sweep`. Writes into DIR (default: the sweep directory)
 
   report.csv           every column below, floats at full precision;
   report.md            the same table, floats to 4 significant digits;
-  loss_curves.png      train/loss against step, one line per member, log-scale y, a trailing
-                       moving average over `SMOOTH_WINDOW` logged points (raw values faint);
-  metric_per_axis.png  for each override key taking >= 2 values and each of final_loss,
-                       final_bpd, final_fd_fmnist: the metric of every member against the key's
-                       values (points, with a line at their mean); left out when nothing varies,
+  loss_curves.png      train/loss against step, one line per member (`plots`);
+  metric_per_axis.png  each final metric against each override key that varies (`plots`),
 
 prints the Markdown table and the paths written. From Python: `collect(sweep_dir)` returns the
 rows, `write_report(sweep_dir, out_dir)` writes the files and returns their paths.
@@ -39,20 +36,21 @@ import os
 import statistics
 import sys
 
+from ddpm_jax.evaluators import results
+from ddpm_jax.evaluators.results import METRICS
+from ddpm_jax.metric_writers import METRICS_JSONL, read_metrics, series
+from ddpm_jax.sweep import plots
+from ddpm_jax.sweep.plots import format_override
+
 SWEEP_JSON = 'sweep.json'
 MEMBER_JSON = 'sweep_member.json'
-METRICS_JSONL = 'metrics.jsonl'
-EVAL_CSV = 'eval_results.csv'  # evaluate.CSV_NAME (not imported: it would import JAX).
 REPORT_CSV = 'report.csv'
 REPORT_MD = 'report.md'
 LOSS_PNG = 'loss_curves.png'
 AXIS_PNG = 'metric_per_axis.png'
 
-METRICS = ('bpd', 'fd_fmnist', 'fid', 'is', 'kid')
 HIGHER_IS_BETTER = frozenset({'is'})
-AXIS_METRICS = ('final_loss', 'final_bpd', 'final_fd_fmnist')
 DEFAULT_LAST = 10
-SMOOTH_WINDOW = 10  # Logged points in the trailing moving average of loss_curves.png.
 
 
 # Reading --------------------------------------------------------------------------------------
@@ -63,44 +61,6 @@ def _read_json(path: str) -> dict:
       return json.load(f)
   except (OSError, ValueError) as e:
     raise ValueError(f'cannot read {path}: {e}') from e
-
-
-def read_metrics(path: str) -> list[dict]:
-  """The records of a `metrics.jsonl` in file order; [] when absent. Unparsable lines (the last
-  line of a running job may be half written) are skipped."""
-  if not os.path.exists(path):
-    return []
-  records = []
-  with open(path) as f:
-    for line in f:
-      try:
-        record = json.loads(line)
-      except ValueError:
-        continue
-      if isinstance(record, dict) and 'step' in record:
-        records.append(record)
-  return records
-
-
-def _to_float(text: str) -> float | None:
-  try:
-    return float(text) if text not in (None, '') else None
-  except ValueError:
-    return None
-
-
-def read_eval_csv(path: str) -> list[dict]:
-  """The rows of an `eval_results.csv` as {'step': int, metric: float | None}; [] when absent."""
-  if not os.path.exists(path):
-    return []
-  rows = []
-  with open(path, newline='') as f:
-    for row in csv.DictReader(f):
-      step = _to_float(row.get('step'))
-      if step is None:
-        continue
-      rows.append({'step': int(step), **{m: _to_float(row.get(m)) for m in METRICS}})
-  return rows
 
 
 def list_members(sweep_dir: str) -> tuple[dict, list[dict]]:
@@ -127,16 +87,6 @@ def list_members(sweep_dir: str) -> tuple[dict, list[dict]]:
 
 
 # Summaries ------------------------------------------------------------------------------------
-
-def series(records: list[dict], key: str) -> list[tuple[int, float]]:
-  """(step, value) of `key`, sorted by step; a step logged twice (a resumed run logs again the
-  steps after its checkpoint) keeps its last value."""
-  by_step = {}
-  for r in records:
-    if r.get(key) is not None:
-      by_step[int(r['step'])] = float(r[key])
-  return sorted(by_step.items())
-
 
 def best(values: list[float], higher_is_better: bool = False) -> float | None:
   """The best finite value (max or min); NaN when all are NaN, None when there are none."""
@@ -193,7 +143,7 @@ def member_row(member: dict, last: int = DEFAULT_LAST) -> tuple[dict, list[tuple
   """(row of the report without override columns, train/loss curve) of one member."""
   state = member_state(member['dir'])
   records = read_metrics(os.path.join(member['dir'], METRICS_JSONL))
-  eval_rows = read_eval_csv(os.path.join(member['dir'], EVAL_CSV))
+  eval_rows = results.read_csv(os.path.join(member['dir'], results.CSV_NAME))
   row = {'name': member['name'], 'status': str(state.get('status', 'unknown'))}
   row.update(loss_summary(records, last))
   row.update(eval_summary(eval_rows, records))
@@ -236,15 +186,6 @@ def collect(sweep_dir: str, last: int = DEFAULT_LAST) -> list[dict]:
 
 
 # Rendering ------------------------------------------------------------------------------------
-
-def format_override(value) -> str:
-  """An override value, compactly: strings as they are, containers as compact JSON."""
-  if isinstance(value, str):
-    return value
-  if isinstance(value, (list, tuple, dict)):
-    return json.dumps(value, separators=(',', ':'))
-  return repr(value) if isinstance(value, float) else str(value)
-
 
 def _cell(value, column: str, override_keys: list[str], digits: int | None) -> str:
   if value is None:
@@ -307,98 +248,6 @@ def _last_line(text: str) -> str:
   return lines[-1] if lines else ''
 
 
-def member_labels(rows: list[dict], override_keys: list[str]) -> list[str]:
-  """Short legend labels: the values of the override keys that vary across members (all of
-  them when none varies), else the member name."""
-  varying = [k for k in override_keys if len(_distinct(rows, k)) >= 2] or override_keys
-  labels = []
-  for row in rows:
-    values = [format_override(row[k]) for k in varying if row.get(k) is not None]
-    labels.append(', '.join(values) if values else row['name'])
-  return labels
-
-
-def _distinct(rows: list[dict], key: str) -> list[str]:
-  """The rendered values of `key` over the rows, in first-seen order."""
-  seen = []
-  for row in rows:
-    if row.get(key) is not None and format_override(row[key]) not in seen:
-      seen.append(format_override(row[key]))
-  return seen
-
-
-def moving_average(values: list[float], window: int = SMOOTH_WINDOW) -> list[float]:
-  """Trailing moving average: point i is the mean of points max(0, i-window+1)..i."""
-  out, total = [], 0.0
-  for i, v in enumerate(values):
-    total += v
-    if i >= window:
-      total -= values[i - window]
-    out.append(total / min(i + 1, window))
-  return out
-
-
-# Plots ----------------------------------------------------------------------------------------
-
-def plot_loss_curves(curves: list[list], labels: list[str], path: str) -> str | None:
-  """train/loss against step per member (smoothed, log-scale y); None when no member logged a
-  loss."""
-  from matplotlib.figure import Figure  # Imported lazily: only the plots need it.
-  drawn = [(c, l) for c, l in zip(curves, labels) if c]
-  if not drawn:
-    return None
-  fig = Figure(figsize=(8, 5), layout='constrained')
-  ax = fig.add_subplot()
-  positive = all(v > 0 for c, _ in drawn for _, v in c if math.isfinite(v))
-  for curve, label in drawn:
-    steps = [s for s, _ in curve]
-    values = [v for _, v in curve]
-    line, = ax.plot(steps, moving_average(values), label=label, linewidth=1.5)
-    ax.plot(steps, values, color=line.get_color(), alpha=0.2, linewidth=0.8)
-  if positive:
-    ax.set_yscale('log')
-  ax.set_xlabel('step')
-  ax.set_ylabel(f'train/loss (moving average of {SMOOTH_WINDOW} logged points)')
-  ax.grid(True, which='both', alpha=0.3)
-  ax.legend(fontsize='small', loc='upper right')
-  fig.savefig(path, dpi=100)
-  return path
-
-
-def plot_metric_per_axis(rows: list[dict], override_keys: list[str], path: str) -> str | None:
-  """One subplot per (override key with >= 2 values, final metric present): every member's
-  value against the key's values, with a line at their mean. None when nothing to plot."""
-  axes = [k for k in override_keys if len(_distinct(rows, k)) >= 2]
-  metrics = [m for m in AXIS_METRICS if m in rows[0]
-             and any(_finite(r[m]) for r in rows)]
-  if not axes or not metrics:
-    return None
-  from matplotlib.figure import Figure  # Imported lazily: only the plots need it.
-  fig = Figure(figsize=(3.5 * len(metrics), 2.8 * len(axes)), layout='constrained')
-  grid = fig.subplots(len(axes), len(metrics), squeeze=False)
-  for i, key in enumerate(axes):
-    values = _distinct(rows, key)
-    for j, metric in enumerate(metrics):
-      ax = grid[i][j]
-      for x, value in enumerate(values):
-        ys = [r[metric] for r in rows if r.get(key) is not None
-              and format_override(r[key]) == value and _finite(r[metric])]
-        if ys:
-          ax.hlines(sum(ys) / len(ys), x - 0.3, x + 0.3, color='C1', linewidth=2)
-          ax.plot([x] * len(ys), ys, 'o', color='C0', markersize=4, alpha=0.7)
-      ax.set_xticks(range(len(values)), values, fontsize='small')
-      ax.set_xlim(-0.5, len(values) - 0.5)
-      ax.set_xlabel(key, fontsize='small')
-      ax.set_ylabel(metric, fontsize='small')
-      ax.grid(True, axis='y', alpha=0.3)
-  fig.savefig(path, dpi=100)
-  return path
-
-
-def _finite(value) -> bool:
-  return isinstance(value, (int, float)) and math.isfinite(value)
-
-
 # Entry points ---------------------------------------------------------------------------------
 
 def write_report(sweep_dir: str, out_dir: str | None = None,
@@ -414,17 +263,17 @@ def write_report(sweep_dir: str, out_dir: str | None = None,
   with open(paths['md'], 'w') as f:
     f.write(to_markdown(rows, columns, keys, sweep_dir, info, last))
   plots = {
-      'loss_curves': plot_loss_curves(curves, member_labels(rows, keys),
-                                      os.path.join(out_dir, LOSS_PNG)),
-      'metric_per_axis': plot_metric_per_axis(rows, keys, os.path.join(out_dir, AXIS_PNG)),
+      'loss_curves': plots.plot_loss_curves(curves, plots.member_labels(rows, keys),
+                                            os.path.join(out_dir, LOSS_PNG)),
+      'metric_per_axis': plots.plot_metric_per_axis(rows, keys, os.path.join(out_dir, AXIS_PNG)),
   }
   paths.update({k: p for k, p in plots.items() if p})
   return paths
 
 
 def main(argv: list[str] | None = None) -> int:
-  """`python -m ddpm_jax.report SWEEP_DIR [--out=DIR] [--last=N]`; returns the exit status."""
-  parser = argparse.ArgumentParser(prog='python -m ddpm_jax.report', description=__doc__.split(
+  """`python -m ddpm_jax.sweep.report SWEEP_DIR [--out=DIR] [--last=N]`; the exit status."""
+  parser = argparse.ArgumentParser(prog='python -m ddpm_jax.sweep.report', description=__doc__.split(
       '\n')[0], formatter_class=argparse.RawDescriptionHelpFormatter)
   parser.add_argument('sweep_dir', help='Directory of a sweep (python -m ddpm_jax.sweep).')
   parser.add_argument('--out', default=None, help='Output directory (default: SWEEP_DIR).')

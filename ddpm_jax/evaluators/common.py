@@ -1,0 +1,146 @@
+"""What the evaluators share: the samples of one evaluation, generated once for every sample
+metric, reference statistics computed once and cached in the workdir, and the feature networks'
+sample-quality metrics (also `python -m ddpm_jax.fid`'s)."""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from typing import Callable
+
+import jax
+import numpy as np
+
+from ddpm_jax import data, sampling
+from ddpm_jax.experiment import Experiment
+from ddpm_jax.metrics import fid_is_kid
+
+
+class Samples:
+  """uint8 EMA samples of `config.sample`'s sampler, seeded by `config.eval.seed + 1`: generated
+  once per set of parameters and shared by the sample evaluators (each takes the first `num`)."""
+
+  def __init__(self, experiment: Experiment, progress: bool = True):
+    self.experiment, self.progress = experiment, progress
+    self._sample_fns = {}
+    self._params = self._images = None
+
+  def get(self, params, num: int) -> np.ndarray:
+    """The first `num` samples of `params`, generated unless a larger set already was."""
+    if self._params is not params or len(self._images) < num:
+      cfg = self.experiment.config
+      bs = min(cfg.sample.batch_size, num)
+      if bs not in self._sample_fns:
+        self._sample_fns[bs] = sampling.make_sample_fn(self.experiment, bs)
+      key = jax.random.PRNGKey(cfg.eval.seed + 1)
+      self._images = sampling.generate(self._sample_fns[bs], params, key, num, bs,
+                                       progress=self.progress)
+      self._params = params
+    return self._images[:num]
+
+  def clear(self) -> None:
+    """Drops the samples and the reference to their parameters (their memory)."""
+    self._params = self._images = None
+
+
+def cached(path: str, compute: Callable[[], dict]) -> dict:
+  """The arrays of the `.npz` at `path` if it exists, else `compute()`'s, saved there by
+  process 0: a workdir's reference statistics are computed once."""
+  if os.path.exists(path):
+    with np.load(path) as f:
+      return {k: f[k] for k in f.files}
+  arrays = compute()
+  if jax.process_index() == 0:
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    np.savez(path, **arrays)
+  return arrays
+
+
+@dataclasses.dataclass(frozen=True)
+class Context:
+  """What the evaluators of one run share: the experiment (model, schedule, mesh), the workdir
+  (reference caches), one `Samples` and whether to show progress bars."""
+  experiment: Experiment
+  workdir: str
+  samples: Samples
+  progress: bool = True
+
+
+@dataclasses.dataclass(frozen=True)
+class FeatureNet:
+  """A network whose features measure sample quality.
+
+  `metric` names its Fréchet distance ('fid' for Inception, whose logits also give IS and
+  whose features give KID; 'fd_fmnist'); `extract(uint8 images) -> (features, logits or None)`
+  takes `channels`-channel images (`image_size` square, or any size when None).
+  """
+  metric: str
+  extract: Callable[[np.ndarray], tuple]
+  dim: int
+  channels: int
+  image_size: int | None
+  description: str
+
+  def reference(self, images: np.ndarray) -> dict:
+    """What a reference keeps: Inception's features (KID needs them), else their statistics."""
+    features = self.extract(images)[0]
+    if self.metric == 'fid':
+      return {'features': features}
+    mu, sigma = fid_is_kid.feature_statistics(features)
+    return {'mu': mu, 'sigma': sigma, 'num': len(images)}
+
+
+def quality(net: FeatureNet, features, logits, reference, is_splits: int = 10) -> dict:
+  """The metrics of samples' `features` (and `logits`) against `reference` (features, their
+  statistics `(mu, sigma)` or `FeatureNet.reference`'s arrays): `net.metric`, and with
+  Inception `is` / `is_std` and, against features, `kid` / `kid_std`."""
+  if isinstance(reference, dict):
+    reference = (reference['features'] if 'features' in reference
+                 else (reference['mu'], reference['sigma']))
+  q = fid_is_kid.sample_quality(features, reference, logits if net.metric == 'fid' else None,
+                                is_splits=is_splits)
+  if net.metric != 'fid':  # IS and KID are defined on Inception's outputs only.
+    return {net.metric: q['fd']}
+  return {('fid' if k == 'fd' else k): v for k, v in q.items()}
+
+
+class SampleQuality:
+  """An evaluator of `num` samples' quality in a `FeatureNet`'s features, against the
+  `reference_split`'s first `reference_examples` images (cached in the workdir as
+  `<cache_name>_ref_<split>.npz`). Subclasses give the network (`load_net`)."""
+  cache_name = ''
+  sizes = ('train_samples', 'num_samples')  # Training-time / eval-job sizes in the spec.
+  is_splits = 1  # Inception Score splits (Inception only).
+
+  def __init__(self, name: str, spec, ctx: Context, num: int):
+    self.name, self.spec, self.ctx, self.num = name, spec, ctx, num
+    self.experiment = ctx.experiment
+    self.net = None  # Loaded by `check_inputs`.
+
+  def load_net(self) -> FeatureNet:
+    raise NotImplementedError
+
+  def check_inputs(self) -> None:
+    """Opens the reference split and loads the network, before any work."""
+    data.open_source(self.experiment.config.data, self.spec.reference_split)
+    self.net = self.load_net()
+
+  def run(self, params) -> dict:
+    if self.net is None:
+      self.net = self.load_net()
+    features, logits = self.net.extract(self.ctx.samples.get(params, self.num))
+    path = os.path.join(self.ctx.workdir, f'{self.cache_name}_ref_{self.spec.reference_split}.npz')
+    reference = cached(path, lambda: self.net.reference(self._reference_images()))
+    return quality(self.net, features, logits, reference, self.is_splits)
+
+  def _reference_images(self) -> np.ndarray:
+    return data.load_split(self.experiment.config.data, self.spec.reference_split,
+                           max_examples=self.spec.reference_examples)
+
+  def describe(self) -> str:
+    """This evaluator's part of the protocol line."""
+    s = self.experiment.config.sample
+    steps = s.steps or self.experiment.config.diffusion.num_timesteps
+    return (f'{self.cache_name}: {self.num} samples ({s.sampler} sampler, {steps} steps, '
+            f'uint8-quantised) against reference statistics of the {self.spec.reference_split} '
+            'split')

@@ -1,0 +1,69 @@
+"""The evaluators a config chooses (`config.evals`), run together on one set of parameters.
+
+Training-time evaluation (`ddpm_jax.train`), the `--mode=eval` job (`ddpm_jax.evaluate`) and a
+sweep's final evaluation (`ddpm_jax.sweep.run`) all build a `Suite` and call `evaluate`, which
+returns the row that `results.record` writes.
+"""
+
+from __future__ import annotations
+
+import time
+
+from ddpm_jax.evaluators.bits_per_dim import BitsPerDim
+from ddpm_jax.evaluators.common import Context, SampleQuality, Samples
+from ddpm_jax.evaluators.fd_fmnist import FdFmnist
+from ddpm_jax.evaluators.inception import Inception
+from ddpm_jax.experiment import Experiment
+
+TYPES = {'bpd': BitsPerDim, 'inception': Inception, 'fd_fmnist': FdFmnist}
+
+
+class Suite:
+  """The evaluators of `config.evals` that apply to this config and have a size > 0, at their
+  training-time size (`job=False`: training and a sweep's final evaluation; with `scheduled`,
+  only those with `every` > 0) or their `--mode=eval` size (`job=True`)."""
+
+  def __init__(self, config, experiment: Experiment, workdir: str, job: bool,
+               scheduled: bool = False, progress: bool = True):
+    self.config = config
+    self.ctx = Context(experiment, workdir, Samples(experiment, progress), progress)
+    self.evaluators = []
+    for name, spec in config.evals.items():
+      cls = TYPES[spec.type]
+      num = spec[cls.sizes[job]]
+      if num > 0 and cls.applies(spec, config) and (spec.every > 0 or not scheduled):
+        self.evaluators.append(cls(name, spec, self.ctx, num))
+
+  def check_inputs(self) -> None:
+    """Opens every split and loads every network the evaluators read, before any of the hours
+    an evaluation may take."""
+    for e in self.evaluators:
+      e.check_inputs()
+
+  def due(self, step: int, n: int = 1, final: bool = False) -> list:
+    """The evaluators whose `every` the last `n` steps, up to `step`, reached (all at the
+    `final` step)."""
+    return [e for e in self.evaluators
+            if final or step // e.spec.every > (step - n) // e.spec.every]
+
+  def evaluate(self, params, step: int, evaluators=None) -> dict:
+    """Every metric of `evaluators` (default: all) for `params`: a row for `results.record`.
+    The sample metrics share one set of samples, generated once."""
+    t0 = time.perf_counter()
+    evaluators = self.evaluators if evaluators is None else evaluators
+    row = {'step': int(step)}
+    num_samples = max((e.num for e in evaluators if isinstance(e, SampleQuality)), default=0)
+    if num_samples:
+      self.ctx.samples.get(params, num_samples)
+      s = self.config.sample
+      row.update(num_samples=num_samples, sampler=s.sampler,
+                 sample_steps=int(s.steps or self.config.diffusion.num_timesteps))
+    for e in evaluators:
+      row.update(e.run(params))
+    self.ctx.samples.clear()
+    row['seconds'] = round(time.perf_counter() - t0, 2)
+    return row
+
+  def protocol(self) -> str:
+    """One line stating how the numbers are measured."""
+    return '; '.join(['protocol: EMA params'] + [e.describe() for e in self.evaluators])

@@ -1,0 +1,209 @@
+"""The sweep runner: one training run per sweep member, then its final evaluation.
+
+Each member trains in `WORKDIR/<name>` (the name lists the overrides that vary, see
+`spec.name_members`) with the base config plus its own overrides. `WORKDIR/sweep.json` lists
+the members and each member's `sweep_member.json` its status: `running`, `done`, `failed` (with
+the error; after a diverged loss, a result in an ablation, the sweep goes on with the next
+member, any other error stops it) or `interrupted` (SIGTERM/Ctrl-C, in training — a checkpoint
+was saved — or in the final evaluation; the sweep stops). Re-running skips `done` members and
+resumes the others from their newest checkpoint. When a member has trained, its final EMA
+parameters are evaluated once by the evaluators of `config.evals` at their training-time sizes
+(`train_examples`, `train_samples`) into its `eval_results.csv`, unless training already
+evaluated that step. Every member's config is built and validated before the first run.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import shlex
+import signal
+import time
+
+import jax
+
+from ddpm_jax import config_checks, sharding, train, workdir_lock
+from ddpm_jax.checkpointing import Checkpointer
+from ddpm_jax.evaluators import results
+from ddpm_jax.evaluators.suite import Suite
+from ddpm_jax.experiment import Experiment
+from ddpm_jax.sweep import spec
+from ddpm_jax.sweep.report import MEMBER_JSON, SWEEP_JSON, member_state
+
+
+def _write_json(path: str, obj) -> None:
+  if jax.process_index() != 0:
+    return
+  os.makedirs(os.path.dirname(path), exist_ok=True)
+  tmp = path + '.tmp'
+  with open(tmp, 'w') as f:
+    json.dump(obj, f, indent=1, default=str)
+  os.replace(tmp, path)
+
+
+def plan(config, sweep_path: str) -> list[tuple[str, dict, object]]:
+  """`(name, overrides, config)` per member, every member's config built and validated first,
+  so that a typo in the sweep fails before any run starts."""
+  out = []
+  for name, overrides in spec.name_members(spec.load_sweep(sweep_path)):
+    member_config = spec.apply_overrides(config, overrides)
+    try:
+      config_checks.validate(member_config)
+    except ValueError as e:
+      raise spec.SweepError(f'Member {name}: {e}') from e
+    out.append((name, overrides, member_config))
+  return out
+
+
+def select(members, wanted) -> list:
+  """The members named (or indexed) in `wanted`; all of them when it is empty."""
+  if not wanted:
+    return list(members)
+  names = [m[0] for m in members]
+  out = []
+  for w in wanted:
+    if w in names:
+      out.append(members[names.index(w)])
+    elif w.isdigit() and int(w) < len(members):
+      out.append(members[int(w)])
+    else:
+      raise spec.SweepError(f'No member {w!r}; the members are: {", ".join(names)}.')
+  return out
+
+
+class Interrupted(Exception):
+  """SIGTERM or SIGINT arrived outside the training loop (which handles them itself)."""
+
+
+@contextlib.contextmanager
+def signals_deferred(signals=(signal.SIGTERM, signal.SIGINT)):
+  """Holds `signals` back while the block runs (a short write that must not be cut)."""
+  old = signal.pthread_sigmask(signal.SIG_BLOCK, signals)
+  try:
+    yield
+  finally:
+    signal.pthread_sigmask(signal.SIG_SETMASK, old)
+
+
+def _raise_interrupted(signum, frame):
+  del frame
+  raise Interrupted(signal.Signals(signum).name)
+
+
+def final_evaluation(suite: Suite, member_dir: str) -> dict | None:
+  """`suite` (training-time sizes) on the newest checkpoint's EMA parameters, appended to
+  `eval_results.csv`; None if that step was evaluated already or no evaluator has a size."""
+  if not suite.evaluators:
+    return None
+  checkpointer = Checkpointer(member_dir, max_to_keep=None, async_save=False, read_only=True)
+  try:
+    step = checkpointer.latest_step()
+    if step is None or step in results.evaluated_steps(member_dir):
+      return None
+    state = checkpointer.restore(suite.ctx.experiment.abstract_state(), step)
+  finally:
+    checkpointer.close()
+  row = suite.evaluate(state.ema_params, step)
+  if jax.process_index() == 0:
+    with signals_deferred():  # A signal now arrives after the row is whole.
+      print(f'[sweep] {os.path.basename(member_dir)}: '
+            + results.record(member_dir, row), flush=True)
+  return row
+
+
+def run_member(name: str, overrides: dict, config, sweep_dir: str, final_eval: bool = True,
+               progress: bool = True) -> str:
+  """Trains (or resumes, or skips) one member, holding its workdir's lock; returns its status."""
+  member_dir = os.path.join(sweep_dir, name)
+  record = member_state(member_dir)
+  if record['status'] == 'done':
+    print(f'[sweep] {name}: done, skipped', flush=True)
+    return 'skipped'
+  suite = None
+  if final_eval:  # Before the training: the final evaluation's inputs exist.
+    experiment = Experiment.from_config(config, mesh=sharding.make_mesh())
+    suite = Suite(config, experiment, member_dir, job=False, progress=progress)
+    suite.check_inputs()
+  lock = workdir_lock.acquire_for_run(member_dir, what=f'sweep member {name}')
+  try:
+    return _run_member(name, overrides, config, member_dir, record, suite, progress)
+  finally:
+    if lock is not None:
+      lock.release()
+
+
+def _run_member(name, overrides, config, member_dir, record, suite, progress) -> str:
+  record = {'name': name, 'overrides': overrides, 'status': 'running',
+            'seconds': float(record.get('seconds', 0.0)), 'attempts': record.get('attempts', 0) + 1}
+  _write_json(os.path.join(member_dir, MEMBER_JSON), record)
+  print(f'[sweep] {name}: training in {member_dir}', flush=True)
+  t0 = time.perf_counter()
+
+  def finish(status: str, **extra) -> str:
+    record.update(status=status, seconds=round(record['seconds'] + time.perf_counter() - t0, 2),
+                  **extra)
+    _write_json(os.path.join(member_dir, MEMBER_JSON), record)
+    print(f'[sweep] {name}: {status}' + (f' ({extra["error"]})' if 'error' in extra else ''),
+          flush=True)
+    return status
+
+  try:
+    # Signals outside the training loop (which saves and returns) interrupt the member, so that
+    # its status is not left at `running`.
+    with train.handling_signals(_raise_interrupted):
+      summary = train.train_and_evaluate(config, member_dir, progress=progress)
+      if summary.get('stopped_by'):
+        return finish('interrupted', error=f'stopped by {summary["stopped_by"]}')
+      if suite is not None:
+        final_evaluation(suite, member_dir)
+  except Interrupted as e:
+    return finish('interrupted', error=f'stopped by {e} before the member finished; rerun to '
+                  'resume it')
+  except train.NonFiniteLossError as e:  # A diverged objective is a result, not a crash.
+    return finish('failed', error=f'diverged: {e}')
+  except Exception as e:  # pylint: disable=broad-except
+    finish('failed', error=f'{type(e).__name__}: {e}')
+    raise
+  return finish('done', final_step=summary.get('final_step'))
+
+
+def run_sweep(config, sweep_path: str, sweep_dir: str, members=(), final_eval: bool = True,
+              progress: bool = True, config_path: str = '') -> dict[str, str]:
+  """Runs the (selected) members one after the other here; returns `{name: status}`. Stops
+  after a member is interrupted; a diverged member does not stop the others."""
+  planned = plan(config, sweep_path)
+  _write_json(os.path.join(sweep_dir, SWEEP_JSON), {
+      'config': config_path, 'sweep': sweep_path,
+      'members': [{'name': n, 'overrides': o} for n, o, _ in planned]})
+  statuses = {}
+  chosen = select(planned, members)
+  for i, (name, overrides, member_config) in enumerate(chosen):
+    print(f'[sweep] member {i + 1}/{len(chosen)}', flush=True)
+    statuses[name] = run_member(name, overrides, member_config, sweep_dir, final_eval,
+                                progress)
+    if statuses[name] == 'interrupted':
+      break
+  return statuses
+
+
+def commands(launcher: str, names, config_path: str, sweep_path: str, sweep_dir: str,
+             base_args=()) -> list[str]:
+  """One shell command per member that runs it with `launcher` (print | slurm | tpu);
+  `base_args` are the `--config.*` overrides of the base config, passed on."""
+  lines = []
+  for name in names:
+    args = [f'--sweep={sweep_path}', f'--member={name}'] + list(base_args)
+    if launcher == 'print':
+      cmd = (['python', '-m', 'ddpm_jax.sweep',
+              f'--config={config_path}', f'--workdir={sweep_dir}'] + args)
+    elif launcher == 'slurm':
+      cmd = (['DDPM_MODULE=ddpm_jax.sweep', 'sbatch', f'--job-name=sweep-{name}'[:64],
+              'launch/slurm_gpu.sbatch', config_path, sweep_dir] + args)
+    elif launcher == 'tpu':
+      cmd = ['DDPM_MODULE=ddpm_jax.sweep', 'bash', 'launch/tpu_pod.sh', 'train', config_path,
+             sweep_dir] + args
+    else:
+      raise spec.SweepError(f'Unknown launcher {launcher!r}.')
+    lines.append(' '.join(c if c.startswith('DDPM_MODULE=') else shlex.quote(c) for c in cmd))
+  return lines
