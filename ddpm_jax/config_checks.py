@@ -203,6 +203,12 @@ EVALUATOR_FIELDS = {
 }
 
 
+# The smallest value of each numeric field (a size of 0 turns the evaluator off; statistics of
+# a reference need two images).
+_EVALUATOR_MINIMA = {'every': 0, 'train_examples': 0, 'num_examples': 0, 'train_samples': 0,
+                     'num_samples': 0, 'batch_size': 1, 'is_splits': 1, 'reference_examples': 2}
+
+
 def _validate_evals(config) -> None:
   """`config.evals`: known types, one evaluator per type, each with its type's fields."""
   seen = {}
@@ -218,12 +224,7 @@ def _validate_evals(config) -> None:
     fields = set(spec) - {'type'}
     _require(fields == set(EVALUATOR_FIELDS[kind]), key, sorted(fields),
              f'the fields of type {kind!r}: {", ".join(EVALUATOR_FIELDS[kind])}')
-    for field in fields & {'every', 'train_examples', 'num_examples', 'train_samples',
-                           'num_samples'}:
-      _require(spec[field] >= 0, f'{key}.{field}', spec[field], 'an integer >= 0 (0 = off)')
-    for field in fields & {'batch_size', 'is_splits'}:
-      _require(spec[field] >= 1, f'{key}.{field}', spec[field], 'a positive integer')
-    if 'reference_examples' in fields:
-      _require(spec.reference_examples >= 2, f'{key}.reference_examples',
-               spec.reference_examples, 'an integer >= 2 (statistics need two images)')
+    for field in sorted(fields & set(_EVALUATOR_MINIMA)):
+      _require(spec[field] >= _EVALUATOR_MINIMA[field], f'{key}.{field}', spec[field],
+               f'an integer >= {_EVALUATOR_MINIMA[field]}')
   _require(config.eval.poll_seconds >= 0, 'eval.poll_seconds', config.eval.poll_seconds, '>= 0')

@@ -100,9 +100,24 @@ def _folder(path: str, size: int | None, channels: int) -> np.ndarray:
     raise InputError(f'{path}: {e}') from None
 
 
-def _dataset(spec: str, what: str, size: int, channels: int, data_dir: str,
-             max_examples: int) -> tuple[np.ndarray, str]:
-  """The first `max_examples` images of the dataset split `NAME:SPLIT`, as training reads them."""
+def load_input(spec: str, what: str, channels: int, size: int | None, data_dir: str = '',
+               max_examples: int = 10**9, statistics: bool = False):
+  """SAMPLES or REFERENCE (`what`) as (uint8 images (N, H, W, C), or with `statistics` an
+  `(mu, sigma)` pair, and a description): an `.npz`, a folder of images (at `size`, default its
+  first image's side) or a dataset split `NAME:SPLIT` at `size`, read as training reads it."""
+  if os.path.isdir(spec):
+    return _check_images(_folder(spec, size, channels), spec), f'folder {spec}'
+  if os.path.isfile(spec):
+    arrays = _npz(spec)
+    if 'arr_0' in arrays:  # Images win over statistics: ours are computed with our network.
+      return _check_images(arrays['arr_0'], spec), f'{spec} (arr_0)'
+    if statistics and 'mu' in arrays and 'sigma' in arrays:
+      return (arrays['mu'], arrays['sigma']), f'statistics {spec}'
+    raise InputError(f'{spec} holds no images (arr_0)'
+                     + (' nor statistics (mu, sigma).' if statistics else '.'))
+  if ':' not in spec and what == 'SAMPLES':  # A REFERENCE NAME alone is its train split.
+    raise InputError(f'{what} {spec} is neither an .npz file, a folder of images nor a '
+                     'dataset NAME:SPLIT.')
   name, _, split = spec.partition(':')
   cfg = _data_config(dataset=name, data_dir=data_dir, image_size=size, channels=channels)
   try:
@@ -111,47 +126,6 @@ def _dataset(spec: str, what: str, size: int, channels: int, data_dir: str,
     raise InputError(f'{what} {spec} is not a file or folder, and as a dataset NAME:SPLIT: '
                      + ' '.join(str(e).split())) from None
   return _check_images(images, spec), f'{name}/{split or "train"} ({len(images)} images)'
-
-
-def load_samples(path: str, channels: int, num: int = 0, size: int = 32,
-                 data_dir: str = '') -> tuple[np.ndarray, str]:
-  """SAMPLES as uint8 (N, H, W, C) and a description; the first `num` images when num > 0."""
-  images, desc = _load_samples(path, channels, num, size, data_dir)
-  if num > 0 and len(images) != num:
-    if len(images) < num:
-      raise InputError(f'SAMPLES {path} holds {len(images)} images, fewer than '
-                       f'--num_samples={num}.')
-    images, desc = images[:num], f'{desc}, the first {num}'
-  return images, desc
-
-
-def _load_samples(path, channels, num, size, data_dir):
-  if os.path.isdir(path):
-    return _check_images(_folder(path, None, channels), path), f'folder {path}'
-  if not os.path.isfile(path):
-    if ':' in path:
-      return _dataset(path, 'SAMPLES', size, channels, data_dir, num or 10**9)
-    raise InputError(f'SAMPLES {path} is neither an .npz file, a folder of images nor a '
-                     'dataset NAME:SPLIT.')
-  arrays = _npz(path)
-  if 'arr_0' not in arrays:
-    raise InputError(f'{path} has no arr_0 (the images); it is not a samples .npz.')
-  return _check_images(arrays['arr_0'], path), f'{path} (arr_0)'
-
-
-def load_reference(spec: str, size: int, channels: int, data_dir: str = '',
-                   max_examples: int = 50_000):
-  """REFERENCE as (uint8 images or (mu, sigma), description)."""
-  if os.path.isdir(spec):
-    return _check_images(_folder(spec, size, channels), spec), f'folder {spec}'
-  if os.path.isfile(spec):
-    arrays = _npz(spec)
-    if 'arr_0' in arrays:  # Images win over statistics: ours are computed with our network.
-      return _check_images(arrays['arr_0'], spec), f'{spec} (arr_0)'
-    if 'mu' in arrays and 'sigma' in arrays:
-      return (arrays['mu'], arrays['sigma']), f'statistics {spec}'
-    raise InputError(f'{spec} holds neither images (arr_0) nor statistics (mu, sigma).')
-  return _dataset(spec, 'REFERENCE', size, channels, data_dir, max_examples)
 
 
 def _feature_net(features: str, weights: str, batch_size: int) -> common.FeatureNet:
@@ -175,12 +149,19 @@ def evaluate(samples: str, reference: str, features: str = 'inception',
   """The metrics of SAMPLES against REFERENCE (see the module docstring) and the protocol
   line. Every input is checked before features are computed."""
   net = _feature_net(features, inception_weights, batch_size)
-  images, sample_desc = load_samples(samples, net.channels, num_samples, image_size, data_dir)
+  size = None if os.path.isdir(samples) else image_size  # A folder: its images' own side.
+  images, sample_desc = load_input(samples, 'SAMPLES', net.channels, size, data_dir,
+                                   num_samples or 10**9)
+  if num_samples > 0 and len(images) != num_samples:
+    if len(images) < num_samples:
+      raise InputError(f'SAMPLES {samples} holds {len(images)} images, fewer than '
+                       f'--num_samples={num_samples}.')
+    images, sample_desc = images[:num_samples], f'{sample_desc}, the first {num_samples}'
   if net.image_size and images.shape[1:] != (net.image_size, net.image_size, net.channels):
     raise InputError(f'--features={features} takes {net.image_size}x{net.image_size}x'
                      f'{net.channels} images, got {images.shape[1:]}.')
-  ref, ref_desc = load_reference(reference, images.shape[1], net.channels, data_dir,
-                                 reference_examples)
+  ref, ref_desc = load_input(reference, 'REFERENCE', net.channels, images.shape[1], data_dir,
+                             reference_examples, statistics=True)
   if isinstance(ref, tuple) and np.shape(ref[0]) != (net.dim,):
     raise InputError(f'{reference} holds {np.shape(ref[0])[0]}-d statistics; {net.description} '
                      f'has {net.dim}-d features.')

@@ -38,11 +38,6 @@ class MetricWriter:
     if self.enabled:
       self._tb.add_image(name, image_uint8, int(step), dataformats='HWC')
 
-  def flush(self) -> None:
-    if self.enabled:
-      self._tb.flush()
-      self._jsonl.flush()
-
   def close(self) -> None:
     if self.enabled:
       self._tb.close()

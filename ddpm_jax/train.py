@@ -94,17 +94,12 @@ def _sampling_experiment(experiment: Experiment) -> Experiment:
                              mesh=sharding.make_mesh(experiment.mesh.devices.flatten()))
 
 
-def _replicate(tree, mesh):
-  """`tree` (e.g. FSDP-sharded parameters) gathered onto every device of `mesh`."""
-  return jax.jit(lambda x: x, out_shardings=sharding.replicated(mesh))(tree)
-
-
 def _replicated_ema_params(experiment, state):
   """The EMA parameters on every device of the (data-parallel) sampling mesh."""
   params = state.ema_params
   repl = sharding.replicated(experiment.mesh)
-  if any(leaf.sharding != repl for leaf in jax.tree.leaves(params)):  # FSDP-sharded.
-    params = _replicate(params, experiment.mesh)
+  if any(leaf.sharding != repl for leaf in jax.tree.leaves(params)):  # FSDP-sharded: gather.
+    params = jax.jit(lambda x: x, out_shardings=repl)(params)
   return params
 
 

@@ -17,7 +17,8 @@ import numpy as np
 import pytest
 
 from ddpm_jax.metrics import inception, inception_weights, torch_pickle
-from ddpm_jax.metrics.inception import BasicConv2d, InceptionV3, count_params
+from ddpm_jax.metrics.inception import BasicConv2d, InceptionV3
+from ddpm_jax.models import count_params
 from ddpm_jax.metrics.inception_weights import load_inception_params
 from torch_pickle_writer import flax_to_torch_state_dict, save_state_dict
 
@@ -57,7 +58,7 @@ def random_variables():
 def test_parameter_count_and_layout():
   variables = abstract_variables()
   assert set(variables) == {'params', 'batch_stats'}
-  assert count_params(variables) == FID_INCEPTION_PARAMS
+  assert count_params(variables['params']) == FID_INCEPTION_PARAMS  # As torch's parameters().
   assert sum(np.prod(x.shape) for x in jax.tree_util.tree_leaves(
       variables['batch_stats'])) == BATCHNORM_STATS
   shapes = inception_weights.expected_torch_shapes()

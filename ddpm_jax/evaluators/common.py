@@ -81,22 +81,11 @@ class FeatureNet:
   image_size: int | None
   description: str
 
-  def reference(self, images: np.ndarray) -> dict:
-    """What a reference keeps: Inception's features (KID needs them), else their statistics."""
-    features = self.extract(images)[0]
-    if self.metric == 'fid':
-      return {'features': features}
-    mu, sigma = fid_is_kid.feature_statistics(features)
-    return {'mu': mu, 'sigma': sigma, 'num': len(images)}
-
 
 def quality(net: FeatureNet, features, logits, reference, is_splits: int = 10) -> dict:
-  """The metrics of samples' `features` (and `logits`) against `reference` (features, their
-  statistics `(mu, sigma)` or `FeatureNet.reference`'s arrays): `net.metric`, and with
-  Inception `is` / `is_std` and, against features, `kid` / `kid_std`."""
-  if isinstance(reference, dict):
-    reference = (reference['features'] if 'features' in reference
-                 else (reference['mu'], reference['sigma']))
+  """The metrics of samples' `features` (and `logits`) against `reference` (features or their
+  statistics `(mu, sigma)`): `net.metric`, and with Inception `is` / `is_std` and, against
+  features, `kid` / `kid_std`."""
   q = fid_is_kid.sample_quality(features, reference, logits if net.metric == 'fid' else None,
                                 is_splits=is_splits)
   if net.metric != 'fid':  # IS and KID are defined on Inception's outputs only.
@@ -126,16 +115,22 @@ class SampleQuality:
     self.net = self.load_net()
 
   def run(self, params) -> dict:
-    if self.net is None:
-      self.net = self.load_net()
+    self.net = self.net or self.load_net()
     features, logits = self.net.extract(self.ctx.samples.get(params, self.num))
     path = os.path.join(self.ctx.workdir, f'{self.cache_name}_ref_{self.spec.reference_split}.npz')
-    reference = cached(path, lambda: self.net.reference(self._reference_images()))
-    return quality(self.net, features, logits, reference, self.is_splits)
+    ref = cached(path, self._reference)
+    ref = ref['features'] if 'features' in ref else (ref['mu'], ref['sigma'])
+    return quality(self.net, features, logits, ref, self.is_splits)
 
-  def _reference_images(self) -> np.ndarray:
-    return data.load_split(self.experiment.config.data, self.spec.reference_split,
-                           max_examples=self.spec.reference_examples)
+  def _reference(self) -> dict:
+    """The reference images' Inception features (KID needs them), else their statistics."""
+    images = data.load_split(self.experiment.config.data, self.spec.reference_split,
+                             max_examples=self.spec.reference_examples)
+    features = self.net.extract(images)[0]
+    if self.net.metric == 'fid':
+      return {'features': features}
+    mu, sigma = fid_is_kid.feature_statistics(features)
+    return {'mu': mu, 'sigma': sigma, 'num': len(images)}
 
   def describe(self) -> str:
     """This evaluator's part of the protocol line."""

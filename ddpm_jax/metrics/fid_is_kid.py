@@ -72,18 +72,12 @@ def frechet_distance(mu1, sigma1, mu2, sigma2, eps: float = 1e-6) -> float:
 
 def inception_score(logits_or_probs, splits: int = 10,
                     from_logits: bool = True) -> tuple[float, float]:
-  """Inception Score: mean and std over `splits` of exp(mean_x KL(p(y|x) || p_split(y))).
+  """Inception Score: (mean, std with ddof 0) over `splits` of exp(mean_x KL(p(y|x) || p(y))).
 
-  Args:
-    logits_or_probs: (N, K) classifier logits (softmax taken here, in float64) or, with
-      `from_logits=False`, class probabilities (rows summing to 1).
-    splits: number of consecutive, near-equal splits (rows i*N//splits .. (i+1)*N//splits);
-      the marginal p(y) is each split's mean prediction. 10 is the convention of the original
-      code; `splits=1` is the single-split score of TF-GAN / the DDPM paper's code.
-    from_logits: whether the input is logits.
-
-  Returns:
-    (mean, std) over the splits (std with ddof 0, as the original code).
+  `logits_or_probs` (N, K) are logits (softmax taken here, in float64) or, with
+  `from_logits=False`, class probabilities. The splits are consecutive rows
+  i*N//splits .. (i+1)*N//splits, each with its own marginal p(y) (its mean prediction); 10 is
+  the original code's convention, 1 the single-split score of TF-GAN / the DDPM paper's code.
   """
   x = np.asarray(logits_or_probs, dtype=np.float64)
   if x.ndim != 2 or x.shape[0] < splits or splits < 1:
@@ -131,20 +125,13 @@ def mmd2_unbiased(x: np.ndarray, y: np.ndarray) -> float:
 
 def kernel_inception_distance(features1, features2, num_subsets: int = 100,
                               subset_size: int = 1000, seed: int = 0) -> tuple[float, float]:
-  """KID: unbiased MMD^2 with the cubic polynomial kernel, over random subsets.
+  """KID: (mean, std) of the unbiased MMD^2 (cubic polynomial kernel) over random subsets.
 
   For each of `num_subsets` rounds, `m = min(subset_size, N1, N2)` rows are drawn without
-  replacement from each feature set (independently per round, as Binkowski et al.'s code and
-  torch-fidelity) and `mmd2_unbiased` is evaluated on them.
-
-  Args:
-    features1, features2: (N1, d) and (N2, d) features (pool3 for KID).
-    num_subsets, subset_size: as torch-fidelity's defaults (100, 1000).
-    seed: seed of the subset draws (NumPy `default_rng`).
-
-  Returns:
-    (mean, std) of the subset estimates; the mean is an unbiased estimate of MMD^2 (it can be
-    negative when the distributions are equal).
+  replacement from each of the (N1, d) and (N2, d) feature sets, independently per round (as
+  Binkowski et al.'s code and torch-fidelity, whose defaults 100 and 1000 these are; `seed`
+  seeds NumPy's `default_rng`), and `mmd2_unbiased` is evaluated on them. The mean is an
+  unbiased estimate of MMD^2: it can be negative when the distributions are equal.
   """
   f1 = np.asarray(features1, dtype=np.float64)
   f2 = np.asarray(features2, dtype=np.float64)
@@ -161,17 +148,10 @@ def kernel_inception_distance(features1, features2, num_subsets: int = 100,
 
 def sample_quality(features, reference, logits=None, is_splits: int = 10,
                    kid_subset_size: int = 1000) -> dict:
-  """The sample metrics that `features` (N, d) and a reference define.
-
-  Args:
-    features: (N, d) features of the samples (Inception pool3 for FID / KID).
-    reference: (M, d) reference features, or their statistics `(mu, sigma)`.
-    logits: (N, K) classifier logits of the samples, for the Inception Score.
-    is_splits: IS splits (at most N are used); kid_subset_size: KID subset size.
-
-  Returns:
-    {'fd': Fréchet distance} plus 'is' / 'is_std' with logits and 'kid' / 'kid_std' when the
-    reference is features (KID needs them, not only their statistics).
+  """The sample metrics that samples' `features` (N, d) and a `reference` ((M, d) features
+  or their statistics `(mu, sigma)`) define: {'fd': Fréchet distance}, plus 'is' / 'is_std'
+  (over at most N splits) with the samples' `logits` (N, K), and 'kid' / 'kid_std' when the
+  reference is features (KID needs them, not only their statistics).
   """
   mu, sigma = feature_statistics(features)
   ref_features = None
@@ -197,16 +177,9 @@ def extract_features(apply_fn: Callable[..., Any], params, images_uint8,
   there is one compilation) and the padding's outputs dropped. Results are fetched to the host
   one batch late, so the device never waits for the transfer.
 
-  Args:
-    apply_fn: e.g. `InceptionV3().apply`, returning an array or a pytree of arrays with a leading
-      batch axis (InceptionV3: `(pool3 (B, 2048), logits (B, 1008))`).
-    params: its variables (e.g. from `load_inception_params`); put on the device once.
-    images_uint8: (N, H, W, 1 or 3) uint8 images in [0, 255], e.g. `images.to_uint8(samples)`.
-    batch_size: images per call.
-    progress: show a progress bar.
-
-  Returns:
-    The outputs' pytree with NumPy arrays of leading size N.
+  `apply_fn` (e.g. `InceptionV3().apply`) returns an array or a pytree of arrays with a leading
+  batch axis; the result is that pytree with NumPy arrays of leading size N. `params` are put
+  on the device once.
   """
   images = np.asarray(images_uint8)
   if images.dtype != np.uint8:

@@ -183,6 +183,8 @@ class FIDInceptionE(nn.Module):
 
   @nn.compact
   def __call__(self, x):
+    if self.pool not in ('avg', 'max'):
+      raise ValueError(f"pool must be 'avg' or 'max', got {self.pool!r}.")
     b1 = _conv(self, 'branch1x1', 320, 1)(x)
     b3 = _conv(self, 'branch3x3_1', 384, 1)(x)
     b3 = jnp.concatenate([_conv(self, 'branch3x3_2a', 384, (1, 3), padding=(0, 1))(b3),
@@ -191,12 +193,7 @@ class FIDInceptionE(nn.Module):
     bd = _conv(self, 'branch3x3dbl_2', 384, 3, padding=(1, 1))(bd)
     bd = jnp.concatenate([_conv(self, 'branch3x3dbl_3a', 384, (1, 3), padding=(0, 1))(bd),
                           _conv(self, 'branch3x3dbl_3b', 384, (3, 1), padding=(1, 0))(bd)], axis=-1)
-    if self.pool == 'avg':
-      pooled = avg_pool_3x3_same(x)
-    elif self.pool == 'max':
-      pooled = max_pool_3x3_same(x)
-    else:
-      raise ValueError(f"pool must be 'avg' or 'max', got {self.pool!r}.")
+    pooled = avg_pool_3x3_same(x) if self.pool == 'avg' else max_pool_3x3_same(x)
     bp = _conv(self, 'branch_pool', 192, 1)(pooled)
     return jnp.concatenate([b1, b3, bd, bp], axis=-1)
 
@@ -244,11 +241,6 @@ class InceptionV3(nn.Module):
     pool3 = jnp.mean(x, axis=(1, 2))
     logits = nn.Dense(self.num_classes, precision=self.precision, name='fc')(pool3)
     return pool3, logits
-
-
-def count_params(variables: Mapping[str, Any]) -> int:
-  """Number of trainable parameters (`params` only, as torch's `model.parameters()`)."""
-  return int(sum(np.prod(np.shape(x)) for x in jax.tree.leaves(variables['params'])))
 
 
 def extract_features(variables: Mapping[str, Any], images_uint8, batch_size: int = 100,

@@ -262,19 +262,19 @@ def write_report(sweep_dir: str, out_dir: str | None = None,
   paths['md'] = os.path.join(out_dir, REPORT_MD)
   with open(paths['md'], 'w') as f:
     f.write(to_markdown(rows, columns, keys, sweep_dir, info, last))
-  plots = {
+  figures = {
       'loss_curves': plots.plot_loss_curves(curves, plots.member_labels(rows, keys),
                                             os.path.join(out_dir, LOSS_PNG)),
       'metric_per_axis': plots.plot_metric_per_axis(rows, keys, os.path.join(out_dir, AXIS_PNG)),
   }
-  paths.update({k: p for k, p in plots.items() if p})
+  paths.update({k: p for k, p in figures.items() if p})
   return paths
 
 
 def main(argv: list[str] | None = None) -> int:
   """`python -m ddpm_jax.sweep.report SWEEP_DIR [--out=DIR] [--last=N]`; the exit status."""
-  parser = argparse.ArgumentParser(prog='python -m ddpm_jax.sweep.report', description=__doc__.split(
-      '\n')[0], formatter_class=argparse.RawDescriptionHelpFormatter)
+  parser = argparse.ArgumentParser(prog='python -m ddpm_jax.sweep.report',
+                                   description=__doc__.split('\n')[0])
   parser.add_argument('sweep_dir', help='Directory of a sweep (python -m ddpm_jax.sweep).')
   parser.add_argument('--out', default=None, help='Output directory (default: SWEEP_DIR).')
   parser.add_argument('--last', type=int, default=DEFAULT_LAST,
