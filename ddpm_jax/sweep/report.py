@@ -1,29 +1,16 @@
 """Report of an ablation sweep: one row per member as Markdown, CSV and PNG plots.
 
 Usage: `python -m ddpm_jax.sweep.report runs/table2 [--out=DIR] [--last=N]`, after (or during)
-`python -m ddpm_jax.sweep`. Writes into DIR (default: the sweep directory)
+`python -m ddpm_jax.sweep`. Writes `report.csv` (floats at full precision), `report.md` (floats
+to 4 significant digits) and the plots of `plots` into DIR (default: the sweep directory), and
+prints the Markdown table and the paths written.
 
-  report.csv           every column below, floats at full precision;
-  report.md            the same table, floats to 4 significant digits;
-  loss_curves.png      train/loss against step, one line per member (`plots`);
-  metric_per_axis.png  each final metric against each override key that varies (`plots`),
-
-prints the Markdown table and the paths written. From Python: `collect(sweep_dir)` returns the
-rows, `write_report(sweep_dir, out_dir)` writes the files and returns their paths.
-
-A sweep directory holds `sweep.json` (the config, the sweep file and the members' names and
-overrides) and one training workdir per member, named after the member, with
-`sweep_member.json` (status, seconds, error), `metrics.jsonl` and optionally
-`eval_results.csv`. Without `sweep.json`, every subdirectory holding a `sweep_member.json` is a
-member. Members never started (no directory or no `sweep_member.json`) are `pending`; running,
-failed and pending members are listed with empty cells where they have no results.
-
-Columns: name, status, one per override key (first-seen order), final_step, final_loss (mean
-`train/loss` over the last `--last` logged steps), best_loss (minimum `train/loss`), then
-final_<m> (at the largest evaluated step) and best_<m> for each metric m of `METRICS` that some
-member has (from `eval_results.csv`, else `eval/<m>` in `metrics.jsonl`), steps_per_sec (median
-`perf/steps_per_sec` without the first logged row, which includes compilation), seconds, and
-error when a member failed.
+A sweep directory holds `sweep.json` (the config, the sweep file, the members' names and
+overrides) and one training workdir per member with `sweep_member.json` (status, seconds,
+error), `metrics.jsonl` and `eval_results.csv`; without `sweep.json`, every subdirectory with a
+`sweep_member.json` is a member. Members never started are `pending`; members without results
+have empty cells. The columns: name, status, the override keys, the loss (`loss_summary`), the
+metrics (`eval_summary`), steps_per_sec, seconds, and error when a member failed.
 """
 
 from __future__ import annotations
