@@ -28,6 +28,7 @@ from typing import Any, Iterable, Mapping, Sequence, Union
 
 import ml_collections
 
+from ddpm_jax import saved_config
 from ddpm_jax.errors import UserError
 
 Overrides = dict  # {dotted key: value}
@@ -138,16 +139,6 @@ def load_sweep(path: str) -> list[Overrides]:
   return runs
 
 
-def _all_keys(config, prefix: str = '') -> list[str]:
-  keys = []
-  for k, v in config.items():
-    if isinstance(v, ml_collections.ConfigDict):
-      keys.extend(_all_keys(v, prefix + k + '.'))
-    else:
-      keys.append(prefix + k)
-  return keys
-
-
 def apply_overrides(config: ml_collections.ConfigDict,
                     overrides: Mapping[str, Any]) -> ml_collections.ConfigDict:
   """A copy of `config` with the overrides set. An unknown key or a value of the wrong type is
@@ -160,7 +151,7 @@ def apply_overrides(config: ml_collections.ConfigDict,
     for part in path:  # A sweep's key may name no field: that is reported below.
       node = node.get(part) if isinstance(node, ml_collections.ConfigDict) else None
     if not isinstance(node, ml_collections.ConfigDict) or leaf not in node:
-      known = known or _all_keys(config)
+      known = known or list(saved_config.flatten(config.to_dict()))
       close = difflib.get_close_matches(key, known, n=3, cutoff=0.6)
       hint = f' Did you mean {", ".join(close)}?' if close else ''
       raise SweepError(f'Unknown config key {key!r} in a sweep run.{hint}')
