@@ -8,6 +8,7 @@ validated config. The data files are checked by the input pipeline when it opens
 
 from __future__ import annotations
 
+from configs import default
 from ddpm_jax import data, diffusion, kernels, samplers, schedules
 from ddpm_jax.errors import ConfigError
 
@@ -193,16 +194,6 @@ def _validate_parallelism(config) -> None:
            "bfloat16 has float32's range and halves the memory and compute the same way)")
 
 
-# The fields of each evaluator type (`ddpm_jax.evaluators.suite.TYPES` builds them).
-EVALUATOR_FIELDS = {
-    'bpd': ('every', 'train_examples', 'num_examples', 'batch_size', 'clip_denoised', 'split'),
-    'inception': ('every', 'train_samples', 'num_samples', 'weights', 'batch_size', 'is_splits',
-                  'reference_split', 'reference_examples'),
-    'fd_fmnist': ('every', 'train_samples', 'num_samples', 'reference_split',
-                  'reference_examples'),
-}
-
-
 # The smallest value of each numeric field (a size of 0 turns the evaluator off; statistics of
 # a reference need two images).
 _EVALUATOR_MINIMA = {'every': 0, 'train_examples': 0, 'num_examples': 0, 'train_samples': 0,
@@ -210,20 +201,21 @@ _EVALUATOR_MINIMA = {'every': 0, 'train_examples': 0, 'num_examples': 0, 'train_
 
 
 def _validate_evals(config) -> None:
-  """`config.evals`: known types, one evaluator per type, each with its type's fields."""
+  """`config.evals`: known types, one evaluator per type, each with the fields of its type's
+  evaluator in `configs/default.py`."""
+  types = {spec.type: set(spec) - {'type'} for spec in default.get_config().evals.values()}
   seen = {}
   for name, spec in config.evals.items():
     key = f'evals.{name}'
     kind = spec.get('type') if hasattr(spec, 'get') else None
-    _require(kind in EVALUATOR_FIELDS, f'{key}.type', kind,
-             'one of ' + ', '.join(map(repr, EVALUATOR_FIELDS)))
+    _require(kind in types, f'{key}.type', kind, 'one of ' + ', '.join(map(repr, types)))
     _require(kind not in seen, f'{key}.type', kind, f'a type no other evaluator has (config.'
              f'evals.{seen.get(kind)} has it; their results would share eval_results.csv\'s '
              'columns)')
     seen[kind] = name
     fields = set(spec) - {'type'}
-    _require(fields == set(EVALUATOR_FIELDS[kind]), key, sorted(fields),
-             f'the fields of type {kind!r}: {", ".join(EVALUATOR_FIELDS[kind])}')
+    _require(fields == types[kind], key, sorted(fields),
+             f'the fields of type {kind!r}: {", ".join(sorted(types[kind]))}')
     for field in sorted(fields & set(_EVALUATOR_MINIMA)):
       _require(spec[field] >= _EVALUATOR_MINIMA[field], f'{key}.{field}', spec[field],
                f'an integer >= {_EVALUATOR_MINIMA[field]}')
