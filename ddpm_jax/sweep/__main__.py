@@ -1,4 +1,4 @@
-"""Command line: run an ablation sweep (`ddpm_jax.sweep.run`), one training run per member.
+r"""Command line: run an ablation sweep (`ddpm_jax.sweep.run`), one training run per member.
 
     python -m ddpm_jax.sweep --config=configs/cifar10.py \
         --sweep=configs/sweeps/ddpm_table2.py --workdir=runs/table2 [--config.train.num_steps=N]
