@@ -8,7 +8,7 @@ validated config. The data files are checked by the input pipeline when it opens
 
 from __future__ import annotations
 
-from ddpm_jax import data, diffusion, kernels, samplers, schedules
+from ddpm_jax import data, diffusion, kernels, reverse_chains, schedules
 from ddpm_jax.errors import ConfigError
 
 SEED_RANGE = 2 ** 32  # Seeds feed NumPy's generators too, which take [0, 2**32).
@@ -125,7 +125,7 @@ def _validate_objective_and_sampler(config) -> None:
            f.importance_sampling, "False unless config.diffusion.loss='kl' (it samples t for L_vlb)")
   _require(0.0 <= t.label_dropout < 1.0, 'train.label_dropout', t.label_dropout,
            'a rate in [0, 1)')
-  _choice(config, 'sample.sampler', samplers.SAMPLERS)
+  _choice(config, 'sample.sampler', reverse_chains.SAMPLERS)
   _choice(config, 'sample.mode', SAMPLE_MODES)
   _require(0 <= s.steps <= f.num_timesteps, 'sample.steps', s.steps,
            f'an integer in [0, config.diffusion.num_timesteps={f.num_timesteps}] (0 = all)')

@@ -21,7 +21,7 @@ import time
 import jax
 import numpy as np
 
-from ddpm_jax import checkpointing, data, sampling, sharding, workdir_lock
+from ddpm_jax import checkpointing, data, generation, sharding, workdir_lock
 from ddpm_jax.checkpointing import Checkpointer, CheckpointError, CheckpointMismatchError
 from ddpm_jax.errors import ConfigError
 from ddpm_jax.experiment import Experiment
@@ -138,9 +138,9 @@ class Evaluator:
   def samples(self, params, num: int, progress: bool = True) -> np.ndarray:
     bs = min(self.config.sample.batch_size, num)
     if bs not in self._sample_fns:
-      self._sample_fns[bs] = sampling.make_sample_fn(self.experiment, bs)
+      self._sample_fns[bs] = generation.make_sample_fn(self.experiment, bs)
     key = jax.random.PRNGKey(self.config.eval.seed + 1)
-    return sampling.generate(self._sample_fns[bs], params, key, num, bs, progress=progress)
+    return generation.generate(self._sample_fns[bs], params, key, num, bs, progress=progress)
 
   def _fmnist_reference(self):
     """(classifier params, mu, sigma) of the reference split, cached in the workdir."""

@@ -201,7 +201,7 @@ def extract_features(apply_fn: Callable[..., Any], params, images_uint8,
     apply_fn: e.g. `InceptionV3().apply`, returning an array or a pytree of arrays with a leading
       batch axis (InceptionV3: `(pool3 (B, 2048), logits (B, 1008))`).
     params: its variables (e.g. from `load_inception_params`); put on the device once.
-    images_uint8: (N, H, W, 1 or 3) uint8 images in [0, 255], e.g. `images.to_uint8(samples)`.
+    images_uint8: (N, H, W, 1 or 3) uint8 images in [0, 255], e.g. `image_files.to_uint8(samples)`.
     batch_size: images per call.
     progress: show a progress bar.
 
@@ -211,7 +211,7 @@ def extract_features(apply_fn: Callable[..., Any], params, images_uint8,
   images = np.asarray(images_uint8)
   if images.dtype != np.uint8:
     raise TypeError(f'extract_features expects uint8 images (quantise samples first, e.g. with '
-                    f'ddpm_jax.images.to_uint8), got {images.dtype}.')
+                    f'ddpm_jax.image_files.to_uint8), got {images.dtype}.')
   if images.ndim != 4 or images.shape[-1] not in (1, 3):
     raise ValueError(f'expected (N, H, W, 1 or 3) images, got shape {images.shape}.')
   n = images.shape[0]
