@@ -8,7 +8,7 @@ validated config. The data files are checked by the input pipeline when it opens
 
 from __future__ import annotations
 
-from ddpm_jax import data, diffusion, kernels, reverse_chains, schedules
+from ddpm_jax import data, diffusion, kernels, objectives, reverse_chains, schedules
 from ddpm_jax.errors import ConfigError
 
 SEED_RANGE = 2 ** 32  # Seeds feed NumPy's generators too, which take [0, 2**32).
@@ -45,7 +45,7 @@ def validate(config) -> None:
   _choice(config, 'diffusion.schedule', schedules.SCHEDULE_NAMES)
   _choice(config, 'diffusion.mean_type', diffusion.MEAN_TYPES)
   _choice(config, 'diffusion.var_type', diffusion.VAR_TYPES)
-  _choice(config, 'diffusion.loss', diffusion.LOSS_TYPES)
+  _choice(config, 'diffusion.loss', objectives.LOSS_TYPES)
   # The paper's code asserts against this pair: L_simple has no gradient for the variance
   # output, which then stays at its zero initialisation (a variance of 1 at every t).
   _require(not (f.loss == 'mse' and f.var_type in ('learned', 'learned_range')),
