@@ -127,9 +127,7 @@ def scheduler_config(config) -> dict:
   if f.schedule in _SCHEDULES:
     out['beta_schedule'] = _SCHEDULES[f.schedule]
   else:  # No diffusers name: the betas themselves.
-    betas = schedules.make_betas(f.schedule, f.num_timesteps, beta_start=f.beta_start,
-                                 beta_end=f.beta_end)
-    out['trained_betas'] = [float(b) for b in betas]
+    out['trained_betas'] = [float(b) for b in schedules.config_betas(f)]
   return {'_class_name': 'DDPMScheduler', '_diffusers_version': DIFFUSERS_VERSION,
           **dict(sorted(out.items()))}
 
@@ -258,9 +256,7 @@ def check_scheduler_config(scfg: dict, config) -> list[str]:
     out.append(_ours_vs('diffusion.schedule', f.schedule, s['beta_schedule'],
                         'a beta_schedule ddpm-jax does not have'))
   elif len(theirs) == f.num_timesteps:
-    ours = schedules.make_betas(f.schedule, f.num_timesteps, beta_start=f.beta_start,
-                                beta_end=f.beta_end)
-    if not np.allclose(ours, theirs, rtol=1e-6, atol=0):
+    if not np.allclose(schedules.config_betas(f), theirs, rtol=1e-6, atol=0):
       described = (f'trained_betas from {theirs[0]:.6g} to {theirs[-1]:.6g}'
                    if s['trained_betas'] is not None else
                    f'{s["beta_schedule"]} from {s["beta_start"]} to {s["beta_end"]}')
