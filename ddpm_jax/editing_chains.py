@@ -117,7 +117,7 @@ def replacement_sample(schedule: Schedule, denoise_fn, known, project: Projector
   known: (B, H, W, C) clean images in [-1, 1] (only P known matters). The chain starts from
   x_T ~ N(0, I) (or `x_T`) with its known part noised to step n - 1. Element k of the path
   draws its noise from fold_in(key, k). `step_kwargs` go to `reverse_chains.reverse_step` (eta,
-  mean_type, clip_denoised, timesteps). Returns x_0, whose known part is P `known`.
+  var_type, mean_type, clip_denoised, timesteps). Returns x_0, whose known part is P `known`.
   """
   # `step_kwargs` are optional keyword arguments: absent ones take reverse_step's defaults.
   reverse_chains.check_chain(sampler, step_kwargs.get('mean_type', 'eps'),
