@@ -205,5 +205,5 @@ def sdedit(schedule: Schedule, denoise_fn, image, start: int, key, *, sampler: s
   if start < 0:
     return image
   x_t = sdedit_start(schedule, image, start, key)
-  return reverse_chains.sample(sampler, schedule, denoise_fn, image.shape, jax.random.split(key)[1],
-                         x_T=x_t, start_index=start, **kwargs)
+  return reverse_chains.sample(sampler, schedule, denoise_fn, image.shape,
+                               jax.random.split(key)[1], x_T=x_t, start_index=start, **kwargs)

@@ -253,7 +253,7 @@ def test_vlb_terms_equal_the_per_term_formulas():
   np.testing.assert_allclose(terms.vlb, expected, rtol=2e-3, atol=1e-5)
   # And the `kl` training loss is that per-example term.
   losses = objectives.training_losses(S, out, x0, xt, t, None, mean_type='eps',
-                                     var_type='learned_range', loss_type='kl')
+                                      var_type='learned_range', loss_type='kl')
   np.testing.assert_array_equal(losses['loss'], terms.vlb)
 
 

@@ -174,7 +174,7 @@ def test_inpainting_keeps_the_known_pixels_exactly(sampler, mean_type, var_type,
   base = schedules.make_schedule('linear', 40, beta_end=0.3)
   chain = (reverse_chains.Respaced(base, None) if not steps else
            reverse_chains.respace(schedules.make_betas('linear', 40, beta_end=0.3),
-                            reverse_chains.space_timesteps(40, steps)))
+                                  reverse_chains.space_timesteps(40, steps)))
   rng = np.random.default_rng(1)
   image = jnp.asarray(rng.uniform(-1, 1, (3, 6, 6, 2)), jnp.float32)
   mask = jnp.asarray(rng.integers(0, 2, (3, 6, 6, 1)), jnp.float32)
@@ -196,8 +196,8 @@ def test_inpainting_samples_the_exact_conditional_of_independent_pixels():
   n = 4000
   image = jnp.full((n, 4, 4, 1), 0.9).at[:, 1::2].set(-0.8)
   mask = jnp.ones((n, 4, 4, 1)).at[:, 1:3, 1:3].set(0.0)
-  x = jax.jit(lambda k: editing_chains.inpaint(S, gaussian_optimal_eps(S, MU, SIGMA), image, mask,
-                                             k, clip_denoised=False))(jax.random.PRNGKey(2))
+  x = jax.jit(lambda k: editing_chains.inpaint(S, gaussian_optimal_eps(S, MU, SIGMA), image,
+                                               mask, k, clip_denoised=False))(jax.random.PRNGKey(2))
   u = np.asarray(x)[:, 1:3, 1:3, 0].reshape(n, 4)
   assert u.mean() == pytest.approx(MU, abs=0.01)
   np.testing.assert_allclose(u.std(0), SIGMA, rtol=0.05)
@@ -319,8 +319,8 @@ def test_sdedit_at_t0_T_is_unconditional_sampling(sampler, steps):
   start = start_index(chain.timesteps, 1000)
   kw = dict(sampler=sampler, clip_denoised=False, timesteps=chain.timesteps if steps else None)
   key = jax.random.PRNGKey(7)
-  x = np.asarray(jax.jit(lambda k: editing_chains.sdedit(chain.schedule, denoise, image, start, k,
-                                                       **kw))(key))
+  x = np.asarray(jax.jit(lambda k: editing_chains.sdedit(chain.schedule, denoise, image, start,
+                                                         k, **kw))(key))
   m, std = _exact_moments(chain.timesteps, sampler)  # The unconditional chain's law.
   assert x.mean() == pytest.approx(m, abs=0.01) and m == pytest.approx(MU, abs=0.01)
   assert x.std() == pytest.approx(std, rel=0.05)

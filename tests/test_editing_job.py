@@ -47,7 +47,7 @@ def test_mask_files_and_their_errors(tmp_path):
   with pytest.raises(editing_inputs.InputError, match=r'big.png is 16x8 but the images are 8x8'):
     editing_inputs.load_masks(_png(tmp_path / 'big.png', np.zeros((8, 16))), 8, 1)
   with pytest.raises(editing_inputs.InputError, match=r'grey.png is not binary: it has 3 grey '
-                                                   r'levels \(0, 128, 255\)'):
+                                                      r'levels \(0, 128, 255\)'):
     editing_inputs.load_masks(_png(tmp_path / 'grey.png', np.tile([0, 128, 255, 0], (8, 2))), 8, 1)
   with pytest.raises(editing_inputs.InputError, match='neither a built-in shape'):
     editing_inputs.load_masks(str(tmp_path / 'missing'), 8, 1)
@@ -55,8 +55,8 @@ def test_mask_files_and_their_errors(tmp_path):
 
 def test_grey_image_for_a_colour_model(tmp_path):
   path = _png(tmp_path / 'g.png', np.full((12, 10), 77))
-  with pytest.raises(editing_inputs.InputError, match='g.png is grayscale but the model generates '
-                                                   'colour images'):
+  with pytest.raises(editing_inputs.InputError,
+                     match='g.png is grayscale but the model generates colour images'):
     editing_inputs.read_image(path, 8, 3, allow_grey=False)
   x = editing_inputs.read_image(path, 8, 3, allow_grey=True)  # Colorization's input.
   assert x.shape == (8, 8, 3) and (x == 77).all()

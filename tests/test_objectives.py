@@ -221,14 +221,14 @@ def test_simple_loss_eq14():
 def test_min_snr_weighting_makes_every_target_an_x0_loss():
   x0, eps, t, xt = _example()
   gamma = 5.0
-  snr = np.asarray(S1000.alphas_cumprod)[np.asarray(t)] / (1 - np.asarray(S1000.alphas_cumprod)
-                                                      [np.asarray(t)])
+  abar = np.asarray(S1000.alphas_cumprod)[np.asarray(t)]
+  snr = abar / (1 - abar)
   pred_x0 = x0 + 0.1 * jax.random.normal(jax.random.PRNGKey(2), x0.shape)
   x0_mse = np.mean((np.asarray(pred_x0) - np.asarray(x0)) ** 2, axis=(1, 2, 3))
   for mean_type in ('eps', 'x0', 'v'):
     out = x0_to_model_output(S1000, pred_x0, xt, t, mean_type)
     loss = objectives.training_losses(S1000, out, x0, xt, t, eps, mean_type=mean_type,
-                                          loss_type='mse', min_snr_gamma=gamma)['loss']
+                                      loss_type='mse', min_snr_gamma=gamma)['loss']
     np.testing.assert_allclose(loss, np.minimum(snr, gamma) * x0_mse, rtol=2e-3, atol=1e-7,
                                err_msg=mean_type)
   with pytest.raises(ValueError, match='min-SNR'):
