@@ -27,7 +27,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from ddpm_jax import schedules
+from ddpm_jax import diffusion, schedules
 from ddpm_jax.interop import InteropError
 
 # The diffusers version the written files were checked with (`_diffusers_version`).
@@ -66,7 +66,7 @@ _VARIANCE_ALIASES = {'fixed_large': 'fixedlarge', 'fixed_large_log': 'fixedlarge
 
 
 def _learned_var(config) -> bool:
-  return config.diffusion.var_type in ('learned', 'learned_range')
+  return config.diffusion.var_type in diffusion.LEARNED_VAR_TYPES
 
 
 def _levels(config) -> list[int]:
@@ -159,8 +159,11 @@ def check_unet_config(dcfg: dict, config) -> list[str]:
     size = size[0] if len(set(size)) == 1 else tuple(size)
   if size is not None and size != data.image_size:
     out.append(_ours_vs('data.image_size', data.image_size, size, 'sample_size'))
-  if d['in_channels'] != data.channels:
-    out.append(_ours_vs('data.channels', data.channels, d['in_channels'], 'in_channels'))
+  same = {'in_channels': ('data.channels', data.channels),
+          'layers_per_block': ('model.num_res_blocks', m.num_res_blocks),
+          'norm_num_groups': ('model.num_groups', m.num_groups)}
+  out += [_ours_vs(field, ours, d[key], key) for key, (field, ours) in same.items()
+          if d[key] != ours]
   want_out = d['in_channels'] * (2 if _learned_var(config) else 1)
   if d['out_channels'] != want_out:
     kind = ('a learned variance' if d['out_channels'] == 2 * d['in_channels']
@@ -174,13 +177,7 @@ def check_unet_config(dcfg: dict, config) -> list[str]:
                    [w // m.ch for w in widths] != list(m.ch_mult)):
     mult = tuple(w / m.ch if w % m.ch else w // m.ch for w in widths)
     out.append(_ours_vs('model.ch_mult', tuple(m.ch_mult), mult, f'block_out_channels {widths}'))
-  if d['layers_per_block'] != m.num_res_blocks:
-    out.append(_ours_vs('model.num_res_blocks', m.num_res_blocks, d['layers_per_block'],
-                        'layers_per_block'))
   out += _check_blocks(d, config)
-  if d['norm_num_groups'] != m.num_groups:
-    out.append(_ours_vs('model.num_groups', m.num_groups, d['norm_num_groups'],
-                        'norm_num_groups'))
   num_classes = int(m.num_classes)
   embeds = d['num_class_embeds']
   if (embeds or 0) != (num_classes + 1 if num_classes else 0):
