@@ -30,7 +30,7 @@ def main(argv):
   common.apply_cpu_preset()  # Before JAX creates its CPU client.
   import jax
   import jax.numpy as jnp
-  from ddpm_jax import sampling
+  from ddpm_jax import generation
   from ddpm_jax.experiment import Experiment
 
   overrides = {'diffusion.num_timesteps': FLAGS.steps}
@@ -43,7 +43,7 @@ def main(argv):
   params = jax.tree.map(lambda p: p + 1e-3, params)
   key = jax.random.PRNGKey(0)
 
-  chain = sampling.make_sample_fn(exp, FLAGS.batch)
+  chain = generation.make_sample_fn(exp, FLAGS.batch)
   t0 = time.perf_counter()
   chain_c = chain.lower(params, key).compile()
   compile_s = time.perf_counter() - t0

@@ -108,7 +108,7 @@ def get_config() -> ml_collections.ConfigDict:
   sample.seed = 0
   sample.use_ema = True
   sample.mode = 'grid'  # grid | progressive (Fig. 6) | interpolate (Fig. 8) | reconstruct
-  #                       | inpaint | colorize | edit (controllable generation, ddpm_jax/editing.py)
+  #                       | inpaint | colorize | edit (ddpm_jax/editing_job.py)
   sample.sampler = 'ancestral'  # ancestral (Algorithm 2) | ddim
   sample.steps = 0  # Sampling steps, evenly respaced over T; 0 = all T.
   sample.eta = 0.0  # DDIM stochasticity (0 = deterministic, 1 = ancestral-like).

@@ -150,16 +150,14 @@ def guarded(main):
   def wrapped(argv):
     try:
       return main(argv)
-    except app.UsageError as e:
+    except (KeyboardInterrupt, Exception) as e:  # pylint: disable=broad-except
       if show_tracebacks():
         raise
-      fail(f'{e} (--helpshort lists the flags)', USAGE_EXIT)
-    except KeyboardInterrupt:
-      if show_tracebacks():
-        raise
-      fail('interrupted (Ctrl-C)', 130)
-    except Exception as e:  # pylint: disable=broad-except
-      if show_tracebacks() or not is_user_error(e):
+      if isinstance(e, app.UsageError):
+        fail(f'{e} (--helpshort lists the flags)', USAGE_EXIT)
+      if isinstance(e, KeyboardInterrupt):
+        fail('interrupted (Ctrl-C)', 130)
+      if not is_user_error(e):
         raise
       fail(_user_message(e))
 

@@ -9,7 +9,7 @@ validated config. The data files are checked by the input pipeline when it opens
 from __future__ import annotations
 
 from configs import default
-from ddpm_jax import data, diffusion, kernels, samplers, schedules
+from ddpm_jax import data, diffusion, kernels, objectives, reverse_chains, schedules
 from ddpm_jax.errors import ConfigError
 
 SEED_RANGE = 2 ** 32  # Seeds feed NumPy's generators too, which take [0, 2**32).
@@ -46,7 +46,7 @@ def validate(config) -> None:
   _choice(config, 'diffusion.schedule', schedules.SCHEDULE_NAMES)
   _choice(config, 'diffusion.mean_type', diffusion.MEAN_TYPES)
   _choice(config, 'diffusion.var_type', diffusion.VAR_TYPES)
-  _choice(config, 'diffusion.loss', diffusion.LOSS_TYPES)
+  _choice(config, 'diffusion.loss', objectives.LOSS_TYPES)
   # The paper's code asserts against this pair: L_simple has no gradient for the variance
   # output, which then stays at its zero initialisation (a variance of 1 at every t).
   _require(not (f.loss == 'mse' and f.var_type in ('learned', 'learned_range')),
@@ -127,7 +127,7 @@ def _validate_objective_and_sampler(config) -> None:
            f.importance_sampling, "False unless config.diffusion.loss='kl' (it samples t for L_vlb)")
   _require(0.0 <= t.label_dropout < 1.0, 'train.label_dropout', t.label_dropout,
            'a rate in [0, 1)')
-  _choice(config, 'sample.sampler', samplers.SAMPLERS)
+  _choice(config, 'sample.sampler', reverse_chains.SAMPLERS)
   _choice(config, 'sample.mode', SAMPLE_MODES)
   _require(0 <= s.steps <= f.num_timesteps, 'sample.steps', s.steps,
            f'an integer in [0, config.diffusion.num_timesteps={f.num_timesteps}] (0 = all)')

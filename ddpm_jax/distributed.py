@@ -3,14 +3,6 @@
 One program runs unchanged on one CPU, on a multi-host TPU pod slice or on a multi-node GPU
 cluster: every process runs the same `python -m ddpm_jax.main ...`, calls `initialize()` first,
 then sees every device of every process in `jax.devices()` (its own in `jax.local_devices()`).
-
-`initialize()` calls `jax.distributed.initialize()` when asked to:
-* explicitly, with a coordinator address, process count and process id (the CPU launcher
-  `launch/multiprocess_local.sh` passes `--coordinator_address=127.0.0.1:PORT
-  --num_processes=N --process_id=I`);
-* or with no arguments (`--distributed`, or `DDPM_DISTRIBUTED=1` in the environment), letting
-  JAX read them from the cluster: Cloud TPU VM metadata on a pod slice, SLURM's variables under
-  `srun` (one process per GPU: `local_device_ids = [SLURM_LOCALID]`), Open MPI, Kubernetes.
 On CPU, cross-process collectives use gloo.
 """
 
@@ -19,7 +11,10 @@ from __future__ import annotations
 import logging
 import os
 
+import jax
 import numpy as np
+
+from ddpm_jax import sharding
 
 ENV_VAR = 'DDPM_DISTRIBUTED'
 _TRUE = ('1', 'true', 'yes', 'on')
@@ -33,13 +28,15 @@ def initialize(distributed: bool = False, coordinator_address: str | None = None
                num_processes: int | None = None, process_id: int | None = None) -> bool:
   """Starts JAX's distributed runtime if asked to; call before any other JAX call.
 
-  Asked to: `distributed` is true, the environment has `DDPM_DISTRIBUTED=1`, or a
-  `coordinator_address` is given. Arguments left None are auto-detected by JAX (TPU pod, SLURM,
-  ...). Returns whether the runtime was started. Calling it twice is harmless.
+  Asked to explicitly, with a `coordinator_address`, process count and process id (the CPU
+  launcher `launch/multiprocess_local.sh` passes `--coordinator_address=127.0.0.1:PORT
+  --num_processes=N --process_id=I`); or with `distributed` true or `DDPM_DISTRIBUTED=1` in the
+  environment, leaving the arguments None for JAX to read from the cluster: Cloud TPU VM
+  metadata on a pod slice, SLURM's variables under `srun` (one process per GPU), Open MPI,
+  Kubernetes. Returns whether the runtime was started. Calling it twice is harmless.
   """
   if not (distributed or requested_by_env() or coordinator_address):
     return False
-  import jax  # pylint: disable=g-import-not-at-top
   if jax.distributed.is_initialized():
     return True  # Already initialised (e.g. by a caller of train_and_evaluate).
   # Gloo is JAX's default for CPU collectives; set it explicitly so that a CPU run across
@@ -68,12 +65,9 @@ class StopAgreement:
   """
 
   def __init__(self, mesh):
-    import jax  # pylint: disable=g-import-not-at-top
     self._multi = jax.process_count() > 1
     self._pending = None
     if self._multi:
-      from ddpm_jax import sharding  # pylint: disable=g-import-not-at-top
-      self._jax = jax
       self._mesh = mesh
       self._sharding = sharding.batch_sharding(mesh)
       self._num_local = len(mesh.local_devices)
@@ -86,7 +80,7 @@ class StopAgreement:
     if self._pending is not None:
       decided = bool(np.asarray(self._pending))
     local = np.full((self._num_local,), int(bool(local_flag)), np.int32)
-    flags = self._jax.make_array_from_process_local_data(
+    flags = jax.make_array_from_process_local_data(
         self._sharding, local, (self._mesh.size,))
     self._pending = self._any(flags)
     return decided

@@ -90,33 +90,33 @@ class Experiment:
     logging.info('Restored checkpoint %d from %s', step, checkpointer.directory)
     return state, True
 
+  def _train_step(self):
+    """`train_step` (not jitted), with the mesh that `config.train.exact_reduction` needs
+    (which must not split parameters over `fsdp` then: the config's mesh_shape is checked,
+    this is the mesh given)."""
+    mesh = None
+    if self.config.train.exact_reduction:
+      if sharding.fsdp_size(self.mesh) > 1:
+        raise ValueError('config.train.exact_reduction=True needs replicated parameters: this '
+                         "mesh splits them over an 'fsdp' axis.")
+      mesh = self.mesh
+    return make_train_step(self.model, self.tx, self.schedule, self.config, mesh)
+
   def jitted_train_step(self):
     """`train_step` jitted over the mesh: batch split over the devices, state laid out as
     `state_sharding()` (replicated, or split over `fsdp`) and donated."""
     state_sharding = self.state_sharding()
-    return jax.jit(make_train_step(self.model, self.tx, self.schedule, self.config,
-                                   self._mesh_for_step()),
+    return jax.jit(self._train_step(),
                    in_shardings=(state_sharding, sharding.batch_sharding(self.mesh)),
                    out_shardings=(state_sharding, sharding.replicated(self.mesh)),
                    donate_argnums=(0,))
-
-  def _mesh_for_step(self):
-    """The mesh, which `config.train.exact_reduction` needs (and which must not split
-    parameters over `fsdp` then: the config's mesh_shape is checked, this is the mesh given)."""
-    if not self.config.train.exact_reduction:
-      return None
-    if sharding.fsdp_size(self.mesh) > 1:
-      raise ValueError('config.train.exact_reduction=True needs replicated parameters: this '
-                       "mesh splits them over an 'fsdp' axis.")
-    return self.mesh
 
   def jitted_train_steps(self, num_steps: int):
     """`num_steps` train steps in one dispatch: `(state, batches) -> (state, metrics)` where
     every leaf of `batches` and `metrics` has a leading axis of `num_steps` (a `lax.scan` of
     `train_step`; `config.train.steps_per_dispatch`). Saves the host's per-step launch and
     sync costs, which matter for small models on fast accelerators."""
-    one_step = make_train_step(self.model, self.tx, self.schedule, self.config,
-                               self._mesh_for_step())
+    one_step = self._train_step()
 
     def steps(state, batches):
       return jax.lax.scan(one_step, state, batches, length=num_steps)
@@ -133,8 +133,7 @@ class Experiment:
     trainer runs it before every save, so that no checkpoint holds a diverged state: an
     update can leave finite parameters whose loss is already NaN. Only the forward pass
     runs (XLA drops the unused gradient and update); the state is not donated."""
-    step_fn = make_train_step(self.model, self.tx, self.schedule, self.config,
-                              self._mesh_for_step())
+    step_fn = self._train_step()
 
     def check(state, batch):
       leaves = [x for x in jax.tree.leaves(state) if jnp.issubdtype(x.dtype, jnp.inexact)]

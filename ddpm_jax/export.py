@@ -22,8 +22,10 @@ is safe.
 from absl import app, flags
 from ml_collections import config_flags
 
-from ddpm_jax import cli, runtime
-from ddpm_jax.interop import InteropError
+from ddpm_jax import cli, runtime, sharding
+from ddpm_jax.checkpointing import Checkpointer
+from ddpm_jax.experiment import Experiment
+from ddpm_jax.interop import InteropError, diffusers, diffusers_config
 
 FLAGS = flags.FLAGS
 
@@ -46,11 +48,6 @@ def export(config, workdir: str, out: str, step: int | None = None, params: str 
            overwrite: bool = False) -> tuple[list[str], int]:
   """Writes checkpoint `step` (default: the newest) of `workdir` as a diffusers folder `out`;
   returns (the paths written, the step)."""
-  # pylint: disable=g-import-not-at-top  (JAX only once the flags are parsed)
-  from ddpm_jax import sharding
-  from ddpm_jax.checkpointing import Checkpointer
-  from ddpm_jax.experiment import Experiment
-  from ddpm_jax.interop import diffusers, diffusers_config
   experiment = Experiment.from_config(config, mesh=sharding.make_mesh())  # Validates config.
   diffusers_config.unet_config(config)  # What diffusers cannot express fails here, first.
   diffusers_config.scheduler_config(config)

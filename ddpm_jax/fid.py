@@ -72,7 +72,7 @@ def _check_images(images: np.ndarray, what: str) -> np.ndarray:
     images = images[..., None]
   if images.dtype != np.uint8 or images.ndim != 4 or images.shape[-1] not in (1, 3):
     raise InputError(f'{what} must be uint8 images (N, H, W, 1 or 3); got {images.dtype} '
-                     f'{images.shape} (quantise samples with ddpm_jax.images.to_uint8).')
+                     f'{images.shape} (quantise samples with ddpm_jax.image_files.to_uint8).')
   if len(images) < 2:
     raise InputError(f'{what} has {len(images)} images; statistics need at least 2.')
   return images

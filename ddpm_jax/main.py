@@ -15,7 +15,8 @@ on every host with `--distributed` (or `DDPM_DISTRIBUTED=1`), or with explicit
 from absl import app, flags
 from ml_collections import config_flags
 
-from ddpm_jax import cli, runtime
+from ddpm_jax import cli, evaluate, runtime, sample_job, sharding, train
+from ddpm_jax.experiment import Experiment
 
 flags.DEFINE_string('workdir', None, 'Directory for checkpoints, samples and logs (on storage '
                     'that every host sees when running on several hosts).')
@@ -42,19 +43,13 @@ def main(argv):
 
 def _run(mode: str, config, workdir: str, init_from: str | None) -> None:
   if mode == 'train':
-    from ddpm_jax import train
     train.train_and_evaluate(config, workdir, init_from=init_from)
-  elif mode == 'eval':
-    from ddpm_jax import evaluate, sharding
-    from ddpm_jax.experiment import Experiment
-    experiment = Experiment.from_config(config, mesh=sharding.make_mesh())
-    evaluate.eval_job(config, workdir, experiment=experiment, init_from=init_from)
-  else:
-    from ddpm_jax import sampling, sharding
-    from ddpm_jax.experiment import Experiment
-    # Sampling replicates the parameters, whatever config.train.mesh_shape trained them.
-    experiment = Experiment.from_config(config, mesh=sharding.make_mesh())
-    sampling.sample_from_workdir(config, workdir, experiment=experiment, init_from=init_from)
+    return
+  # Evaluation and sampling replicate the parameters, whatever config.train.mesh_shape
+  # trained them with.
+  experiment = Experiment.from_config(config, mesh=sharding.make_mesh())
+  job = evaluate.eval_job if mode == 'eval' else sample_job.sample_from_workdir
+  job(config, workdir, experiment=experiment, init_from=init_from)
 
 
 def run():

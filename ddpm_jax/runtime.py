@@ -2,7 +2,12 @@
 for the distributed runtime and the XLA cache, and `setup()`, which must run before any other
 JAX call."""
 
+import os
+
+import jax
 from absl import flags, logging
+
+from ddpm_jax import distributed, xla_flags
 
 flags.DEFINE_string('xla_cache_dir', '~/.cache/ddpm_jax/xla',
                     'Persistent XLA compilation cache (restarts and resumed runs skip '
@@ -25,21 +30,18 @@ FLAGS = flags.FLAGS
 def setup(job: str = 'train') -> None:
   """Quiet logging unless --verbosity was given, the XLA:CPU preset for `job` (train |
   inference), jax.distributed when asked for, the persistent XLA cache, and TensorFlow (if
-  installed for tfds) kept off the accelerators."""
-  import os
-  from ddpm_jax import xla_flags
+  installed for tfds) kept off the accelerators. Importing JAX creates no backend: the XLA
+  flags and the distributed runtime take effect because nothing has run on a device yet."""
   xla_flags.apply_cpu_preset(job if FLAGS.cpu_preset == 'auto' else FLAGS.cpu_preset)
   if not FLAGS['verbosity'].present:  # Orbax logs every save at INFO; keep the console readable.
     logging.set_verbosity(logging.WARNING)
   # Before any other JAX call: the distributed runtime decides which devices this process sees.
-  from ddpm_jax import distributed
   distributed.initialize(FLAGS.distributed, FLAGS.coordinator_address, FLAGS.num_processes,
                          FLAGS.process_id)
-  import jax
   if FLAGS.xla_cache_dir and not os.environ.get('JAX_COMPILATION_CACHE_DIR'):
     jax.config.update('jax_compilation_cache_dir', os.path.expanduser(FLAGS.xla_cache_dir))
   try:
-    import tensorflow as tf  # pylint: disable=g-import-not-at-top
+    import tensorflow as tf  # pylint: disable=g-import-not-at-top  (optional, heavy: tfds only)
     tf.config.set_visible_devices([], 'GPU')
   except ImportError:
     pass

@@ -2,13 +2,14 @@
 
 `make_schedule` computes the betas and all the per-timestep coefficients the diffusion maths
 needs once, in float64, and stores them as float32 arrays in a frozen pytree. Everything in
-`ddpm_jax.diffusion` and `ddpm_jax.samplers` only indexes these arrays.
+`ddpm_jax.diffusion` and `ddpm_jax.reverse_chains` only indexes these arrays.
 
 Names follow Ho et al. (2020), notation: alpha_t = 1 - beta_t, alphabar_t = prod_{s<=t} alpha_s.
 """
 
 from __future__ import annotations
 
+import inspect
 import math
 from typing import Callable
 
@@ -56,12 +57,11 @@ def quadratic_betas(num_timesteps: int, beta_start: float = 1e-4, beta_end: floa
   return np.linspace(beta_start**0.5, beta_end**0.5, num_timesteps, dtype=np.float64) ** 2
 
 
-def cosine_betas(num_timesteps: int, s: float = 0.008, max_beta: float = 0.999, **unused):
+def cosine_betas(num_timesteps: int, s: float = 0.008, max_beta: float = 0.999):
   """Nichol & Dhariwal (2021), eq. 17: alphabar(t) = cos^2(pi/2 (t/T + s) / (1 + s)).
 
   beta_t = 1 - alphabar(t) / alphabar(t - 1), clipped to `max_beta` near t = T.
   """
-  del unused
 
   def alphabar(u):
     return math.cos((u + s) / (1 + s) * math.pi / 2) ** 2
@@ -71,9 +71,8 @@ def cosine_betas(num_timesteps: int, s: float = 0.008, max_beta: float = 0.999, 
   return np.minimum(np.asarray(betas, dtype=np.float64), max_beta)
 
 
-def const_betas(num_timesteps: int, beta_end: float = 0.02, **unused):
+def const_betas(num_timesteps: int, beta_end: float = 0.02):
   """Every beta equal to `beta_end` (the paper's code, 'const')."""
-  del unused
   return np.full((num_timesteps,), beta_end, dtype=np.float64)
 
 
@@ -87,20 +86,17 @@ SCHEDULE_NAMES = tuple(_BETA_SCHEDULES)
 
 
 def make_betas(name: str, num_timesteps: int, **kwargs) -> np.ndarray:
-  """Betas of the named schedule, float64, shape (num_timesteps,)."""
+  """Betas of the named schedule, float64, shape (num_timesteps,). Keywords the schedule does
+  not take are ignored, so that every schedule can be given beta_start and beta_end."""
   if name not in _BETA_SCHEDULES:
     raise ValueError(
         f'Unknown noise schedule {name!r} (config.diffusion.schedule); '
         f'valid schedules: {", ".join(SCHEDULE_NAMES)}.')
   if int(num_timesteps) < 1:
     raise ValueError(f'num_timesteps must be >= 1, got {num_timesteps}.')
-  if name == 'cosine':
-    kwargs = {k: v for k, v in kwargs.items() if k in ('s', 'max_beta')}
-  elif name == 'const':
-    kwargs = {k: v for k, v in kwargs.items() if k == 'beta_end'}
-  else:
-    kwargs = {k: v for k, v in kwargs.items() if k in ('beta_start', 'beta_end')}
-  betas = _BETA_SCHEDULES[name](int(num_timesteps), **kwargs)
+  fn = _BETA_SCHEDULES[name]
+  kwargs = {k: v for k, v in kwargs.items() if k in inspect.signature(fn).parameters}
+  betas = fn(int(num_timesteps), **kwargs)
   if not np.all((betas > 0) & (betas < 1)):
     raise ValueError(f'Schedule {name!r} with {kwargs} gives betas outside (0, 1).')
   return betas
@@ -152,17 +148,17 @@ def make_schedule(name: str = 'linear', num_timesteps: int = 1000, **kwargs) -> 
   """The schedule `name` (linear | quadratic | cosine | const) with all derived arrays.
 
   kwargs: `beta_start`, `beta_end` (linear, quadratic; const uses beta_end), `s`, `max_beta`
-  (cosine). Unused keywords of other schedules are ignored so that a whole
-  `config.diffusion` can be passed.
+  (cosine); those a schedule does not take are ignored.
   """
   return schedule_from_betas(make_betas(name, num_timesteps, **kwargs))
 
 
+def config_betas(diffusion_config) -> np.ndarray:
+  """The float64 betas of `config.diffusion` (schedule, num_timesteps, beta_start, beta_end)."""
+  f = diffusion_config
+  return make_betas(f.schedule, f.num_timesteps, beta_start=f.beta_start, beta_end=f.beta_end)
+
+
 def schedule_from_config(diffusion_config) -> Schedule:
-  """`make_schedule` from `config.diffusion`."""
-  return make_schedule(
-      diffusion_config.schedule,
-      diffusion_config.num_timesteps,
-      beta_start=diffusion_config.beta_start,
-      beta_end=diffusion_config.beta_end,
-  )
+  """The `Schedule` of `config.diffusion`."""
+  return schedule_from_betas(config_betas(diffusion_config))

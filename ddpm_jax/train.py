@@ -29,8 +29,8 @@ import jax
 import numpy as np
 from tqdm.auto import tqdm
 
-from ddpm_jax import (checkpointing, data, distributed, images, sampling, saved_config, sharding,
-                      workdir_lock)
+from ddpm_jax import (checkpointing, data, distributed, generation, image_files, saved_config,
+                      sharding, workdir_lock)
 from ddpm_jax.checkpointing import Checkpointer
 from ddpm_jax.errors import UserError
 from ddpm_jax.evaluators import results
@@ -118,14 +118,14 @@ def _sample_grid(experiment, sample_fn, state, step: int, workdir: str, writer) 
   cfg = experiment.config
   key = jax.random.fold_in(jax.random.PRNGKey(cfg.train.seed + 1), step)
   params = _replicated_ema_params(experiment, state)
-  x = sampling.generate(sample_fn, params, key, cfg.train.num_sample_grid,
+  x = generation.generate(sample_fn, params, key, cfg.train.num_sample_grid,
                         cfg.train.num_sample_grid, progress=False)
   if jax.process_index() != 0:
     return None
-  grid = images.make_grid(x)
+  grid = image_files.make_grid(x)
   writer.write_image(step, 'samples_ema', grid)
-  return images.save_png(os.path.join(workdir, 'samples', f'train_step{step:08d}.png'),
-                         images.upscale(grid))
+  return image_files.save_png(os.path.join(workdir, 'samples', f'train_step{step:08d}.png'),
+                         image_files.upscale(grid))
 
 
 def train_and_evaluate(config, workdir: str, experiment: Experiment | None = None,
@@ -210,7 +210,7 @@ def _train(config, workdir: str, experiment: Experiment, source, sample_experime
   check_fn = experiment.jitted_state_check()
   grid_fn = None
   if tcfg.sample_every > 0:
-    grid_fn = sampling.make_sample_fn(sample_experiment, tcfg.num_sample_grid)
+    grid_fn = generation.make_sample_fn(sample_experiment, tcfg.num_sample_grid)
   preemption_every = tcfg.preemption_every
   agreement = distributed.StopAgreement(mesh)
 

@@ -1,5 +1,5 @@
 """The train state and the pure, jittable train step (Algorithm 1 of Ho et al., with every
-objective of `ddpm_jax.diffusion.training_losses`)."""
+objective of `ddpm_jax.objectives.training_losses`)."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from ddpm_jax import diffusion
+from ddpm_jax import diffusion, objectives
 from ddpm_jax.optim import ema_decay_at, ema_update, learning_rate_schedule
 from ddpm_jax.schedules import Schedule
 
@@ -32,7 +32,7 @@ class TrainState(flax.struct.PyTreeNode):
 
 class TrainStateWithLossHistory(TrainState):
   """The train state of runs with importance sampling of t (`config.diffusion.
-  importance_sampling`): also the per-timestep loss history (`diffusion.init_loss_history`),
+  importance_sampling`): also the per-timestep loss history (`objectives.init_loss_history`),
   checkpointed with the rest. A subclass, so that every other run's state (and checkpoint)
   keeps exactly the fields above."""
 
@@ -57,7 +57,7 @@ def init_train_state(model, tx: optax.GradientTransformation, rng: jax.Array,
                 rng=train_key)
   if loss_history_timesteps > 0:
     return TrainStateWithLossHistory(
-        **fields, loss_history=diffusion.init_loss_history(loss_history_timesteps))
+        **fields, loss_history=objectives.init_loss_history(loss_history_timesteps))
   return TrainState(**fields)
 
 
@@ -165,7 +165,7 @@ def make_train_step(model, tx: optax.GradientTransformation, schedule: Schedule,
   {'image', 'label'} for a class-conditional model, see `split_batch`).
 
   Algorithm 1: t ~ Uniform{0..T-1} (or importance-sampled, N&D Sec. 3.3), eps ~ N(0, I),
-  gradient step on `config.diffusion.loss` (`diffusion.training_losses`), then the EMA of the
+  gradient step on `config.diffusion.loss` (`objectives.training_losses`), then the EMA of the
   parameters. A conditional model's labels are replaced by the null label with probability
   `config.train.label_dropout` (classifier-free guidance). Metrics: loss, gradient global norm
   (before clipping), learning rate, and the mse / vlb (bits/dim) terms where computed.
@@ -192,7 +192,7 @@ def make_train_step(model, tx: optax.GradientTransformation, schedule: Schedule,
     x0 = x0.astype(jnp.float32)
     batch_size = x0.shape[0]
     if importance_sampling:
-      t, weights = diffusion.sample_timesteps_importance(key_t, state.loss_history, batch_size)
+      t, weights = objectives.sample_timesteps_importance(key_t, state.loss_history, batch_size)
     else:
       t = jax.random.randint(key_t, (batch_size,), 0, num_timesteps, dtype=jnp.int32)
       weights = None
@@ -210,7 +210,7 @@ def make_train_step(model, tx: optax.GradientTransformation, schedule: Schedule,
     def loss_fn(params, xt, t, x0, noise, model_args, weights, key_dropout):  # One micro-batch.
       out = model.apply({'params': params}, xt, t, *model_args, train=True,
                         rngs={'dropout': key_dropout})
-      terms = diffusion.training_losses(schedule, out, x0, xt, t, noise, **loss_kwargs)
+      terms = objectives.training_losses(schedule, out, x0, xt, t, noise, **loss_kwargs)
       losses = terms['loss'] if weights is None else terms['loss'] * weights
       return jnp.mean(losses), terms
 
@@ -228,7 +228,7 @@ def make_train_step(model, tx: optax.GradientTransformation, schedule: Schedule,
         ema_params=ema_update(state.ema_params, params,
                                ema_decay_at(state.step, ema_decay, ema_warmup)))
     if importance_sampling:
-      new_state = new_state.replace(loss_history=diffusion.update_loss_history(
+      new_state = new_state.replace(loss_history=objectives.update_loss_history(
           state.loss_history, t, jax.lax.stop_gradient(terms['loss'])))
     metrics = {'loss': loss, 'grad_norm': optax.tree.norm(grads), 'lr': lr_fn(state.step)}
     if dcfg.loss != 'mse':

@@ -7,7 +7,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from ddpm_jax import diffusion, schedules
+from ddpm_jax import diffusion, objectives, schedules
 
 S = schedules.make_schedule('linear', 1000)
 
@@ -99,22 +99,6 @@ def test_clipping_and_x0_mean_type():
   np.testing.assert_allclose(out.mean[0], 1.0, rtol=1e-6)
 
 
-def test_simple_loss_eq14():
-  noise = jnp.ones((3, 2, 2, 1))
-  x0 = jnp.zeros_like(noise)
-  t = jnp.array([0, 10, 500])
-  xt = diffusion.q_sample(S, x0, t, noise)
-  loss = lambda out, mean_type='eps': diffusion.simple_loss(S, out, x0, xt, t, noise, mean_type)
-  np.testing.assert_allclose(loss(noise), 0.0)
-  out = noise.at[1].set(3.0)
-  np.testing.assert_allclose(loss(out), [0.0, 4.0, 0.0])
-  np.testing.assert_allclose(loss(out, 'x0'), [1, 9, 1])
-  # v = sqrt(abar) eps - sqrt(1 - abar) x_0 = sqrt(abar) here.
-  v = jnp.sqrt(S.alphas_cumprod[t])[:, None, None, None] * noise
-  np.testing.assert_allclose(loss(v, 'v'), 0.0, atol=1e-12)
-  np.testing.assert_allclose(loss(v + 0.5, 'v'), 0.25, rtol=1e-6)
-
-
 def x0_to_model_output(schedule, x0, xt, t, mean_type: str):
   """The output of parameterisation `mean_type` that stands for x_0 given x_t (the inverse of
   `diffusion.model_output_to_x0`)."""
@@ -148,7 +132,7 @@ def _example(n=6, seed=0):
 
 def test_mean_types_convert_to_each_other_exactly():
   x0, eps, t, xt = _example()
-  targets = {m: diffusion.mean_target(S, x0, xt, t, eps, m) for m in diffusion.MEAN_TYPES}
+  targets = {m: objectives.mean_target(S, x0, xt, t, eps, m) for m in diffusion.MEAN_TYPES}
   abar = np.asarray(S.alphas_cumprod, np.float64)[np.asarray(t)][:, None, None, None]
   np.testing.assert_allclose(targets['v'], np.sqrt(abar) * eps - np.sqrt(1 - abar) * x0,
                              atol=1e-6)
@@ -175,7 +159,7 @@ def test_mean_types_convert_to_each_other_exactly():
 @pytest.mark.parametrize('mean_type', diffusion.MEAN_TYPES)
 def test_p_mean_of_the_true_target_is_the_posterior_mean(mean_type):
   x0, eps, t, xt = _example()
-  out = diffusion.mean_target(S, x0, xt, t, eps, mean_type)
+  out = objectives.mean_target(S, x0, xt, t, eps, mean_type)
   p = diffusion.p_mean_variance(S, out, xt, t, var_type='fixedsmall', clip=False,
                                 mean_type=mean_type)
   q_mean, q_var, _ = diffusion.q_posterior_mean_variance(S, x0, xt, t)
@@ -268,8 +252,8 @@ def test_vlb_terms_equal_the_per_term_formulas():
   expected = np.where(idx == 0, nll_bpd, kl_bpd)
   np.testing.assert_allclose(terms.vlb, expected, rtol=2e-3, atol=1e-5)
   # And the `kl` training loss is that per-example term.
-  losses = diffusion.training_losses(S, out, x0, xt, t, None, mean_type='eps',
-                                     var_type='learned_range', loss_type='kl')
+  losses = objectives.training_losses(S, out, x0, xt, t, None, mean_type='eps',
+                                      var_type='learned_range', loss_type='kl')
   np.testing.assert_array_equal(losses['loss'], terms.vlb)
 
 
@@ -287,41 +271,3 @@ def test_vlb_with_the_true_posterior_is_zero_and_prior_is_tiny():
               ).mean(axis=(1, 2, 3)) / np.log(2)
   np.testing.assert_allclose(prior, expected, rtol=0.02)
   assert 5e-6 < prior.mean() < 2e-5  # ~1e-5 bits/dim, as the paper reports.
-
-
-# ---------------------------------------------------------------------------------------------
-# Losses.
-
-
-def test_min_snr_weighting_makes_every_target_an_x0_loss():
-  x0, eps, t, xt = _example()
-  gamma = 5.0
-  snr = np.asarray(S.alphas_cumprod)[np.asarray(t)] / (1 - np.asarray(S.alphas_cumprod)
-                                                      [np.asarray(t)])
-  pred_x0 = x0 + 0.1 * jax.random.normal(jax.random.PRNGKey(2), x0.shape)
-  x0_mse = np.mean((np.asarray(pred_x0) - np.asarray(x0)) ** 2, axis=(1, 2, 3))
-  for mean_type in ('eps', 'x0', 'v'):
-    out = x0_to_model_output(S, pred_x0, xt, t, mean_type)
-    loss = diffusion.training_losses(S, out, x0, xt, t, eps, mean_type=mean_type,
-                                     loss_type='mse', min_snr_gamma=gamma)['loss']
-    np.testing.assert_allclose(loss, np.minimum(snr, gamma) * x0_mse, rtol=2e-3, atol=1e-7,
-                               err_msg=mean_type)
-  with pytest.raises(ValueError, match='min-SNR'):
-    diffusion.min_snr_weight(S, t, 'mu', gamma)
-
-
-def test_hybrid_loss_is_mse_plus_lambda_T_vlb_and_vlb_only_trains_the_variance():
-  x0, eps, t, xt = _example()
-  out = jax.random.normal(jax.random.PRNGKey(4), x0.shape[:-1] + (4,))
-  kw = dict(mean_type='eps', var_type='learned_range')
-  hyb = diffusion.training_losses(S, out, x0, xt, t, eps, loss_type='hybrid', **kw)
-  mse = diffusion.training_losses(S, out, x0, xt, t, eps, loss_type='mse', **kw)['loss']
-  vlb = diffusion.training_losses(S, out, x0, xt, t, eps, loss_type='kl', **kw)['loss']
-  np.testing.assert_allclose(hyb['loss'], mse + 0.001 * 1000 * vlb, rtol=1e-5)
-  g_hyb = jax.grad(lambda o: jnp.sum(diffusion.training_losses(
-      S, o, x0, xt, t, eps, loss_type='hybrid', **kw)['loss']))(out)
-  g_mse = jax.grad(lambda o: jnp.sum(diffusion.training_losses(
-      S, o, x0, xt, t, eps, loss_type='mse', **kw)['loss']))(out)
-  np.testing.assert_allclose(g_hyb[..., :2], g_mse[..., :2], rtol=1e-6)  # Mean: stop-gradient.
-  assert np.all(np.asarray(g_mse[..., 2:]) == 0)
-  assert np.any(np.asarray(g_hyb[..., 2:]) != 0)  # The variance learns from L_vlb only.

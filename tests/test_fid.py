@@ -10,7 +10,7 @@ import pytest
 
 from configs import default
 from conftest import ROOT
-from ddpm_jax import data, fid, images
+from ddpm_jax import data, fid, image_files
 from ddpm_jax.metrics import fmnist_classifier as fc
 from ddpm_jax.metrics import fid_is_kid, inception
 from test_inception import random_variables  # pylint: disable=unused-import  (a fixture)
@@ -27,17 +27,17 @@ def _images(seed, n, size=32, channels=1):
 
 def _folder(path, x):
   for i, im in enumerate(x):
-    images.save_png(str(path / f'{i:03d}.png'), im)
+    image_files.save_png(str(path / f'{i:03d}.png'), im)
   return str(path)
 
 
 def test_npz_folder_and_statistics_give_the_same_fd_fmnist(tmp_path):
   samples, reference = _images(0, 40), _images(1, 30)
-  npz = images.save_npz(str(tmp_path / 's.npz'), samples, labels=np.arange(40) % 10)
+  npz = image_files.save_npz(str(tmp_path / 's.npz'), samples, labels=np.arange(40) % 10)
   with np.load(npz) as f:  # The ADM evaluator's layout.
     assert f.files == ['arr_0', 'arr_1'] and f['arr_0'].dtype == np.uint8
   with pytest.raises(ValueError, match='3 labels for 40 images'):
-    images.save_npz(str(tmp_path / 'bad.npz'), samples, labels=np.arange(3))
+    image_files.save_npz(str(tmp_path / 'bad.npz'), samples, labels=np.arange(3))
   sample_dir = _folder(tmp_path / 'samples', samples)
   ref_dir = _folder(tmp_path / 'reference', reference)
   stats = str(tmp_path / 'stats' / 'ref.npz')
@@ -72,8 +72,8 @@ def test_a_dataset_split_as_samples_is_real_datas_floor(tmp_path):
   cfg = default.get_config().data
   cfg.update(dict(dataset='fashion_mnist', image_size=32, channels=1))
   test = data.load_split(cfg, 'test', max_examples=48)
-  npz = images.save_npz(str(tmp_path / 'test48.npz'), test)
-  ref = images.save_npz(str(tmp_path / 'ref.npz'), _images(2, 40))
+  npz = image_files.save_npz(str(tmp_path / 'test48.npz'), test)
+  ref = image_files.save_npz(str(tmp_path / 'ref.npz'), _images(2, 40))
   got, protocol = fid.evaluate('fashion_mnist:test', ref, features='fmnist', num_samples=48)
   want, _ = fid.evaluate(npz, ref, features='fmnist')
   assert got == want and got['num_samples'] == 48
@@ -95,8 +95,8 @@ def test_inception_metrics_with_random_weights(tmp_path, random_variables, monke
   weights = str(tmp_path / 'inception.npz')
   np.savez(weights, **flax_to_torch_state_dict(random_variables))
   samples, reference = _images(2, 4, channels=3), _images(3, 3, channels=3)
-  npz = images.save_npz(str(tmp_path / 's.npz'), samples)
-  ref = images.save_npz(str(tmp_path / 'r.npz'), reference)
+  npz = image_files.save_npz(str(tmp_path / 's.npz'), samples)
+  ref = image_files.save_npz(str(tmp_path / 'r.npz'), reference)
   result, protocol = fid.evaluate(npz, ref, inception_weights=weights, batch_size=2)
   feats, logits = inception.extract_features(random_variables, samples, batch_size=2)
   ref_feats, _ = inception.extract_features(random_variables, reference, batch_size=2)
@@ -126,7 +126,7 @@ def _cli(*args):
 
 
 def test_command_line(tmp_path):
-  npz = images.save_npz(str(tmp_path / 's.npz'), _images(4, 20))
+  npz = image_files.save_npz(str(tmp_path / 's.npz'), _images(4, 20))
   ref = _folder(tmp_path / 'ref', _images(5, 20))
   out = _cli(npz, ref, '--features=fmnist', f'--save_stats={tmp_path / "st.npz"}')
   assert out.returncode == 0, out.stderr[-2000:]

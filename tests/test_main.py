@@ -51,7 +51,7 @@ def test_train_resume_and_sample_from_the_command_line(tmp_path):
   npz = np.load(os.path.join(work, 'samples', 'sample_step00000003_n6.npz'))
   assert npz['arr_0'].shape == (6, 8, 8, 1) and npz['arr_0'].dtype == np.uint8
   grid = np.asarray(Image.open(os.path.join(work, 'samples', 'sample_step00000003_n6.png')))
-  assert grid.shape == (8 * (2 + 2 * 10), 8 * (2 + 3 * 10))  # Upscaled 8x (images.upscale).
+  assert grid.shape == (8 * (2 + 2 * 10), 8 * (2 + 3 * 10))  # Upscaled 8x (image_files.upscale).
   out = _run(f'--config={cfg}', f'--workdir={work}', '--mode=eval', *TINY,
              '--config.train.num_steps=3', '--config.evals.bpd.num_examples=4',
              '--config.evals.bpd.batch_size=4', '--config.eval.timeout_seconds=0')

@@ -9,13 +9,16 @@ import numpy as np
 import pytest
 
 from conftest import make_tiny_config
-from ddpm_jax import diffusion, schedules
+from ddpm_jax import diffusion, objectives, schedules
 from ddpm_jax.checkpointing import Checkpointer
 from ddpm_jax.experiment import Experiment
 from ddpm_jax.models import create_model
+from test_diffusion import _example, x0_to_model_output
 
 S = schedules.make_schedule('linear', 100, beta_end=0.2)
-COMBOS = list(itertools.product(diffusion.LOSS_TYPES, diffusion.MEAN_TYPES, diffusion.VAR_TYPES))
+S1000 = schedules.make_schedule('linear', 1000)
+COMBOS = list(itertools.product(objectives.LOSS_TYPES, diffusion.MEAN_TYPES,
+                                diffusion.VAR_TYPES))
 
 
 def _batch(config, seed=0):
@@ -39,7 +42,7 @@ def test_every_loss_mean_and_var_type_gives_a_finite_loss_and_gradient():
     kw = dict(mean_type=mean_type, var_type=var_type, loss_type=loss_type, min_snr_gamma=0.0)
 
     def f(o):
-      return jnp.mean(diffusion.training_losses(S, o, x0, xt, t, noise, **kw)['loss'])
+      return jnp.mean(objectives.training_losses(S, o, x0, xt, t, noise, **kw)['loss'])
 
     loss, grad = jax.value_and_grad(f)(out)
     name = f'{loss_type}/{mean_type}/{var_type}'
@@ -144,27 +147,27 @@ def test_config_checks_of_the_objective_fields():
 
 
 def test_loss_history_fills_then_keeps_the_last_ten():
-  h = diffusion.init_loss_history(5, history=3)
-  h = diffusion.update_loss_history(h, jnp.array([1, 1, 4]), jnp.array([1.0, 2.0, 7.0]))
+  h = objectives.init_loss_history(5, history=3)
+  h = objectives.update_loss_history(h, jnp.array([1, 1, 4]), jnp.array([1.0, 2.0, 7.0]))
   np.testing.assert_array_equal(h['counts'], [0, 2, 0, 0, 1])
   np.testing.assert_array_equal(h['losses'][1], [1, 2, 0])
-  h = diffusion.update_loss_history(h, jnp.array([1, 1, 1]), jnp.array([3.0, 4.0, 5.0]))
+  h = objectives.update_loss_history(h, jnp.array([1, 1, 1]), jnp.array([3.0, 4.0, 5.0]))
   np.testing.assert_array_equal(h['counts'][1], 3)
   np.testing.assert_array_equal(h['losses'][1], [3, 4, 5])  # Oldest dropped, in batch order.
-  assert diffusion.init_loss_history(1000)['losses'].shape == (1000, 10)
+  assert objectives.init_loss_history(1000)['losses'].shape == (1000, 10)
 
 
 def test_importance_probabilities_and_weights():
-  h = diffusion.init_loss_history(4, history=2)
-  np.testing.assert_allclose(diffusion.importance_probs(h), 0.25)  # Uniform until warm.
-  h = diffusion.update_loss_history(h, jnp.array([0, 0, 1, 1, 2, 2]), jnp.ones(6))
-  np.testing.assert_allclose(diffusion.importance_probs(h), 0.25)  # t = 3 has no history yet.
-  h = diffusion.update_loss_history(h, jnp.array([3, 3, 0, 0]), jnp.array([3.0, 4.0, 2., 2.]))
+  h = objectives.init_loss_history(4, history=2)
+  np.testing.assert_allclose(objectives.importance_probs(h), 0.25)  # Uniform until warm.
+  h = objectives.update_loss_history(h, jnp.array([0, 0, 1, 1, 2, 2]), jnp.ones(6))
+  np.testing.assert_allclose(objectives.importance_probs(h), 0.25)  # t = 3 has no history yet.
+  h = objectives.update_loss_history(h, jnp.array([3, 3, 0, 0]), jnp.array([3.0, 4.0, 2., 2.]))
   # sqrt(mean L^2): t0: 2, t1: 1, t2: 1, t3: sqrt(12.5).
   w = np.array([2.0, 1.0, 1.0, np.sqrt(12.5)])
   p = 0.999 * w / w.sum() + 0.001 / 4
-  np.testing.assert_allclose(diffusion.importance_probs(h), p, rtol=1e-6)
-  t, weights = diffusion.sample_timesteps_importance(jax.random.PRNGKey(0), h, 200_000)
+  np.testing.assert_allclose(objectives.importance_probs(h), p, rtol=1e-6)
+  t, weights = objectives.sample_timesteps_importance(jax.random.PRNGKey(0), h, 200_000)
   freq = np.bincount(np.asarray(t), minlength=4) / 200_000
   np.testing.assert_allclose(freq, p, atol=0.005)
   np.testing.assert_allclose(weights, 1 / (4 * p[np.asarray(t)]), rtol=1e-5)
@@ -192,3 +195,58 @@ def test_conditional_model_embeds_labels_with_a_null_label():
   c.model.num_classes = 0
   with pytest.raises(ValueError, match='num_classes = 0'):
     create_model(c).init({'params': jax.random.PRNGKey(0)}, x, t, jnp.array([0, 0]))
+
+
+# ---------------------------------------------------------------------------------------------
+# The losses in closed form (T = 1000).
+
+
+def test_simple_loss_eq14():
+  noise = jnp.ones((3, 2, 2, 1))
+  x0 = jnp.zeros_like(noise)
+  t = jnp.array([0, 10, 500])
+  xt = diffusion.q_sample(S1000, x0, t, noise)
+  loss = lambda out, mean_type='eps': objectives.simple_loss(S1000, out, x0, xt, t, noise,
+                                                             mean_type)
+  np.testing.assert_allclose(loss(noise), 0.0)
+  out = noise.at[1].set(3.0)
+  np.testing.assert_allclose(loss(out), [0.0, 4.0, 0.0])
+  np.testing.assert_allclose(loss(out, 'x0'), [1, 9, 1])
+  # v = sqrt(abar) eps - sqrt(1 - abar) x_0 = sqrt(abar) here.
+  v = jnp.sqrt(S1000.alphas_cumprod[t])[:, None, None, None] * noise
+  np.testing.assert_allclose(loss(v, 'v'), 0.0, atol=1e-12)
+  np.testing.assert_allclose(loss(v + 0.5, 'v'), 0.25, rtol=1e-6)
+
+
+def test_min_snr_weighting_makes_every_target_an_x0_loss():
+  x0, eps, t, xt = _example()
+  gamma = 5.0
+  abar = np.asarray(S1000.alphas_cumprod)[np.asarray(t)]
+  snr = abar / (1 - abar)
+  pred_x0 = x0 + 0.1 * jax.random.normal(jax.random.PRNGKey(2), x0.shape)
+  x0_mse = np.mean((np.asarray(pred_x0) - np.asarray(x0)) ** 2, axis=(1, 2, 3))
+  for mean_type in ('eps', 'x0', 'v'):
+    out = x0_to_model_output(S1000, pred_x0, xt, t, mean_type)
+    loss = objectives.training_losses(S1000, out, x0, xt, t, eps, mean_type=mean_type,
+                                      loss_type='mse', min_snr_gamma=gamma)['loss']
+    np.testing.assert_allclose(loss, np.minimum(snr, gamma) * x0_mse, rtol=2e-3, atol=1e-7,
+                               err_msg=mean_type)
+  with pytest.raises(ValueError, match='min-SNR'):
+    objectives.min_snr_weight(S1000, t, 'mu', gamma)
+
+
+def test_hybrid_loss_is_mse_plus_lambda_T_vlb_and_vlb_only_trains_the_variance():
+  x0, eps, t, xt = _example()
+  out = jax.random.normal(jax.random.PRNGKey(4), x0.shape[:-1] + (4,))
+  kw = dict(mean_type='eps', var_type='learned_range')
+  hyb = objectives.training_losses(S1000, out, x0, xt, t, eps, loss_type='hybrid', **kw)
+  mse = objectives.training_losses(S1000, out, x0, xt, t, eps, loss_type='mse', **kw)['loss']
+  vlb = objectives.training_losses(S1000, out, x0, xt, t, eps, loss_type='kl', **kw)['loss']
+  np.testing.assert_allclose(hyb['loss'], mse + 0.001 * 1000 * vlb, rtol=1e-5)
+  g_hyb = jax.grad(lambda o: jnp.sum(objectives.training_losses(
+      S1000, o, x0, xt, t, eps, loss_type='hybrid', **kw)['loss']))(out)
+  g_mse = jax.grad(lambda o: jnp.sum(objectives.training_losses(
+      S1000, o, x0, xt, t, eps, loss_type='mse', **kw)['loss']))(out)
+  np.testing.assert_allclose(g_hyb[..., :2], g_mse[..., :2], rtol=1e-6)  # Mean: stop-gradient.
+  assert np.all(np.asarray(g_mse[..., 2:]) == 0)
+  assert np.any(np.asarray(g_hyb[..., 2:]) != 0)  # The variance learns from L_vlb only.

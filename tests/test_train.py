@@ -52,7 +52,7 @@ def test_uninterrupted_run_writes_checkpoints_logs_and_samples(uninterrupted):
   assert glob.glob(os.path.join(workdir, 'tensorboard', 'events.out.tfevents.*'))
   (png,) = summary['samples']
   img = np.asarray(Image.open(png))
-  # 4 grey 8x8 samples, 2x2 grid (22 px), written 8x larger (images.upscale's cap).
+  # 4 grey 8x8 samples, 2x2 grid (22 px), written 8x larger (image_files.upscale's cap).
   assert img.shape == (8 * (2 + 2 * (8 + 2)), 8 * (2 + 2 * (8 + 2)))
   json.load(open(os.path.join(workdir, 'config.json')))
 

@@ -11,7 +11,7 @@ from typing import Callable
 import jax
 import numpy as np
 
-from ddpm_jax import data, sampling
+from ddpm_jax import data, generation
 from ddpm_jax.experiment import Experiment
 from ddpm_jax.metrics import fid_is_kid
 
@@ -31,9 +31,9 @@ class Samples:
       cfg = self.experiment.config
       bs = min(cfg.sample.batch_size, num)
       if bs not in self._sample_fns:
-        self._sample_fns[bs] = sampling.make_sample_fn(self.experiment, bs)
+        self._sample_fns[bs] = generation.make_sample_fn(self.experiment, bs)
       key = jax.random.PRNGKey(cfg.eval.seed + 1)
-      self._images = sampling.generate(self._sample_fns[bs], params, key, num, bs,
+      self._images = generation.generate(self._sample_fns[bs], params, key, num, bs,
                                        progress=self.progress)
       self._params = params
     return self._images[:num]

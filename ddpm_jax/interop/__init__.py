@@ -5,11 +5,7 @@
   for an export, checked on an import).
 * `diffusers`: reading and writing diffusers folders (safetensors, the older `.bin` through the
   torch-free reader `ddpm_jax.metrics.torch_pickle`), Hugging Face Hub ids, `load_params`.
-
-The submodules are imported on use; this package itself stays light so that the command lines
-can catch `InteropError` without importing JAX.
 """
-
 
 from ddpm_jax.errors import UserError
 

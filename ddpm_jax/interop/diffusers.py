@@ -18,13 +18,18 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import pathlib
 import re
 
+import huggingface_hub
 import jax
 import numpy as np
 from flax import traverse_util
+from huggingface_hub import errors as hub_errors
+from safetensors.numpy import load_file, save_file
 
 from ddpm_jax.interop import InteropError, diffusers_config, unet_names
+from ddpm_jax.metrics import torch_pickle
 
 WEIGHTS_SAFETENSORS = 'diffusion_pytorch_model.safetensors'
 WEIGHTS_BIN = 'diffusion_pytorch_model.bin'
@@ -58,13 +63,11 @@ def _read_config(path: str) -> dict:
 
 
 def _local_folder(source: str, path: str) -> Folder:
-  unet = os.path.join(path, 'unet')
-  if os.path.isfile(os.path.join(unet, CONFIG)):  # A DDPMPipeline folder.
-    sched = os.path.join(path, 'scheduler', SCHEDULER_CONFIG)
-    return Folder(source, unet, sched if os.path.isfile(sched) else None)
-  if os.path.isfile(os.path.join(path, CONFIG)):  # A UNet2DModel folder.
-    sched = os.path.join(path, SCHEDULER_CONFIG)
-    return Folder(source, path, sched if os.path.isfile(sched) else None)
+  for unet_dir, sched in ((os.path.join(path, 'unet'),  # A DDPMPipeline folder.
+                           os.path.join(path, 'scheduler', SCHEDULER_CONFIG)),
+                          (path, os.path.join(path, SCHEDULER_CONFIG))):  # A UNet2DModel folder.
+    if os.path.isfile(os.path.join(unet_dir, CONFIG)):
+      return Folder(source, unet_dir, sched if os.path.isfile(sched) else None)
   raise InteropError(f'--init_from={source}: neither a diffusers UNet2DModel folder '
                      f'({CONFIG} + {WEIGHTS_SAFETENSORS}) nor a DDPMPipeline folder (unet/, '
                      'scheduler/).')
@@ -72,12 +75,6 @@ def _local_folder(source: str, path: str) -> Folder:
 
 def _download(repo_id: str) -> str:
   """The Hub repo `repo_id` in huggingface_hub's cache (configs and one weights file)."""
-  try:
-    import huggingface_hub  # pylint: disable=g-import-not-at-top
-    from huggingface_hub import errors as hub_errors  # pylint: disable=g-import-not-at-top
-  except ImportError as e:
-    raise InteropError(f'--init_from={repo_id} looks like a Hugging Face Hub id, but '
-                       'huggingface_hub is not installed (pip install huggingface_hub).') from e
   weights = [WEIGHTS_SAFETENSORS, f'unet/{WEIGHTS_SAFETENSORS}']
   try:
     path = huggingface_hub.snapshot_download(repo_id, allow_patterns=_HUB_CONFIGS + weights)
@@ -116,10 +113,8 @@ def read_state_dict(unet_dir: str) -> dict[str, np.ndarray]:
   st, bin_ = os.path.join(unet_dir, WEIGHTS_SAFETENSORS), os.path.join(unet_dir, WEIGHTS_BIN)
   try:
     if os.path.isfile(st):
-      from safetensors.numpy import load_file  # pylint: disable=g-import-not-at-top
       return load_file(st)
     if os.path.isfile(bin_):
-      from ddpm_jax.metrics import torch_pickle  # pylint: disable=g-import-not-at-top
       return dict(torch_pickle.load_state_dict(bin_))
   except Exception as e:  # Truncated or foreign files: safetensors and pickle raise many types.
     raise InteropError(f'Cannot read the weights in {unet_dir}: {type(e).__name__}: {e}') from e
@@ -142,11 +137,6 @@ def check_config(folder: Folder, config) -> None:
                        'or use the config of that model.')
 
 
-def _shapes(expected) -> dict[tuple[str, ...], tuple[int, ...]]:
-  flat = traverse_util.flatten_dict(expected)
-  return {k: tuple(v.shape) for k, v in flat.items()}
-
-
 def load_params(source: str, config, expected) -> tuple[dict, Folder]:
   """The parameters of the diffusers model SOURCE for the U-Net of `config`.
 
@@ -167,7 +157,8 @@ def load_params(source: str, config, expected) -> tuple[dict, Folder]:
   folder = resolve(source)
   check_config(folder, config)
   state_dict = read_state_dict(folder.unet_dir)
-  flat = unet_names.from_diffusers(state_dict, _shapes(expected), len(config.model.ch_mult))
+  shapes = {k: tuple(v.shape) for k, v in traverse_util.flatten_dict(expected).items()}
+  flat = unet_names.from_diffusers(state_dict, shapes, len(config.model.ch_mult))
   return traverse_util.unflatten_dict(flat), folder
 
 
@@ -206,17 +197,12 @@ def write_folder(params, config, out_dir: str, overwrite: bool = False) -> list[
   flat = traverse_util.flatten_dict(jax.device_get(params))
   state_dict = unet_names.to_diffusers(flat, len(config.model.ch_mult))
   os.makedirs(out_dir, exist_ok=True)
-  from safetensors.numpy import save_file  # pylint: disable=g-import-not-at-top
   paths = [os.path.join(out_dir, n) for n in names]
   _write_atomic(paths[1], lambda p: save_file(state_dict, p, metadata={'format': 'pt'}))
   for path, cfg in ((paths[0], unet_cfg), (paths[2], sched_cfg)):
-    _write_atomic(path, lambda p, cfg=cfg: _write_json(p, cfg))
+    _write_atomic(path, lambda p, cfg=cfg: pathlib.Path(p).write_text(
+        json.dumps(cfg, indent=2) + '\n'))
   return paths
-
-
-def _write_json(path: str, obj: dict) -> None:
-  with open(path, 'w') as f:
-    f.write(json.dumps(obj, indent=2) + '\n')
 
 
 def load_for_experiment(source: str, experiment) -> tuple[object, Folder]:

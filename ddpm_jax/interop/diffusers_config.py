@@ -27,7 +27,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from ddpm_jax import schedules
+from ddpm_jax import diffusion, schedules
 from ddpm_jax.interop import InteropError
 
 # The diffusers version the written files were checked with (`_diffusers_version`).
@@ -66,7 +66,7 @@ _VARIANCE_ALIASES = {'fixed_large': 'fixedlarge', 'fixed_large_log': 'fixedlarge
 
 
 def _learned_var(config) -> bool:
-  return config.diffusion.var_type in ('learned', 'learned_range')
+  return config.diffusion.var_type in diffusion.LEARNED_VAR_TYPES
 
 
 def _levels(config) -> list[int]:
@@ -127,9 +127,7 @@ def scheduler_config(config) -> dict:
   if f.schedule in _SCHEDULES:
     out['beta_schedule'] = _SCHEDULES[f.schedule]
   else:  # No diffusers name: the betas themselves.
-    betas = schedules.make_betas(f.schedule, f.num_timesteps, beta_start=f.beta_start,
-                                 beta_end=f.beta_end)
-    out['trained_betas'] = [float(b) for b in betas]
+    out['trained_betas'] = [float(b) for b in schedules.config_betas(f)]
   return {'_class_name': 'DDPMScheduler', '_diffusers_version': DIFFUSERS_VERSION,
           **dict(sorted(out.items()))}
 
@@ -161,8 +159,11 @@ def check_unet_config(dcfg: dict, config) -> list[str]:
     size = size[0] if len(set(size)) == 1 else tuple(size)
   if size is not None and size != data.image_size:
     out.append(_ours_vs('data.image_size', data.image_size, size, 'sample_size'))
-  if d['in_channels'] != data.channels:
-    out.append(_ours_vs('data.channels', data.channels, d['in_channels'], 'in_channels'))
+  same = {'in_channels': ('data.channels', data.channels),
+          'layers_per_block': ('model.num_res_blocks', m.num_res_blocks),
+          'norm_num_groups': ('model.num_groups', m.num_groups)}
+  out += [_ours_vs(field, ours, d[key], key) for key, (field, ours) in same.items()
+          if d[key] != ours]
   want_out = d['in_channels'] * (2 if _learned_var(config) else 1)
   if d['out_channels'] != want_out:
     kind = ('a learned variance' if d['out_channels'] == 2 * d['in_channels']
@@ -176,13 +177,7 @@ def check_unet_config(dcfg: dict, config) -> list[str]:
                    [w // m.ch for w in widths] != list(m.ch_mult)):
     mult = tuple(w / m.ch if w % m.ch else w // m.ch for w in widths)
     out.append(_ours_vs('model.ch_mult', tuple(m.ch_mult), mult, f'block_out_channels {widths}'))
-  if d['layers_per_block'] != m.num_res_blocks:
-    out.append(_ours_vs('model.num_res_blocks', m.num_res_blocks, d['layers_per_block'],
-                        'layers_per_block'))
   out += _check_blocks(d, config)
-  if d['norm_num_groups'] != m.num_groups:
-    out.append(_ours_vs('model.num_groups', m.num_groups, d['norm_num_groups'],
-                        'norm_num_groups'))
   num_classes = int(m.num_classes)
   embeds = d['num_class_embeds']
   if (embeds or 0) != (num_classes + 1 if num_classes else 0):
@@ -258,9 +253,7 @@ def check_scheduler_config(scfg: dict, config) -> list[str]:
     out.append(_ours_vs('diffusion.schedule', f.schedule, s['beta_schedule'],
                         'a beta_schedule ddpm-jax does not have'))
   elif len(theirs) == f.num_timesteps:
-    ours = schedules.make_betas(f.schedule, f.num_timesteps, beta_start=f.beta_start,
-                                beta_end=f.beta_end)
-    if not np.allclose(ours, theirs, rtol=1e-6, atol=0):
+    if not np.allclose(schedules.config_betas(f), theirs, rtol=1e-6, atol=0):
       described = (f'trained_betas from {theirs[0]:.6g} to {theirs[-1]:.6g}'
                    if s['trained_betas'] is not None else
                    f'{s["beta_schedule"]} from {s["beta_start"]} to {s["beta_end"]}')

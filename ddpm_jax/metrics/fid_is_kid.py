@@ -184,7 +184,7 @@ def extract_features(apply_fn: Callable[..., Any], params, images_uint8,
   images = np.asarray(images_uint8)
   if images.dtype != np.uint8:
     raise TypeError(f'extract_features expects uint8 images (quantise samples first, e.g. with '
-                    f'ddpm_jax.images.to_uint8), got {images.dtype}.')
+                    f'ddpm_jax.image_files.to_uint8), got {images.dtype}.')
   if images.ndim != 4 or images.shape[-1] not in (1, 3):
     raise ValueError(f'expected (N, H, W, 1 or 3) images, got shape {images.shape}.')
   n = images.shape[0]

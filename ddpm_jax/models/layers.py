@@ -1,21 +1,12 @@
-"""Building blocks of the DDPM U-Net (Ho et al. 2020, appendix B), in stock Flax layers.
+"""Building blocks of the DDPM U-Net (Ho et al. 2020, appendix B), in stock Flax layers:
+`timestep_embedding`, `ResnetBlock`, `AttnBlock`, `Downsample`, `Upsample`.
 
 They follow the paper's TensorFlow code (`diffusion_tf/models/unet.py`, `diffusion_tf/nn.py`)
-and read side by side with score_sde's `models/ddpm.py`:
-
-* `timestep_embedding`: the Transformer sinusoidal embedding of the timestep.
-* `ResnetBlock`: GroupNorm -> swish -> conv3x3, plus a projection of the timestep
-  embedding, then GroupNorm -> swish -> dropout -> conv3x3 (zero-initialised), with a
-  1x1 ("network-in-network") shortcut when the channel count changes.
-* `AttnBlock`: single-head self-attention over all H*W positions, with a
-  zero-initialised output projection and a residual connection.
-* `Downsample` / `Upsample`: stride-2 3x3 conv (or 2x2 average pool) and nearest-neighbour
-  x2 followed by a 3x3 conv.
-
-Parameters are always float32; `dtype` is the compute dtype. GroupNorm and the attention
-softmax are always computed in float32. Every block takes `ops` (`ddpm_jax.models.ops`): the
-functions its convolutions, dense layers and GroupNorms compute with, stock JAX by default.
-Parameter names and shapes are `nn.Conv`'s, `nn.Dense`'s and `nn.GroupNorm`'s whatever `ops`.
+and read side by side with score_sde's `models/ddpm.py`. Parameters are always float32;
+`dtype` is the compute dtype. GroupNorm and the attention softmax are always computed in
+float32. Every block takes `ops` (`ddpm_jax.models.ops`): the functions its convolutions,
+dense layers and GroupNorms compute with, stock JAX by default. Parameter names and shapes are
+`nn.Conv`'s, `nn.Dense`'s and `nn.GroupNorm`'s whatever `ops`.
 """
 
 import math
@@ -37,18 +28,12 @@ GROUPNORM_EPSILON = 1e-6
 
 
 def timestep_embedding(t: jnp.ndarray, dim: int) -> jnp.ndarray:
-  """Sinusoidal timestep embedding, as in the paper's `nn.get_timestep_embedding`.
+  """The Transformer's sinusoidal embedding of timesteps `t` (B,), float32 (B, dim), as in
+  the paper's `nn.get_timestep_embedding`.
 
   With `half = dim // 2` and `freq_k = exp(-log(10000) * k / (half - 1))` for
   k = 0 .. half-1, the embedding is `concat([sin(t * freq), cos(t * freq)])`.
-  For an odd `dim` a zero column is appended.
-
-  Args:
-    t: integer (or float) timesteps, shape (B,).
-    dim: embedding width; must be >= 4 (so that `half - 1 > 0`).
-
-  Returns:
-    float32 array of shape (B, dim).
+  For an odd `dim` a zero column is appended; `dim` >= 4 (so that `half - 1 > 0`).
   """
   if dim < 4:
     raise ValueError(f'timestep_embedding needs dim >= 4, got {dim}.')
@@ -172,11 +157,15 @@ class AttnBlock(nn.Module):
     return x + h
 
 
-class Downsample(nn.Module):
-  """Halve the resolution: 3x3 conv with stride 2 ('SAME' padding), or 2x2 average pool."""
+class _Resampling(nn.Module):
+  """The fields of `Downsample` and `Upsample`: convolutional resampling or not."""
   with_conv: bool = True
   dtype: Dtype = jnp.float32
   ops: Ops = XLA
+
+
+class Downsample(_Resampling):
+  """Halve the resolution: 3x3 conv with stride 2 ('SAME' padding), or 2x2 average pool."""
 
   @nn.compact
   def __call__(self, x):
@@ -185,11 +174,8 @@ class Downsample(nn.Module):
     return nn.avg_pool(x, window_shape=(2, 2), strides=(2, 2), padding='SAME')
 
 
-class Upsample(nn.Module):
+class Upsample(_Resampling):
   """Double the resolution: nearest-neighbour x2, then (optionally) a 3x3 conv."""
-  with_conv: bool = True
-  dtype: Dtype = jnp.float32
-  ops: Ops = XLA
 
   @nn.compact
   def __call__(self, x):

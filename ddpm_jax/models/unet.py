@@ -38,7 +38,7 @@ _DTYPES = {'float32': jnp.float32, 'bfloat16': jnp.bfloat16}
 
 
 class UNet(nn.Module):
-  """The DDPM noise-prediction network eps_theta(x_t, t).
+  """The DDPM noise-prediction network eps_theta(x_t, t) (module docstring).
 
   Attributes:
     ch: base channel count (also the timestep-embedding width; temb MLP width is 4*ch).
@@ -52,10 +52,8 @@ class UNet(nn.Module):
     dtype: compute dtype. Parameters are float32; the output is float32.
     remat: rematerialise every ResnetBlock and AttnBlock (`nn.remat`): less activation
       memory for about one more forward pass of compute; same parameters and results.
-    num_classes: 0 for an unconditional model; else labels in [0, num_classes) are embedded
-      and added to the timestep embedding, and label `num_classes` means "no label".
-    ops: the functions the layers compute with (`ddpm_jax.models.ops`; stock JAX by default,
-      a platform's backend from `ddpm_jax.kernels`); same parameters and function either way.
+    num_classes: 0 for an unconditional model, else the number of labels (module docstring).
+    ops: the functions the layers compute with (`ddpm_jax.models.ops`).
   """
   ch: int = 128
   out_ch: int = 3
@@ -155,17 +153,10 @@ def create_model(config, ops: Ops = XLA) -> UNet:
   """
   m = config.model
   learned_var = config.diffusion.var_type in ('learned', 'learned_range')
-  return UNet(
-      ch=int(m.ch),
-      out_ch=int(config.data.channels) * (2 if learned_var else 1),
-      ch_mult=tuple(int(c) for c in m.ch_mult),
-      num_res_blocks=int(m.num_res_blocks),
-      attn_resolutions=tuple(int(r) for r in m.attn_resolutions),
-      dropout=float(m.dropout),
-      num_groups=int(m.num_groups),
-      resamp_with_conv=bool(m.resamp_with_conv),
-      dtype=_DTYPES[config.train.compute_dtype],
-      num_classes=int(m.num_classes),
-      remat=bool(m.remat),
-      ops=ops,
-  )
+  return UNet(ch=int(m.ch), out_ch=int(config.data.channels) * (2 if learned_var else 1),
+              ch_mult=tuple(int(c) for c in m.ch_mult), num_res_blocks=int(m.num_res_blocks),
+              attn_resolutions=tuple(int(r) for r in m.attn_resolutions),
+              dropout=float(m.dropout), num_groups=int(m.num_groups),
+              resamp_with_conv=bool(m.resamp_with_conv),
+              dtype=_DTYPES[config.train.compute_dtype], num_classes=int(m.num_classes),
+              remat=bool(m.remat), ops=ops)

@@ -1,13 +1,14 @@
-"""Samplers: the whole reverse chain runs inside one `jax.lax.scan`, never a host loop.
+"""The reverse chains: each runs whole inside one `jax.lax.scan`, never a host loop.
 
 A `denoise_fn(x_t, t) -> model_output` closes over the network and its parameters (and, for a
-class-conditional model, the labels and the guidance scale); the samplers only know the
+class-conditional model, the labels and the guidance scale); the chains only know the
 `Schedule` and the maths of `ddpm_jax.diffusion`.
 
-Three chains, each over any increasing subsequence k_0 < ... < k_{n-1} of the T timesteps:
-* `ancestral_sample`: Algorithm 2 of Ho et al. (2020).
-* `ddim_sample`: DDIM (Song, Meng & Ermon 2021, eq. 12) with stochasticity `eta`;
-  `ddim_encode` runs the eta = 0 update backwards (DDIM inversion, image -> x_T).
+Chains over any increasing subsequence k_0 < ... < k_{n-1} of the T timesteps (`sample`):
+* ancestral: Algorithm 2 of Ho et al. (2020);
+* ddim: DDIM (Song, Meng & Ermon 2021, eq. 12) with stochasticity `eta`; `ddim_encode` runs
+  the eta = 0 update backwards (DDIM inversion, image -> x_T);
+* `interpolate`: two images mixed in latent space and decoded (Ho et al. Fig. 8).
 A subsequence is a *respaced* schedule (`respace`, Nichol & Dhariwal 2021, Sec. 4): a chain of
 n steps whose step i has beta'_i = 1 - alphabar_{k_i} / alphabar_{k_{i-1}} (alphabar_{k_{-1}}
 = 1), so that its alphabar'_i = alphabar_{k_i} exactly. The chain indexes the respaced
@@ -18,7 +19,7 @@ quantity (alphabar_prev, the posterior) comes from the respaced schedule, i.e. f
 Parameterisations in a respaced chain: eps, x0 and v only involve alphabar at the current step,
 which respacing keeps, so they carry over unchanged. A `mu` network predicts the one-step
 posterior mean of the *original* schedule; wrap it with `as_x0_denoiser(base_schedule, ...)`
-first (the samplers refuse `mu` with `timesteps`). A `learned` log-variance is that of one
+first (the chains refuse `mu` with `timesteps`). A `learned` log-variance is that of one
 original step; respaced chains should use `learned_range`, whose endpoints come from the
 respaced schedule (as in Nichol & Dhariwal).
 """
@@ -107,13 +108,6 @@ def as_x0_denoiser(base_schedule: Schedule, denoise_fn: DenoiseFn, mean_type: st
   return x0_fn
 
 
-def _check_mean_type(mean_type, timesteps):
-  if mean_type == 'mu' and timesteps is not None:
-    raise ValueError("mean_type='mu' predicts the posterior mean of one original step; in a "
-                     "respaced chain wrap the denoiser with samplers.as_x0_denoiser and pass "
-                     "mean_type='x0'.")
-
-
 # ---------------------------------------------------------------------------------------------
 # One step of each chain (pure).
 
@@ -172,11 +166,44 @@ def ddim_reverse_step(schedule: Schedule, pred_x0, eps, t):
   return jnp.sqrt(abar_next) * pred_x0 + jnp.sqrt(1.0 - abar_next) * eps
 
 
+def _model_t(timesteps, i, batch):
+  t = i if timesteps is None else timesteps[i]
+  return jnp.full((batch,), t, jnp.int32)
+
+
+def reverse_step(sampler: str, schedule: Schedule, denoise_fn: DenoiseFn, x, i, noise, *,
+                 eta: float = 0.0, var_type: str = 'fixedlarge', mean_type: str = 'eps',
+                 clip_denoised: bool = True, timesteps=None):
+  """One step of `sampler` from chain index `i` (a scalar) to i - 1: `p_sample` (ancestral)
+  or `ddim_step` (ddim, stochasticity `eta`; a learned variance output is ignored). The
+  network sees `timesteps[i]` in a respaced chain. Returns (x_{i-1}, predicted x_0)."""
+  batch = x.shape[0]
+  t = jnp.full((batch,), i, jnp.int32)
+  model_t = _model_t(timesteps, i, batch)
+  if sampler == 'ancestral':
+    return p_sample(schedule, denoise_fn, x, t, noise, var_type=var_type, mean_type=mean_type,
+                    clip_denoised=clip_denoised, model_t=model_t)
+  x0, eps = predict_x0_eps(schedule, denoise_fn(x, model_t), x, t, mean_type=mean_type,
+                           var_type=var_type, clip=clip_denoised)
+  return ddim_step(schedule, x0, eps, t, eta, noise), x0
+
+
+def check_chain(sampler: str, mean_type: str, timesteps) -> None:
+  """Refuses an unknown sampler, and a `mu` network in a respaced chain (see the module
+  docstring: wrap it with `as_x0_denoiser` first)."""
+  if sampler not in SAMPLERS:
+    raise ValueError(f'Unknown sampler {sampler!r}; valid: {", ".join(SAMPLERS)}.')
+  if mean_type == 'mu' and timesteps is not None:
+    raise ValueError("mean_type='mu' predicts the posterior mean of one original step; in a "
+                     "respaced chain wrap the denoiser with reverse_chains.as_x0_denoiser and "
+                     "pass mean_type='x0'.")
+
+
 # ---------------------------------------------------------------------------------------------
 # Chains.
 
 
-def _chain(step_fn, x, indices, save_at: Optional[Sequence[int]], n: int):
+def _scan_chain(step_fn, x, indices, save_at: Optional[Sequence[int]], n: int):
   """`lax.scan` of `step_fn(x, i) -> (x_next, pred_x0)` over the chain indices `indices`.
 
   With `save_at` (chain indices, static), also returns {'xt', 'pred_x0'} of shape
@@ -204,20 +231,14 @@ def _chain(step_fn, x, indices, save_at: Optional[Sequence[int]], n: int):
   return x, {'xt': buf_x[:-1], 'pred_x0': buf_x0[:-1]}
 
 
-def _model_t(timesteps, i, batch):
-  t = i if timesteps is None else timesteps[i]
-  return jnp.full((batch,), t, jnp.int32)
+def sample(sampler: str, schedule: Schedule, denoise_fn: DenoiseFn, shape, key, *,
+           eta: float = 0.0, var_type: str = 'fixedlarge', mean_type: str = 'eps',
+           clip_denoised: bool = True, x_T=None, timesteps=None,
+           start_index: Optional[int] = None, save_at=None):
+  """x_T ~ N(0, I), then `reverse_step` of `sampler` (config.sample.sampler) down to x_0:
 
-
-def _init_x(key_init, shape, x_T):
-  return jax.random.normal(key_init, shape, jnp.float32) if x_T is None else x_T
-
-
-def ancestral_sample(schedule: Schedule, denoise_fn: DenoiseFn, shape, key, *,
-                     var_type: str = 'fixedlarge', mean_type: str = 'eps',
-                     clip_denoised: bool = True, x_T=None, timesteps=None,
-                     start_index: Optional[int] = None, save_at=None):
-  """Algorithm 2 of Ho et al. (2020): x_T ~ N(0, I), then `p_sample` down to x_0.
+  ancestral: Algorithm 2 of Ho et al. (2020), `p_sample` at every step;
+  ddim:      DDIM (Song et al. 2021), `ddim_step`; eta = 0 is deterministic given x_T.
 
   `schedule` is the base schedule, or with `timesteps` (`respace(...).timesteps`) the respaced
   one. `start_index` starts from `x_T` at that chain index instead of the last (used to
@@ -225,45 +246,18 @@ def ancestral_sample(schedule: Schedule, denoise_fn: DenoiseFn, shape, key, *,
   chain is a pure function of `key`. Call this under `jax.jit`; the loop is a `lax.scan` over
   i = n-1 .. 0. Returns x_0, or (x_0, trajectory) when `save_at` lists chain indices.
   """
-  _check_mean_type(mean_type, timesteps)
+  check_chain(sampler, mean_type, timesteps)
   key_init, key_chain = jax.random.split(key)
-  x = _init_x(key_init, shape, x_T)
+  x = jax.random.normal(key_init, shape, jnp.float32) if x_T is None else x_T
   n = schedule.num_timesteps
-  batch = shape[0]
 
   def step(x, i):
     noise = jax.random.normal(jax.random.fold_in(key_chain, i), shape, jnp.float32)
-    return p_sample(schedule, denoise_fn, x, jnp.full((batch,), i, jnp.int32), noise,
-                    var_type=var_type, mean_type=mean_type, clip_denoised=clip_denoised,
-                    model_t=_model_t(timesteps, i, batch))
+    return reverse_step(sampler, schedule, denoise_fn, x, i, noise, eta=eta, var_type=var_type,
+                        mean_type=mean_type, clip_denoised=clip_denoised, timesteps=timesteps)
 
   start = n - 1 if start_index is None else int(start_index)
-  x, traj = _chain(step, x, jnp.arange(start, -1, -1, dtype=jnp.int32), save_at, n)
-  return x if save_at is None else (x, traj)
-
-
-def ddim_sample(schedule: Schedule, denoise_fn: DenoiseFn, shape, key, *, eta: float = 0.0,
-                var_type: str = 'fixedlarge', mean_type: str = 'eps', clip_denoised: bool = True,
-                x_T=None, timesteps=None, start_index: Optional[int] = None, save_at=None):
-  """DDIM (Song et al. 2021): `ddim_step` from x_T down to x_0 over the chain of `schedule`
-  (respaced with `timesteps`, as for `ancestral_sample`). eta = 0 is deterministic given x_T.
-  The variance output of a learned-variance model is ignored. Returns like `ancestral_sample`.
-  """
-  _check_mean_type(mean_type, timesteps)
-  key_init, key_chain = jax.random.split(key)
-  x = _init_x(key_init, shape, x_T)
-  n = schedule.num_timesteps
-  batch = shape[0]
-
-  def step(x, i):
-    t = jnp.full((batch,), i, jnp.int32)
-    x0, eps = predict_x0_eps(schedule, denoise_fn(x, _model_t(timesteps, i, batch)), x, t,
-                             mean_type=mean_type, var_type=var_type, clip=clip_denoised)
-    noise = jax.random.normal(jax.random.fold_in(key_chain, i), shape, jnp.float32)
-    return ddim_step(schedule, x0, eps, t, eta, noise), x0
-
-  start = n - 1 if start_index is None else int(start_index)
-  x, traj = _chain(step, x, jnp.arange(start, -1, -1, dtype=jnp.int32), save_at, n)
+  x, traj = _scan_chain(step, x, jnp.arange(start, -1, -1, dtype=jnp.int32), save_at, n)
   return x if save_at is None else (x, traj)
 
 
@@ -272,9 +266,9 @@ def ddim_encode(schedule: Schedule, denoise_fn: DenoiseFn, x0, *, var_type: str 
                 end_index: Optional[int] = None):
   """DDIM inversion: the image `x0` is taken as the chain's state at index 0 and carried by
   `ddim_reverse_step` up to index `end_index` (default n - 1, the chain's x_T), where
-  `ddim_sample(..., eta=0, x_T=result)` decodes it back. Clipping is off by default: it
+  `sample('ddim', ..., eta=0, x_T=result)` decodes it back. Clipping is off by default: it
   would make the map non-invertible."""
-  _check_mean_type(mean_type, timesteps)
+  check_chain('ddim', mean_type, timesteps)
   n = schedule.num_timesteps
   end = n - 1 if end_index is None else int(end_index)
   batch = x0.shape[0]
@@ -289,11 +283,29 @@ def ddim_encode(schedule: Schedule, denoise_fn: DenoiseFn, x0, *, var_type: str 
   return x
 
 
-def sample(sampler: str, schedule: Schedule, denoise_fn: DenoiseFn, shape, key, *,
-           eta: float = 0.0, **kwargs):
-  """`ancestral_sample` or `ddim_sample` by name (config.sample.sampler)."""
-  if sampler == 'ancestral':
-    return ancestral_sample(schedule, denoise_fn, shape, key, **kwargs)
-  if sampler == 'ddim':
-    return ddim_sample(schedule, denoise_fn, shape, key, eta=eta, **kwargs)
-  raise ValueError(f'Unknown sampler {sampler!r}; valid: {", ".join(SAMPLERS)}.')
+def chain_index(timesteps, t: int) -> int:
+  """The chain index of the largest kept timestep <= `t` (0-based), -1 when there is none:
+  where a chain started from an image noised to the paper's step t + 1 begins."""
+  return int(np.searchsorted(np.asarray(timesteps), int(t), side='right')) - 1
+
+
+def interpolate(chain_schedule: Schedule, denoise_fn: DenoiseFn, x_a, x_b, lambdas,
+                start_index: int, key, *, sampler: str = 'ancestral', **sampler_kwargs):
+  """Interpolation in latent space (Ho et al. 2020, Sec. 4.3, Fig. 8): x_a and x_b are encoded
+  with the stochastic encoder q(x_t | x_0) (eq. 4, independent noise), mixed as
+  (1 - lambda) x_t + lambda x'_t for each lambda, and each mixture is decoded by `sample` from
+  chain index `start_index` with the same chain noise (a vmap over lambda with one key).
+  Jittable. x_a, x_b: (B, H, W, C) in [-1, 1]; returns (L, B, H, W, C).
+  """
+  k_a, k_b, k_chain = jax.random.split(key, 3)
+  t = jnp.full((x_a.shape[0],), start_index, jnp.int32)
+  xt_a = diffusion.q_sample(chain_schedule, x_a, t, jax.random.normal(k_a, x_a.shape))
+  xt_b = diffusion.q_sample(chain_schedule, x_b, t, jax.random.normal(k_b, x_b.shape))
+  lambdas = jnp.asarray(lambdas, jnp.float32).reshape((-1,) + (1,) * x_a.ndim)
+  latents = (1.0 - lambdas) * xt_a + lambdas * xt_b
+
+  def decode(x):
+    return sample(sampler, chain_schedule, denoise_fn, x.shape, k_chain, x_T=x,
+                  start_index=start_index, **sampler_kwargs)
+
+  return jax.vmap(decode)(latents)

@@ -1,4 +1,4 @@
-"""Turning model outputs into images: uint8 quantisation, grids, PNG and .npz files."""
+"""Model outputs as image files: uint8 quantisation, grids, PNG, GIF and .npz files."""
 
 from __future__ import annotations
 
@@ -33,16 +33,42 @@ def make_grid(images: np.ndarray, ncols: int | None = None, padding: int = 2,
   return grid
 
 
-def save_png(path: str, image: np.ndarray) -> str:
-  """Writes a uint8 (H, W, 1 or 3) image as PNG, creating the folder; returns the path."""
+def _write_atomic(path: str, write, tmp_suffix: str = '.tmp') -> str:
+  """`write(tmp)` then a rename to `path`, creating the folder: a killed run leaves no
+  half-written file. Returns the path."""
   os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-  image = np.asarray(image)
-  if image.ndim == 3 and image.shape[-1] == 1:
-    image = image[..., 0]
-  tmp = path + '.tmp'
-  Image.fromarray(image).save(tmp, format='PNG')
+  tmp = path + tmp_suffix
+  write(tmp)
   os.replace(tmp, path)
   return path
+
+
+def _pil(image) -> Image.Image:
+  image = np.asarray(image)
+  return Image.fromarray(image[..., 0] if image.ndim == 3 and image.shape[-1] == 1 else image)
+
+
+def save_png(path: str, image: np.ndarray) -> str:
+  """Writes a uint8 (H, W, 1 or 3) image as PNG, creating the folder; returns the path."""
+  return _write_atomic(path, lambda tmp: _pil(image).save(tmp, format='PNG'))
+
+
+def trajectory_grid(traj_uint8: np.ndarray, final_uint8: np.ndarray | None = None) -> np.ndarray:
+  """(K, B, H, W, C) uint8 frames (+ optional final (B, H, W, C)) -> a grid with one row per
+  sample and one column per frame."""
+  traj = np.asarray(traj_uint8)
+  if final_uint8 is not None:
+    traj = np.concatenate([traj, np.asarray(final_uint8)[None]], axis=0)
+  k, b = traj.shape[:2]
+  return make_grid(traj.transpose(1, 0, 2, 3, 4).reshape((k * b,) + traj.shape[2:]), ncols=k)
+
+
+def save_gif(path: str, frames_uint8, duration_ms: int = 300, scale: int = 1) -> str:
+  """Animated GIF of uint8 (H, W, 1 or 3) frames (looping; the last frame held 4x longer)."""
+  pics = [_pil(np.asarray(f).repeat(scale, axis=0).repeat(scale, axis=1)) for f in frames_uint8]
+  durations = [duration_ms] * (len(pics) - 1) + [4 * duration_ms]
+  return _write_atomic(path, lambda tmp: pics[0].save(
+      tmp, format='GIF', save_all=True, append_images=pics[1:], duration=durations, loop=0))
 
 
 GRID_MIN_WIDTH = 512  # Pixels: a grid of 32x32 images is shown at a size a person can see.
@@ -64,13 +90,10 @@ def save_npz(path: str, images_uint8: np.ndarray, labels=None, **extra) -> str:
   """Writes uint8 samples to `path` atomically, in the layout of the improved-diffusion / ADM
   evaluator (and `python -m ddpm_jax.fid`): `arr_0` (N, H, W, C) uint8 and, when `labels` is
   given (class-conditional samples), `arr_1` (N,) int. `extra` arrays are stored beside them."""
-  os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
   arrays = {'arr_0': np.asarray(images_uint8, dtype=np.uint8)}
   if labels is not None:
     arrays['arr_1'] = np.asarray(labels)
     if arrays['arr_1'].shape != arrays['arr_0'].shape[:1]:
       raise ValueError(f'{len(arrays["arr_1"])} labels for {len(arrays["arr_0"])} images.')
-  tmp = path + '.tmp.npz'
-  np.savez(tmp, **arrays, **extra)
-  os.replace(tmp, path)
-  return path
+  # np.savez appends '.npz' to a name without it.
+  return _write_atomic(path, lambda tmp: np.savez(tmp, **arrays, **extra), '.tmp.npz')

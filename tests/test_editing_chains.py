@@ -13,16 +13,16 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from ddpm_jax import controllable, diffusion, samplers, schedules
-from test_samplers import (MU, SIGMA, _affine_coefficients, _exact_moments,
-                           gaussian_optimal_eps)
+from ddpm_jax import diffusion, editing_chains, reverse_chains, schedules
+from test_reverse_chains import (MU, SIGMA, _affine_coefficients, _exact_moments,
+                                 gaussian_optimal_eps)
 
 BETAS = schedules.make_betas('linear', 1000)
 S = schedules.make_schedule('linear', 1000)
 
 
 def _chain(steps):
-  return samplers.respace(BETAS, samplers.space_timesteps(1000, steps))
+  return reverse_chains.respace(BETAS, reverse_chains.space_timesteps(1000, steps))
 
 
 def full_gaussian_eps(schedule, timesteps, mu, cov):
@@ -93,32 +93,32 @@ def _law_of_replacement_chain(kept, path, mu, cov, known_idx, known_val, sampler
 
 
 def test_repaint_path():
-  np.testing.assert_array_equal(controllable.repaint_path(5), [4, 3, 2, 1, 0, -1])
-  np.testing.assert_array_equal(controllable.repaint_path(5, 3, 1), [4, 3, 2, 1, 0, -1])
+  np.testing.assert_array_equal(editing_chains.repaint_path(5), [4, 3, 2, 1, 0, -1])
+  np.testing.assert_array_equal(editing_chains.repaint_path(5, 3, 1), [4, 3, 2, 1, 0, -1])
   # n = 6, jumps of 2 at indices 0 and 2 (not 4: the top stretch), each done twice in all.
-  np.testing.assert_array_equal(controllable.repaint_path(6, 2, 2),
+  np.testing.assert_array_equal(editing_chains.repaint_path(6, 2, 2),
                                 [5, 4, 3, 2, 4, 3, 2, 1, 0, 2, 1, 0, -1])
-  path = controllable.repaint_path(250, 10, 10)  # RePaint's setting.
+  path = editing_chains.repaint_path(250, 10, 10)  # RePaint's setting.
   down = np.sum(np.diff(path) < 0)
   assert down == 250 + 9 * 10 * 24 and path[0] == 249 and path[-1] == -1
   assert set(np.diff(path)) == {-1, 10}
   with pytest.raises(ValueError, match='jump_length'):
-    controllable.repaint_path(10, 0, 2)
+    editing_chains.repaint_path(10, 0, 2)
 
 
 def test_q_jump_is_q_sample_from_the_data_and_composes():
   chain = _chain(50)
   x, z = jnp.full((2, 3), 0.7), jnp.full((2, 3), 0.4)
-  got = controllable.q_jump(chain.schedule, x, -1, 17, z)
+  got = editing_chains.q_jump(chain.schedule, x, -1, 17, z)
   want = diffusion.q_sample(chain.schedule, x, jnp.array([17, 17]), z)
   np.testing.assert_allclose(got, want, rtol=1e-6)
   # Two jumps 3 -> 10 -> 30 have the moments of one jump 3 -> 30 (scale and variance).
   abar = np.asarray(chain.schedule.alphas_cumprod, np.float64)
-  scale = lambda s, d: float(controllable.q_jump(chain.schedule, jnp.ones(()), s, d, 0.0))
-  var = lambda s, d: float(controllable.q_jump(chain.schedule, jnp.zeros(()), s, d, 1.0))**2
+  scale = lambda s, d: float(editing_chains.q_jump(chain.schedule, jnp.ones(()), s, d, 0.0))
+  var = lambda s, d: float(editing_chains.q_jump(chain.schedule, jnp.zeros(()), s, d, 1.0))**2
   assert scale(3, 10) * scale(10, 30) == pytest.approx(np.sqrt(abar[30] / abar[3]), rel=1e-5)
   assert scale(10, 30)**2 * var(3, 10) + var(10, 30) == pytest.approx(var(3, 30), rel=1e-5)
-  np.testing.assert_array_equal(controllable.noise_to(chain.schedule, x, jnp.int32(-1), z), x)
+  np.testing.assert_array_equal(editing_chains.q_jump(chain.schedule, x, -1, jnp.int32(-1), z), x)
 
 
 def test_grey_projector_is_score_sdes_decouple_replace_couple():
@@ -130,17 +130,22 @@ def test_grey_projector_is_score_sdes_decouple_replace_couple():
   x, y = rng.normal(size=(2, 4, 4, 3)), rng.normal(size=(2, 4, 4, 3))
   keep = np.array([1.0, 0.0, 0.0])
   want = (x @ m * (1 - keep) + y @ m * keep) @ m.T  # decouple, replace channel 0, couple.
-  got = controllable.replace_known(controllable.grey_projector, jnp.asarray(x), jnp.asarray(y))
+  got = editing_chains.replace_known(editing_chains.grey_projector, jnp.asarray(x), jnp.asarray(y))
   np.testing.assert_allclose(got, want, atol=1e-5)
 
 
+def start_index(timesteps, t0):
+  """The chain index SDEdit starts from for the paper's t0 (1-based, 0 = no noise)."""
+  return reverse_chains.chain_index(timesteps, t0 - 1)
+
+
 def test_start_index():
-  full, short = np.arange(1000), samplers.space_timesteps(1000, 10)  # [0, 111, .., 999].
-  assert controllable.start_index(full, 0) == -1
-  assert controllable.start_index(full, 1) == 0
-  assert controllable.start_index(full, 1000) == 999
-  assert controllable.start_index(short, 500) == 4  # Kept timestep 444 (0-based) <= 499.
-  assert controllable.start_index(short, 1000) == 9
+  full, short = np.arange(1000), reverse_chains.space_timesteps(1000, 10)  # [0, 111, .., 999].
+  assert start_index(full, 0) == -1
+  assert start_index(full, 1) == 0
+  assert start_index(full, 1000) == 999
+  assert start_index(short, 500) == 4  # Kept timestep 444 (0-based) <= 499.
+  assert start_index(short, 1000) == 9
 
 
 # ---------------------------------------------------------------------------------------------
@@ -167,13 +172,13 @@ def _bad_model(var_type):
 def test_inpainting_keeps_the_known_pixels_exactly(sampler, mean_type, var_type, steps, jump,
                                                    resample):
   base = schedules.make_schedule('linear', 40, beta_end=0.3)
-  chain = (samplers.Respaced(base, None) if not steps else
-           samplers.respace(schedules.make_betas('linear', 40, beta_end=0.3),
-                            samplers.space_timesteps(40, steps)))
+  chain = (reverse_chains.Respaced(base, None) if not steps else
+           reverse_chains.respace(schedules.make_betas('linear', 40, beta_end=0.3),
+                                  reverse_chains.space_timesteps(40, steps)))
   rng = np.random.default_rng(1)
   image = jnp.asarray(rng.uniform(-1, 1, (3, 6, 6, 2)), jnp.float32)
   mask = jnp.asarray(rng.integers(0, 2, (3, 6, 6, 1)), jnp.float32)
-  run = jax.jit(lambda k: controllable.inpaint(
+  run = jax.jit(lambda k: editing_chains.inpaint(
       chain.schedule, _bad_model(var_type), image, mask, k, sampler=sampler, eta=0.5,
       jump_length=jump, resample=resample, mean_type=mean_type, var_type=var_type,
       timesteps=chain.timesteps))
@@ -191,8 +196,8 @@ def test_inpainting_samples_the_exact_conditional_of_independent_pixels():
   n = 4000
   image = jnp.full((n, 4, 4, 1), 0.9).at[:, 1::2].set(-0.8)
   mask = jnp.ones((n, 4, 4, 1)).at[:, 1:3, 1:3].set(0.0)
-  x = jax.jit(lambda k: controllable.inpaint(S, gaussian_optimal_eps(S, MU, SIGMA), image, mask,
-                                             k, clip_denoised=False))(jax.random.PRNGKey(2))
+  x = jax.jit(lambda k: editing_chains.inpaint(S, gaussian_optimal_eps(S, MU, SIGMA), image,
+                                               mask, k, clip_denoised=False))(jax.random.PRNGKey(2))
   u = np.asarray(x)[:, 1:3, 1:3, 0].reshape(n, 4)
   assert u.mean() == pytest.approx(MU, abs=0.01)
   np.testing.assert_allclose(u.std(0), SIGMA, rtol=0.05)
@@ -211,7 +216,7 @@ def _inpaint_pair(key, steps, sampler, jump, resample, n=20000):
   chain = _chain(steps)
   image = jnp.full((n, 1, 2, 1), KNOWN)
   mask = jnp.asarray([1.0, 0.0]).reshape(1, 1, 2, 1)
-  return controllable.inpaint(
+  return editing_chains.inpaint(
       chain.schedule, full_gaussian_eps(None, None, MU2, COV2), image, mask, key,
       sampler=sampler, jump_length=jump, resample=resample, var_type='fixedsmall',
       clip_denoised=False, timesteps=chain.timesteps)[:, 0, 1, 0]
@@ -225,8 +230,8 @@ def test_inpainting_of_correlated_pixels_follows_its_closed_form_law(steps, samp
   # Two correlated pixels, the first known: the output law of the chain (replacement, with
   # RePaint resampling when resample > 1) computed exactly, against 20,000 samples.
   u = np.asarray(_inpaint_pair(jax.random.PRNGKey(3), steps, sampler, jump, resample))
-  path = controllable.repaint_path(steps, jump, resample)
-  m, c = _law_of_replacement_chain(samplers.space_timesteps(1000, steps), path, MU2, COV2,
+  path = editing_chains.repaint_path(steps, jump, resample)
+  m, c = _law_of_replacement_chain(reverse_chains.space_timesteps(1000, steps), path, MU2, COV2,
                                    [0], KNOWN, sampler)
   se = np.sqrt(c[1, 1] / len(u))
   assert u.mean() == pytest.approx(m[1], abs=5 * se)
@@ -238,8 +243,8 @@ def test_resampling_moves_inpainting_towards_the_exact_conditional():
   # docstring): over 250 steps its mean is off by 0.12 and its variance 0.116 instead of 0.09.
   # RePaint's setting (jumps of 10, resample 10) closes most of both gaps; resampling every
   # step 20 times fixes the mean but overshoots the variance (closed-form laws).
-  kept = samplers.space_timesteps(1000, 250)
-  law = lambda j, r: _law_of_replacement_chain(kept, controllable.repaint_path(250, j, r), MU2,
+  kept = reverse_chains.space_timesteps(1000, 250)
+  law = lambda j, r: _law_of_replacement_chain(kept, editing_chains.repaint_path(250, j, r), MU2,
                                                COV2, [0], KNOWN)
   (m1, c1), (m10, c10), (m20, c20) = law(1, 1), law(10, 10), law(1, 20)
   assert abs(m1[1] - COND_MEAN) > 0.1 and c1[1, 1] - COND_VAR > 0.025
@@ -263,7 +268,7 @@ def test_colorization_keeps_the_grey_level_and_samples_the_exact_conditional():
   chain = _chain(100)
   for sampler in ('ancestral', 'ddim'):
     _, std = _exact_moments(chain.timesteps, sampler, 'fixedlarge', eta=1.0)
-    x = jax.jit(lambda k, s=sampler: controllable.colorize(
+    x = jax.jit(lambda k, s=sampler: editing_chains.colorize(
         chain.schedule, gaussian_optimal_eps(S, MU, SIGMA), grey, k, sampler=s, eta=1.0,
         clip_denoised=False, fit_range=False, timesteps=chain.timesteps))(jax.random.PRNGKey(4))
     x = np.asarray(x)
@@ -277,7 +282,7 @@ def test_colorization_keeps_the_grey_level_and_samples_the_exact_conditional():
 def test_colorization_of_an_rgb_input_keeps_its_channel_mean_within_range():
   rng = np.random.default_rng(5)
   rgb = jnp.asarray(rng.uniform(-1, 1, (2, 4, 4, 3)), jnp.float32).at[0, 0, 0].set(1.0)
-  raw, fitted = (np.asarray(controllable.colorize(
+  raw, fitted = (np.asarray(editing_chains.colorize(
       S, _bad_model('fixedlarge'), rgb, jax.random.PRNGKey(0), fit_range=f)) for f in (0, 1))
   for x in (raw, fitted):
     np.testing.assert_allclose(x.mean(-1), np.asarray(rgb).mean(-1), atol=3e-6)
@@ -297,8 +302,8 @@ def test_colorization_of_an_rgb_input_keeps_its_channel_mean_within_range():
 
 def test_sdedit_at_t0_zero_returns_the_input():
   image = jnp.asarray(np.random.default_rng(6).uniform(-1, 1, (2, 4, 4, 3)), jnp.float32)
-  start = controllable.start_index(np.arange(1000), 0)
-  out = controllable.sdedit(S, _bad_model('fixedlarge'), image, start, jax.random.PRNGKey(0))
+  start = start_index(np.arange(1000), 0)
+  out = editing_chains.sdedit(S, _bad_model('fixedlarge'), image, start, jax.random.PRNGKey(0))
   np.testing.assert_array_equal(out, image)
 
 
@@ -311,29 +316,29 @@ def test_sdedit_at_t0_T_is_unconditional_sampling(sampler, steps):
   n = 4000
   image = jnp.ones((n, 2, 2, 1))
   denoise = gaussian_optimal_eps(S, MU, SIGMA)
-  start = controllable.start_index(chain.timesteps, 1000)
+  start = start_index(chain.timesteps, 1000)
   kw = dict(sampler=sampler, clip_denoised=False, timesteps=chain.timesteps if steps else None)
   key = jax.random.PRNGKey(7)
-  x = np.asarray(jax.jit(lambda k: controllable.sdedit(chain.schedule, denoise, image, start, k,
-                                                       **kw))(key))
+  x = np.asarray(jax.jit(lambda k: editing_chains.sdedit(chain.schedule, denoise, image, start,
+                                                         k, **kw))(key))
   m, std = _exact_moments(chain.timesteps, sampler)  # The unconditional chain's law.
   assert x.mean() == pytest.approx(m, abs=0.01) and m == pytest.approx(MU, abs=0.01)
   assert x.std() == pytest.approx(std, rel=0.05)
   # The same chain from pure noise (the q_sample noise of `sdedit`'s key).
   key_noise, key_chain = jax.random.split(key)
   x_T = jax.random.normal(key_noise, image.shape)
-  uncond = np.asarray(jax.jit(lambda: samplers.sample(
+  uncond = np.asarray(jax.jit(lambda: reverse_chains.sample(
       sampler, chain.schedule, denoise, image.shape, key_chain, x_T=x_T, **{
           k: v for k, v in kw.items() if k != 'sampler'}))())
   assert np.abs(x - uncond).max() < 0.01
 
 
 def test_sdedit_from_an_intermediate_step_has_the_closed_form_mean_and_variance():
-  kept = samplers.space_timesteps(1000, 50)
+  kept = reverse_chains.space_timesteps(1000, 50)
   chain = _chain(50)
-  start = controllable.start_index(kept, 400)  # Kept timestep <= 399.
+  start = start_index(kept, 400)  # Kept timestep <= 399.
   image = jnp.full((8000, 1, 1, 1), -0.6)
-  x = np.asarray(jax.jit(lambda k: controllable.sdedit(
+  x = np.asarray(jax.jit(lambda k: editing_chains.sdedit(
       chain.schedule, gaussian_optimal_eps(S, MU, SIGMA), image, start, k, clip_denoised=False,
       timesteps=chain.timesteps))(jax.random.PRNGKey(8)))
   abar = np.cumprod(1 - BETAS)[kept[start]]

@@ -1,6 +1,6 @@
-"""`--mode=sample` with `config.sample.mode` = inpaint | colorize | edit: controllable generation
-with an unconditional model (`ddpm_jax.controllable`) on images from a folder or a dataset
-split (`ddpm_jax.edit_inputs`).
+"""`--mode=sample` with `config.sample.mode` = inpaint | colorize | edit: the editing chains of
+an unconditional model (`ddpm_jax.editing_chains`) on images from a folder or a dataset split
+(`ddpm_jax.editing_inputs`).
 
 Writes, under `workdir/samples/`, a PNG grid of (input | condition | result) triplets, where the
 condition is the masked input (inpaint; the pixels to generate in mid grey), the grey image the
@@ -20,9 +20,7 @@ import jax.numpy as jnp
 import numpy as np
 from tqdm.auto import tqdm
 
-from ddpm_jax import controllable, data, edit_inputs, images, sampling
-
-MODES = ('inpaint', 'colorize', 'edit')
+from ddpm_jax import data, editing_chains, editing_inputs, generation, image_files, reverse_chains
 
 
 def triplet_grid(columns, per_row: int | None = None) -> np.ndarray:
@@ -31,9 +29,9 @@ def triplet_grid(columns, per_row: int | None = None) -> np.ndarray:
   columns = np.asarray(columns)
   n = columns.shape[1]
   per_row = per_row or max(1, int(round(math.sqrt(n / 2))))
-  triplets = np.stack([images.make_grid(columns[:, i], ncols=3, padding=1)[1:-1, 1:-1]
+  triplets = np.stack([image_files.make_grid(columns[:, i], ncols=3, padding=1)[1:-1, 1:-1]
                        for i in range(n)])
-  return images.make_grid(triplets, ncols=per_row, padding=6)
+  return image_files.make_grid(triplets, ncols=per_row, padding=6)
 
 
 def _suffix(config) -> str:
@@ -42,7 +40,7 @@ def _suffix(config) -> str:
     return f'_t0{s.t0}'
   out = ''
   if s.mode == 'inpaint':
-    out += '_' + (s.mask if s.mask in edit_inputs.MASK_SHAPES else
+    out += '_' + (s.mask if s.mask in editing_inputs.MASK_SHAPES else
                   os.path.splitext(os.path.basename(os.path.normpath(s.mask)))[0])
   if s.resample > 1:
     out += f'_resample{s.resample}_jump{s.jump_length}'
@@ -53,23 +51,22 @@ def _edit_fn(config, experiment, params):
   """(jitted `(x, mask, key) -> (result, condition)` in [-1, 1], the start index of edit, the
   chain)."""
   s = config.sample
-  chain = sampling.chain_for(experiment)
-  denoise_fn, kwargs = sampling.chain_setup(experiment, chain,
-                                            sampling.make_denoise_fn(experiment, params))
+  chain = generation.chain_for(experiment)
+  denoise_fn, kwargs = generation.chain_setup(experiment, chain, params)
   sched = chain.schedule
-  kwargs.update(sampler=s.sampler)
-  start = controllable.start_index(chain.timesteps, s.t0) if s.mode == 'edit' else -1
+  # The paper's t0 counts from 1 (0 = the input itself); chain indices from 0.
+  start = reverse_chains.chain_index(chain.timesteps, s.t0 - 1) if s.mode == 'edit' else -1
   repaint = dict(jump_length=s.jump_length, resample=s.resample)
 
   def run(x, mask, key):
     if s.mode == 'inpaint':
-      out = controllable.inpaint(sched, denoise_fn, x, mask, key, **repaint, **kwargs)
+      out = editing_chains.inpaint(sched, denoise_fn, x, mask, key, **repaint, **kwargs)
       return out, mask * x  # The generated pixels in mid grey (0 in [-1, 1]).
     if s.mode == 'colorize':
-      grey = jnp.broadcast_to(controllable.grey_level(x), x.shape)
-      return controllable.colorize(sched, denoise_fn, grey, key, **repaint, **kwargs), grey
-    out = controllable.sdedit(sched, denoise_fn, x, start, key, **kwargs)
-    return out, (controllable.sdedit_start(sched, x, start, key) if start >= 0 else x)
+      grey = jnp.broadcast_to(editing_chains.grey_level(x), x.shape)
+      return editing_chains.colorize(sched, denoise_fn, grey, key, **repaint, **kwargs), grey
+    out = editing_chains.sdedit(sched, denoise_fn, x, start, key, **kwargs)
+    return out, (editing_chains.sdedit_start(sched, x, start, key) if start >= 0 else x)
 
   return jax.jit(run), start, chain
 
@@ -80,9 +77,9 @@ def run(config, experiment, params, key, stem: str, is_main: bool) -> dict:
   and the npz on process 0. Returns the paths and a summary figure of the mode."""
   s = config.sample
   size = config.data.image_size
-  originals = edit_inputs.load_images(config, s.num)
+  originals = editing_inputs.load_images(config, s.num)
   n = len(originals)
-  masks = (edit_inputs.load_masks(s.mask, size, n, s.seed) if s.mode == 'inpaint'
+  masks = (editing_inputs.load_masks(s.mask, size, n, s.seed) if s.mode == 'inpaint'
            else np.ones((n, size, size, 1), np.float32))
   fn, start, chain = _edit_fn(config, experiment, params)
   x = data.to_float(originals)
@@ -94,8 +91,8 @@ def run(config, experiment, params, key, stem: str, is_main: bool) -> dict:
     pad = bs - len(x[sl])  # The last batch is padded to the same shape: one compilation.
     xb, mb = (np.pad(a[sl], [(0, pad)] + [(0, 0)] * 3, mode='edge') for a in (x, masks))
     out, cond = fn(jnp.asarray(xb), jnp.asarray(mb), jax.random.fold_in(key, b))
-    results.append(images.to_uint8(jax.device_get(out))[:bs - pad])
-    conds.append(images.to_uint8(np.clip(jax.device_get(cond), -1.0, 1.0))[:bs - pad])
+    results.append(image_files.to_uint8(jax.device_get(out))[:bs - pad])
+    conds.append(image_files.to_uint8(np.clip(jax.device_get(cond), -1.0, 1.0))[:bs - pad])
   results, conds = np.concatenate(results), np.concatenate(conds)
   if not is_main:
     return {}
@@ -122,11 +119,11 @@ def run(config, experiment, params, key, stem: str, is_main: bool) -> dict:
             f'{summary["mse_to_input"]:.3f} on [-1, 1] images')
   if s.resample > 1 and s.mode != 'edit':
     what += f'; RePaint resampling {s.resample}x every {s.jump_length} steps'
-  paths = {'png': images.save_png(stem + '.png', triplet_grid(np.stack([originals, conds,
-                                                                        results]))),
-           'npz': images.save_npz(stem + '.npz', results, **extra), **summary}
+  grid = triplet_grid(np.stack([originals, conds, results]))
+  paths = {'png': image_files.save_png(stem + '.png', grid),
+           'npz': image_files.save_npz(stem + '.npz', results, **extra), **summary}
   cond_name = {'inpaint': 'masked input', 'colorize': 'grey input', 'edit': 'input noised to t0'}
-  chain_text = sampling.describe(config, experiment.schedule.num_timesteps)
+  chain_text = generation.describe(config, experiment.schedule.num_timesteps)
   print(f'{s.mode.capitalize()} of {n} images ({chain_text}; {what}): {paths["png"]} (input | '
         f'{cond_name[s.mode]} | result), {paths["npz"]}')
   return paths

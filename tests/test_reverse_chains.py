@@ -7,7 +7,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from ddpm_jax import samplers, schedules
+from ddpm_jax import reverse_chains, schedules
 from test_diffusion import convert_model_output
 
 S = schedules.make_schedule('linear', 1000)
@@ -25,8 +25,8 @@ def gaussian_optimal_eps(schedule, mu, sigma):
 
 @functools.partial(jax.jit, static_argnames=('shape', 'var_type', 'clip', 'mu', 'sigma'))
 def _sample(key, shape, var_type, clip, mu, sigma):
-  return samplers.ancestral_sample(S, gaussian_optimal_eps(S, mu, sigma), shape, key,
-                                   var_type=var_type, clip_denoised=clip)
+  return reverse_chains.sample('ancestral', S, gaussian_optimal_eps(S, mu, sigma), shape, key,
+                               var_type=var_type, clip_denoised=clip)
 
 
 @pytest.mark.parametrize('var_type', ['fixedlarge', 'fixedsmall'])
@@ -45,8 +45,9 @@ def test_point_mass_data_is_reproduced_exactly():
 
 def test_sampling_is_deterministic_in_key_and_clipped():
   denoise = lambda x, t: 3.0 * jnp.sin(x + t[:, None, None, None])  # An arbitrary bad model.
-  run = jax.jit(lambda k: samplers.ancestral_sample(
-      schedules.make_schedule('linear', 50), denoise, (4, 8, 8, 3), k, clip_denoised=True))
+  run = jax.jit(lambda k: reverse_chains.sample(
+      'ancestral', schedules.make_schedule('linear', 50), denoise, (4, 8, 8, 3), k,
+      clip_denoised=True))
   a, b, c = run(jax.random.PRNGKey(0)), run(jax.random.PRNGKey(0)), run(jax.random.PRNGKey(1))
   assert a.shape == (4, 8, 8, 3) and a.dtype == jnp.float32
   np.testing.assert_array_equal(a, b)
@@ -64,24 +65,24 @@ MU, SIGMA = 0.3, 0.5
 
 
 def _chain(steps):
-  return samplers.respace(BETAS, samplers.space_timesteps(1000, steps))
+  return reverse_chains.respace(BETAS, reverse_chains.space_timesteps(1000, steps))
 
 
 def test_space_timesteps():
-  np.testing.assert_array_equal(samplers.space_timesteps(1000, 0), np.arange(1000))
-  np.testing.assert_array_equal(samplers.space_timesteps(1000, 1000), np.arange(1000))
-  kept = samplers.space_timesteps(1000, 50)
+  np.testing.assert_array_equal(reverse_chains.space_timesteps(1000, 0), np.arange(1000))
+  np.testing.assert_array_equal(reverse_chains.space_timesteps(1000, 1000), np.arange(1000))
+  kept = reverse_chains.space_timesteps(1000, 50)
   assert len(kept) == 50 and kept[0] == 0 and kept[-1] == 999 and np.all(np.diff(kept) > 0)
-  np.testing.assert_array_equal(samplers.space_timesteps(1000, 1), [999])
+  np.testing.assert_array_equal(reverse_chains.space_timesteps(1000, 1), [999])
   with pytest.raises(ValueError, match='sample.steps'):
-    samplers.space_timesteps(1000, 1001)
+    reverse_chains.space_timesteps(1000, 1001)
 
 
-@pytest.mark.parametrize('kept', [samplers.space_timesteps(1000, 250),
-                                  samplers.space_timesteps(1000, 50), [999], [3, 17, 400, 999],
-                                  np.arange(1000)])
+@pytest.mark.parametrize('kept', [reverse_chains.space_timesteps(1000, 250),
+                                  reverse_chains.space_timesteps(1000, 50), [999],
+                                  [3, 17, 400, 999], np.arange(1000)])
 def test_respaced_betas_reproduce_alphas_cumprod_at_kept_steps(kept):
-  chain = samplers.respace(BETAS, kept)
+  chain = reverse_chains.respace(BETAS, kept)
   abar = np.cumprod(1 - BETAS)
   np.testing.assert_allclose(chain.schedule.alphas_cumprod, abar[np.asarray(kept)], rtol=1e-6)
   prev = np.concatenate([[1.0], abar[np.asarray(kept)[:-1]]])  # Previous *kept* step.
@@ -95,9 +96,9 @@ def test_respacing_with_every_step_is_the_identity_bit_for_bit():
     np.testing.assert_array_equal(getattr(chain.schedule, name), getattr(S, name), name)
   denoise = gaussian_optimal_eps(S, MU, SIGMA)
   shape = (16, 4, 4, 1)
-  plain = jax.jit(lambda k: samplers.ancestral_sample(S, denoise, shape, k))
-  respaced = jax.jit(lambda k: samplers.ancestral_sample(
-      chain.schedule, denoise, shape, k, timesteps=chain.timesteps))
+  plain = jax.jit(lambda k: reverse_chains.sample('ancestral', S, denoise, shape, k))
+  respaced = jax.jit(lambda k: reverse_chains.sample(
+      'ancestral', chain.schedule, denoise, shape, k, timesteps=chain.timesteps))
   np.testing.assert_array_equal(plain(jax.random.PRNGKey(3)), respaced(jax.random.PRNGKey(3)))
 
 
@@ -142,9 +143,9 @@ def _exact_moments(kept, sampler, var_type='fixedlarge', eta=0.0):
 @functools.partial(jax.jit, static_argnames=('sampler', 'steps', 'var_type', 'eta'))
 def _toy_samples(key, sampler, steps, var_type, eta):
   chain = _chain(steps)
-  return samplers.sample(sampler, chain.schedule, gaussian_optimal_eps(S, MU, SIGMA),
-                         (4000, 2, 2, 1), key, eta=eta, var_type=var_type, clip_denoised=False,
-                         timesteps=chain.timesteps)
+  return reverse_chains.sample(sampler, chain.schedule, gaussian_optimal_eps(S, MU, SIGMA),
+                               (4000, 2, 2, 1), key, eta=eta, var_type=var_type,
+                               clip_denoised=False, timesteps=chain.timesteps)
 
 
 # Stated tolerances against the data N(0.3, 0.5^2): |mean error| < 0.02 everywhere; std within
@@ -174,9 +175,9 @@ def test_ddim_eta1_is_the_ancestral_step_with_posterior_variance():
   denoise = gaussian_optimal_eps(S, MU, SIGMA)
   kw = dict(timesteps=chain.timesteps, clip_denoised=True)
   run = jax.jit(lambda k: (
-      samplers.ddim_sample(chain.schedule, denoise, (64, 2, 2, 1), k, eta=1.0, **kw),
-      samplers.ancestral_sample(chain.schedule, denoise, (64, 2, 2, 1), k,
-                                var_type='fixedsmall', **kw)))
+      reverse_chains.sample('ddim', chain.schedule, denoise, (64, 2, 2, 1), k, eta=1.0, **kw),
+      reverse_chains.sample('ancestral', chain.schedule, denoise, (64, 2, 2, 1), k,
+                            var_type='fixedsmall', **kw)))
   ddim, ancestral = run(jax.random.PRNGKey(0))
   np.testing.assert_allclose(ddim, ancestral, atol=2e-4)
 
@@ -187,7 +188,7 @@ def test_ddim_step_uses_the_previous_kept_step():
   abar = np.cumprod(1 - BETAS)
   x0, eps, noise = jnp.full((1, 1), 0.2), jnp.full((1, 1), -0.7), jnp.full((1, 1), 0.4)
   for i in (1, 17, 49):
-    got = samplers.ddim_step(chain.schedule, x0, eps, jnp.array([i]), 0.5, noise)
+    got = reverse_chains.ddim_step(chain.schedule, x0, eps, jnp.array([i]), 0.5, noise)
     a_t, a_p = abar[kept[i]], abar[kept[i - 1]]
     sig = 0.5 * np.sqrt((1 - a_p) / (1 - a_t) * (1 - a_t / a_p))
     want = np.sqrt(a_p) * 0.2 + np.sqrt(1 - a_p - sig**2) * -0.7 + sig * 0.4
@@ -200,9 +201,9 @@ def test_ddim_inversion_then_generation_reconstructs_the_input(steps, max_mse):
   denoise = gaussian_optimal_eps(S, MU, SIGMA)
   x0 = MU + SIGMA * jax.random.normal(jax.random.PRNGKey(1), (256, 2, 2, 1))
   kw = dict(timesteps=chain.timesteps, clip_denoised=False)
-  run = jax.jit(lambda x: (lambda x_T: (x_T, samplers.ddim_sample(
-      chain.schedule, denoise, x.shape, jax.random.PRNGKey(0), eta=0.0, x_T=x_T, **kw)))(
-          samplers.ddim_encode(chain.schedule, denoise, x, **kw)))
+  run = jax.jit(lambda x: (lambda x_T: (x_T, reverse_chains.sample(
+      'ddim', chain.schedule, denoise, x.shape, jax.random.PRNGKey(0), eta=0.0, x_T=x_T,
+      **kw)))(reverse_chains.ddim_encode(chain.schedule, denoise, x, **kw)))
   x_T, rec = (np.asarray(a, np.float64) for a in run(x0))
   assert x_T.std() == pytest.approx(1.0, abs=0.1)  # The latent is noise-like.
   mse = np.mean((rec - np.asarray(x0)) ** 2)
@@ -224,8 +225,8 @@ def test_ddim_inversion_then_generation_reconstructs_the_input(steps, max_mse):
 def test_trajectory_and_start_index():
   chain = _chain(50)
   denoise = gaussian_optimal_eps(S, MU, 0.0)  # Point mass: pred_x0 is exact at every step.
-  x, traj = jax.jit(lambda k: samplers.ancestral_sample(
-      chain.schedule, denoise, (3, 2, 2, 1), k, timesteps=chain.timesteps,
+  x, traj = jax.jit(lambda k: reverse_chains.sample(
+      'ancestral', chain.schedule, denoise, (3, 2, 2, 1), k, timesteps=chain.timesteps,
       save_at=[49, 20, 0]))(jax.random.PRNGKey(0))
   assert traj['xt'].shape == traj['pred_x0'].shape == (3, 3, 2, 2, 1)
   np.testing.assert_allclose(traj['pred_x0'], MU, atol=1e-3)
@@ -234,9 +235,9 @@ def test_trajectory_and_start_index():
   assert float(jnp.std(traj['xt'][0])) > 0.5 and float(jnp.std(traj['xt'][2])) < 0.15
   # Starting mid-chain from a given x_t runs only the remaining steps.
   x_mid = jnp.full((3, 2, 2, 1), 5.0)
-  out = samplers.ddim_sample(chain.schedule, denoise, x_mid.shape, jax.random.PRNGKey(0),
-                             x_T=x_mid, start_index=0, timesteps=chain.timesteps,
-                             clip_denoised=False)
+  out = reverse_chains.sample('ddim', chain.schedule, denoise, x_mid.shape,
+                              jax.random.PRNGKey(0), x_T=x_mid, start_index=0,
+                              timesteps=chain.timesteps, clip_denoised=False)
   # One step from index 0 returns x0 (to the float32 precision of 1 - alphabar_1 = 1e-4 that
   # the test denoiser computes from the stored alphabar).
   np.testing.assert_allclose(out, MU, atol=2e-3)
@@ -247,12 +248,13 @@ def test_mu_network_in_a_respaced_chain_goes_through_x0():
   eps_fn = gaussian_optimal_eps(S, MU, SIGMA)
   mu_fn = lambda x, t: convert_model_output(S, eps_fn(x, t), x, t, 'eps', 'mu')
   with pytest.raises(ValueError, match='as_x0_denoiser'):
-    samplers.ancestral_sample(chain.schedule, mu_fn, (4, 2, 2, 1), jax.random.PRNGKey(0),
-                              mean_type='mu', timesteps=chain.timesteps)
-  x0_fn = samplers.as_x0_denoiser(S, mu_fn, 'mu', 'fixedlarge')
+    reverse_chains.sample('ancestral', chain.schedule, mu_fn, (4, 2, 2, 1),
+                          jax.random.PRNGKey(0), mean_type='mu', timesteps=chain.timesteps)
+  x0_fn = reverse_chains.as_x0_denoiser(S, mu_fn, 'mu', 'fixedlarge')
   kw = dict(timesteps=chain.timesteps, clip_denoised=False)
   run = jax.jit(lambda k: (
-      samplers.ancestral_sample(chain.schedule, eps_fn, (64, 2, 2, 1), k, **kw),
-      samplers.ancestral_sample(chain.schedule, x0_fn, (64, 2, 2, 1), k, mean_type='x0', **kw)))
+      reverse_chains.sample('ancestral', chain.schedule, eps_fn, (64, 2, 2, 1), k, **kw),
+      reverse_chains.sample('ancestral', chain.schedule, x0_fn, (64, 2, 2, 1), k,
+                            mean_type='x0', **kw)))
   a, b = run(jax.random.PRNGKey(0))
   np.testing.assert_allclose(a, b, atol=2e-3)

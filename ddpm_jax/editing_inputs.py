@@ -1,5 +1,6 @@
-"""Inputs of the editing modes (`--config.sample.mode=inpaint|colorize|edit`): the images, from a
-folder (`config.sample.input_dir`) or the dataset's `config.sample.data_split`, and the
+"""Inputs of `--mode=sample` that are images: those of the editing modes
+(`--config.sample.mode=inpaint|colorize|edit`) from a folder (`config.sample.input_dir`) or the
+dataset's `config.sample.data_split` (also the inputs of interpolate and reconstruct), and the
 inpainting masks (`config.sample.mask`: a built-in shape, a mask PNG or a folder of them).
 
 Masks are 1 (white in a PNG) on the pixels to keep and 0 (black) on those to generate, as in
@@ -21,25 +22,21 @@ MASK_SHAPES = ('center', 'left', 'strokes')
 
 
 class InputError(UserError, ValueError):
-  """A bad image or mask given to an editing mode; the command line prints the message alone."""
+  """A bad input image or mask; the command line prints the message alone."""
 
 
 # ---------------------------------------------------------------------------------------------
 # Built-in masks: float32 (size, size), 1 = keep, 0 = generate.
 
 
-def center_box(size: int) -> np.ndarray:
-  """Generates the centred square of half the side."""
+def box_mask(size: int, shape: str) -> np.ndarray:
+  """'center': generates the centred square of half the side; 'left': the left half."""
   mask = np.ones((size, size), np.float32)
   lo = size // 4
-  mask[lo:lo + size // 2, lo:lo + size // 2] = 0.0
-  return mask
-
-
-def left_half(size: int) -> np.ndarray:
-  """Generates the left half."""
-  mask = np.ones((size, size), np.float32)
-  mask[:, :size // 2] = 0.0
+  if shape == 'center':
+    mask[lo:lo + size // 2, lo:lo + size // 2] = 0.0
+  else:
+    mask[:, :size // 2] = 0.0
   return mask
 
 
@@ -64,15 +61,11 @@ def random_strokes(size: int, seed: int) -> np.ndarray:
 
 def builtin_masks(shape: str, size: int, num: int, seed: int = 0) -> np.ndarray:
   """(num, size, size, 1) masks of a built-in `shape`; strokes differ per image (seed, i)."""
-  if shape == 'center':
-    one = center_box(size)
-  elif shape == 'left':
-    one = left_half(size)
-  elif shape == 'strokes':
-    return np.stack([random_strokes(size, seed * 1_000_003 + i) for i in range(num)])[..., None]
-  else:
+  if shape not in MASK_SHAPES:
     raise InputError(f'Unknown mask shape {shape!r}; built-in shapes: {", ".join(MASK_SHAPES)}.')
-  return np.broadcast_to(one[None, :, :, None], (num, size, size, 1)).copy()
+  if shape == 'strokes':
+    return np.stack([random_strokes(size, seed * 1_000_003 + i) for i in range(num)])[..., None]
+  return np.broadcast_to(box_mask(size, shape)[None, :, :, None], (num, size, size, 1)).copy()
 
 
 # ---------------------------------------------------------------------------------------------
@@ -154,11 +147,7 @@ def load_images(config, num: int) -> np.ndarray:
   d, s = config.data, config.sample
   folder = s.input_dir
   if not folder:
-    images = data.load_split(d, s.data_split, max_examples=num)
-    if len(images) < num:
-      raise InputError(f'The {s.data_split!r} split has {len(images)} images; {num} are '
-                       'needed (config.sample.num).')
-    return images
+    return split_images(config, num)
   path = pathlib.Path(folder).expanduser()
   if not path.is_dir():
     raise InputError(f'config.sample.input_dir={folder!r} is not a folder.')
@@ -168,3 +157,13 @@ def load_images(config, num: int) -> np.ndarray:
                      '(config.sample.input_dir).')
   allow_grey = s.mode == 'colorize'
   return np.stack([read_image(f, d.image_size, d.channels, allow_grey) for f in files])
+
+
+def split_images(config, num: int) -> np.ndarray:
+  """uint8 (num, S, S, C): the first `num` images of the dataset's `config.sample.data_split`;
+  InputError when the split holds fewer."""
+  images = data.load_split(config.data, config.sample.data_split, max_examples=num)
+  if len(images) < num:
+    raise InputError(f'The {config.sample.data_split!r} split (config.sample.data_split) has '
+                     f'{len(images)} images; {num} are needed (config.sample.num).')
+  return images

@@ -1,6 +1,6 @@
-"""Controllable generation with an unconditional DDPM: inpainting, colorization and
-image-to-image editing (SDEdit), each chain one `jax.lax.scan`, with the steps of
-`ddpm_jax.samplers` (so every mean type, variance type, respacing and both samplers work).
+"""The editing chains of an unconditional DDPM: inpainting, colorization and image-to-image
+editing (SDEdit), each one `jax.lax.scan` over the steps of `ddpm_jax.reverse_chains` (so every
+mean type, variance type, respacing and both samplers work).
 
 Inpainting and colorization condition the reverse chain on a known *linear part* of the image,
 P y, where P is an orthogonal projector (P = P^T = P^2). After every reverse step to chain
@@ -38,7 +38,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from ddpm_jax import diffusion, samplers
+from ddpm_jax import diffusion, reverse_chains
 from ddpm_jax.schedules import Schedule
 
 Projector = Callable[[jnp.ndarray], jnp.ndarray]
@@ -72,17 +72,10 @@ def _alphas_cumprod_at(schedule: Schedule, index):
   return jnp.where(index >= 0, schedule.alphas_cumprod[jnp.maximum(index, 0)], 1.0)
 
 
-def noise_to(schedule: Schedule, y, index, noise):
-  """q_sample (eq. 4) of the clean image `y` to chain index `index`:
-  sqrt(alphabar) y + sqrt(1 - alphabar) noise; index -1 returns `y` itself."""
-  abar = _alphas_cumprod_at(schedule, index)
-  return jnp.sqrt(abar) * y + jnp.sqrt(1.0 - abar) * noise
-
-
 def q_jump(schedule: Schedule, x, src, dst, noise):
   """A sample of q(x_dst | x_src) for chain indices src < dst, the forward process (eq. 2)
   over several steps: N(sqrt(alphabar_dst / alphabar_src) x, (1 - alphabar_dst / alphabar_src) I),
-  index -1 being the data (alphabar 1)."""
+  index -1 being the data (alphabar 1): from src = -1, q_sample (eq. 4) of the clean `x`."""
   ratio = _alphas_cumprod_at(schedule, dst) / _alphas_cumprod_at(schedule, src)
   return jnp.sqrt(ratio) * x + jnp.sqrt(1.0 - ratio) * noise
 
@@ -115,27 +108,6 @@ def repaint_path(num_steps: int, jump_length: int = 1, resample: int = 1) -> np.
 # Chains.
 
 
-def reverse_step(sampler: str, schedule: Schedule, denoise_fn, x, i, noise, *, eta: float = 0.0,
-                 var_type: str = 'fixedlarge', mean_type: str = 'eps',
-                 clip_denoised: bool = True, timesteps=None):
-  """One step from chain index `i` (a scalar) to i - 1: `samplers.p_sample` (ancestral) or
-  `samplers.ddim_step` (ddim, stochasticity `eta`). The network sees `timesteps[i]` in a
-  respaced chain."""
-  batch = x.shape[0]
-  t = jnp.full((batch,), i, jnp.int32)
-  model_t = t if timesteps is None else jnp.full((batch,), timesteps[i], jnp.int32)
-  if sampler == 'ancestral':
-    return samplers.p_sample(schedule, denoise_fn, x, t, noise, var_type=var_type,
-                             mean_type=mean_type, clip_denoised=clip_denoised,
-                             model_t=model_t)[0]
-  if sampler == 'ddim':
-    x0, eps = samplers.predict_x0_eps(schedule, denoise_fn(x, model_t), x, t,
-                                      mean_type=mean_type, var_type=var_type,
-                                      clip=clip_denoised)
-    return samplers.ddim_step(schedule, x0, eps, t, eta, noise)
-  raise ValueError(f'Unknown sampler {sampler!r}; valid: {", ".join(samplers.SAMPLERS)}.')
-
-
 def replacement_sample(schedule: Schedule, denoise_fn, known, project: Projector, key, *,
                        sampler: str = 'ancestral', jump_length: int = 1, resample: int = 1,
                        x_T=None, **step_kwargs):
@@ -144,26 +116,27 @@ def replacement_sample(schedule: Schedule, denoise_fn, known, project: Projector
 
   known: (B, H, W, C) clean images in [-1, 1] (only P known matters). The chain starts from
   x_T ~ N(0, I) (or `x_T`) with its known part noised to step n - 1. Element k of the path
-  draws its noise from fold_in(key, k). `step_kwargs` go to `reverse_step` (eta, var_type,
-  mean_type, clip_denoised, timesteps). Returns x_0, whose known part is P `known`.
+  draws its noise from fold_in(key, k). `step_kwargs` go to `reverse_chains.reverse_step` (eta,
+  var_type, mean_type, clip_denoised, timesteps). Returns x_0, whose known part is P `known`.
   """
   # `step_kwargs` are optional keyword arguments: absent ones take reverse_step's defaults.
-  samplers._check_mean_type(step_kwargs.get('mean_type', 'eps'),  # pylint: disable=protected-access
-                            step_kwargs.get('timesteps'))
+  reverse_chains.check_chain(sampler, step_kwargs.get('mean_type', 'eps'),
+                             step_kwargs.get('timesteps'))
   known = jnp.asarray(known, jnp.float32)
   shape = known.shape
   n = schedule.num_timesteps
   path = repaint_path(n, jump_length, resample)
   key_init, key_known, key_chain = jax.random.split(key, 3)
   x = jax.random.normal(key_init, shape, jnp.float32) if x_T is None else x_T
-  x = replace_known(project, x, noise_to(schedule, known, n - 1,
-                                         jax.random.normal(key_known, shape, jnp.float32)))
+  x = replace_known(project, x, q_jump(schedule, known, -1, n - 1,
+                                       jax.random.normal(key_known, shape, jnp.float32)))
 
   monotone = bool(np.all(np.diff(path) < 0))  # No resampling: no forward jumps.
 
   def down(x, src, dst, noise, noise_known):
-    x = reverse_step(sampler, schedule, denoise_fn, x, src, noise, **step_kwargs)
-    return replace_known(project, x, noise_to(schedule, known, dst, noise_known))
+    x = reverse_chains.reverse_step(sampler, schedule, denoise_fn, x, src, noise,
+                                    **step_kwargs)[0]
+    return replace_known(project, x, q_jump(schedule, known, -1, dst, noise_known))
 
   def body(x, elem):
     k, src, dst = elem
@@ -213,12 +186,6 @@ def colorize(schedule: Schedule, denoise_fn, grey, key, *, fit_range: bool = Tru
   return fit_to_range(x, jnp.clip(g, -1.0, 1.0)) if fit_range else x
 
 
-def start_index(timesteps, t0: int) -> int:
-  """The chain index SDEdit starts from for the paper's t0 in [0, T] (1-based, 0 = no noise):
-  that of the largest kept timestep <= t0 (0-based: timesteps[i] <= t0 - 1); -1 for t0 = 0."""
-  return int(np.searchsorted(np.asarray(timesteps), int(t0) - 1, side='right')) - 1
-
-
 def sdedit_start(schedule: Schedule, image, start: int, key):
   """The state `sdedit(..., key)` starts its chain from: q_sample(image, start) (eq. 4) with
   the noise of the first half of split(key)."""
@@ -230,12 +197,13 @@ def sdedit_start(schedule: Schedule, image, start: int, key):
 def sdedit(schedule: Schedule, denoise_fn, image, start: int, key, *, sampler: str = 'ancestral',
            **kwargs):
   """SDEdit (Meng et al. 2022): x = q_sample(image, start) (`sdedit_start`), then the reverse
-  chain of `samplers.sample(sampler, ...)` from chain index `start` (static; `start_index`
-  maps t0 to it) down to x_0. start = -1 returns `image`. `kwargs`: eta, var_type, mean_type,
-  clip_denoised, timesteps. Jittable."""
+  chain of `reverse_chains.sample(sampler, ...)` from chain index `start` (static;
+  `reverse_chains.chain_index(timesteps, t0 - 1)` for the paper's t0) down to x_0.
+  start = -1 returns `image`. `kwargs`: eta, var_type, mean_type, clip_denoised, timesteps.
+  Jittable."""
   image = jnp.asarray(image, jnp.float32)
   if start < 0:
     return image
   x_t = sdedit_start(schedule, image, start, key)
-  return samplers.sample(sampler, schedule, denoise_fn, image.shape, jax.random.split(key)[1],
-                         x_T=x_t, start_index=start, **kwargs)
+  return reverse_chains.sample(sampler, schedule, denoise_fn, image.shape,
+                               jax.random.split(key)[1], x_T=x_t, start_index=start, **kwargs)

@@ -11,22 +11,22 @@ from PIL import Image
 
 from conftest import ROOT, make_tiny_config
 from configs import fashion_mnist
-from ddpm_jax import config_checks, edit_inputs, editing, sampling
+from ddpm_jax import config_checks, editing_inputs, editing_job, sample_job
 from test_main import TINY, tiny_quickstart_config
-from test_sampling import _checkpoint
+from test_sample_job import _checkpoint
 
 
 def test_builtin_masks():
-  c = edit_inputs.builtin_masks('center', 32, 2)
+  c = editing_inputs.builtin_masks('center', 32, 2)
   assert c.shape == (2, 32, 32, 1) and c.sum() == 2 * (32 * 32 - 16 * 16)
   assert c[0, 8:24, 8:24].max() == 0 and c[0, :8].min() == 1
-  left = edit_inputs.builtin_masks('left', 8, 1)[0, :, :, 0]
+  left = editing_inputs.builtin_masks('left', 8, 1)[0, :, :, 0]
   np.testing.assert_array_equal(left, np.tile([0] * 4 + [1] * 4, (8, 1)))
-  s = edit_inputs.builtin_masks('strokes', 32, 3, seed=1)
+  s = editing_inputs.builtin_masks('strokes', 32, 3, seed=1)
   assert set(np.unique(s)) == {0.0, 1.0}
   assert all(0.05 < 1 - m.mean() < 0.8 for m in s)  # Strokes cover part of each image.
   assert not np.array_equal(s[0], s[1])
-  np.testing.assert_array_equal(s, edit_inputs.builtin_masks('strokes', 32, 3, seed=1))
+  np.testing.assert_array_equal(s, editing_inputs.builtin_masks('strokes', 32, 3, seed=1))
 
 
 def _png(path, array):
@@ -39,28 +39,28 @@ def test_mask_files_and_their_errors(tmp_path):
   folder.mkdir()
   _png(folder / 'a.png', np.full((8, 8), 255))
   _png(folder / 'b.png', np.tile([0, 255], (8, 4)))
-  m = edit_inputs.load_masks(str(folder), 8, 3)
+  m = editing_inputs.load_masks(str(folder), 8, 3)
   assert m.shape == (3, 8, 8, 1)
   np.testing.assert_array_equal(m[:, 0, :2, 0], [[1, 1], [0, 1], [1, 1]])  # a, b, a again.
-  one = edit_inputs.load_masks(_png(tmp_path / 'one.png', np.zeros((8, 8))), 8, 2)
+  one = editing_inputs.load_masks(_png(tmp_path / 'one.png', np.zeros((8, 8))), 8, 2)
   assert one.shape == (2, 8, 8, 1) and one.max() == 0
-  with pytest.raises(edit_inputs.InputError, match=r'big.png is 16x8 but the images are 8x8'):
-    edit_inputs.load_masks(_png(tmp_path / 'big.png', np.zeros((8, 16))), 8, 1)
-  with pytest.raises(edit_inputs.InputError, match=r'grey.png is not binary: it has 3 grey '
-                                                   r'levels \(0, 128, 255\)'):
-    edit_inputs.load_masks(_png(tmp_path / 'grey.png', np.tile([0, 128, 255, 0], (8, 2))), 8, 1)
-  with pytest.raises(edit_inputs.InputError, match='neither a built-in shape'):
-    edit_inputs.load_masks(str(tmp_path / 'missing'), 8, 1)
+  with pytest.raises(editing_inputs.InputError, match=r'big.png is 16x8 but the images are 8x8'):
+    editing_inputs.load_masks(_png(tmp_path / 'big.png', np.zeros((8, 16))), 8, 1)
+  with pytest.raises(editing_inputs.InputError, match=r'grey.png is not binary: it has 3 grey '
+                                                      r'levels \(0, 128, 255\)'):
+    editing_inputs.load_masks(_png(tmp_path / 'grey.png', np.tile([0, 128, 255, 0], (8, 2))), 8, 1)
+  with pytest.raises(editing_inputs.InputError, match='neither a built-in shape'):
+    editing_inputs.load_masks(str(tmp_path / 'missing'), 8, 1)
 
 
 def test_grey_image_for_a_colour_model(tmp_path):
   path = _png(tmp_path / 'g.png', np.full((12, 10), 77))
-  with pytest.raises(edit_inputs.InputError, match='g.png is grayscale but the model generates '
-                                                   'colour images'):
-    edit_inputs.read_image(path, 8, 3, allow_grey=False)
-  x = edit_inputs.read_image(path, 8, 3, allow_grey=True)  # Colorization's input.
+  with pytest.raises(editing_inputs.InputError,
+                     match='g.png is grayscale but the model generates colour images'):
+    editing_inputs.read_image(path, 8, 3, allow_grey=False)
+  x = editing_inputs.read_image(path, 8, 3, allow_grey=True)  # Colorization's input.
   assert x.shape == (8, 8, 3) and (x == 77).all()
-  assert edit_inputs.read_image(path, 8, 1, allow_grey=False).shape == (8, 8, 1)
+  assert editing_inputs.read_image(path, 8, 1, allow_grey=False).shape == (8, 8, 1)
 
 
 def test_config_checks_of_the_editing_fields():
@@ -82,7 +82,7 @@ def test_config_checks_of_the_editing_fields():
 
 def test_triplet_grid_layout():
   cols = np.zeros((3, 5, 4, 6, 1), np.uint8)
-  grid = editing.triplet_grid(cols)  # 5 items, 2 per row: 3 rows.
+  grid = editing_job.triplet_grid(cols)  # 5 items, 2 per row: 3 rows.
   assert grid.shape == (6 + 3 * (4 + 6), 6 + 2 * (3 * 6 + 2 + 6), 1)
 
 
@@ -146,7 +146,7 @@ def test_colorize_and_grey_inputs_on_a_colour_model(tmp_path):
   c.sample.update(mode='colorize', input_dir=str(folder), num=5, steps=4, resample=2,
                   jump_length=1)
   exp = _checkpoint(c, tmp_path / 'run')
-  paths = sampling.sample_from_workdir(c, str(tmp_path / 'run'), exp)
+  paths = sample_job.sample_from_workdir(c, str(tmp_path / 'run'), exp)
   npz = np.load(paths['npz'])
   x, inputs = npz['arr_0'].astype(float), npz['inputs'].astype(float)
   assert x.shape == inputs.shape == (2, 8, 8, 3)  # The folder holds 2 of the 5 asked for.
@@ -154,5 +154,5 @@ def test_colorize_and_grey_inputs_on_a_colour_model(tmp_path):
   np.testing.assert_allclose(x.mean(-1), inputs.mean(-1), atol=1.0 + 1e-9)
   assert np.abs(x - x.mean(-1, keepdims=True)).mean() > 5  # Colours were generated.
   c.sample.mode = 'inpaint'  # A grey image for a colour model is refused.
-  with pytest.raises(edit_inputs.InputError, match='1.png is grayscale'):
-    sampling.sample_from_workdir(c, str(tmp_path / 'run'), exp)
+  with pytest.raises(editing_inputs.InputError, match='1.png is grayscale'):
+    sample_job.sample_from_workdir(c, str(tmp_path / 'run'), exp)
