@@ -19,7 +19,6 @@ import math
 from typing import Sequence
 
 import jax
-import numpy as np
 from jax.sharding import NamedSharding, PartitionSpec as P
 
 from ddpm_jax.errors import ConfigError
