@@ -138,7 +138,7 @@ def shape_differences(saved: dict, target: dict) -> list[str]:
   return out
 
 
-def _mismatch_message(step: int, directory: str, diffs: list[str], fields: list[str]) -> str:
+def _mismatch_message(step: int, directory, diffs: list[str], fields: list[str]) -> str:
   listed = '; '.join(diffs[:_MAX_LISTED]) + (
       f' (and {len(diffs) - _MAX_LISTED} more arrays)' if len(diffs) > _MAX_LISTED else '')
   why = ('; the config differs from the one that wrote it in ' + '; '.join(fields)
@@ -150,24 +150,17 @@ def _mismatch_message(step: int, directory: str, diffs: list[str], fields: list[
 def _restore(manager, step: int, target, explain=lambda: []):
   """Restores `step` shaped like `target`: `CheckpointMismatchError` if its arrays do not fit,
   `CheckpointError` if it cannot be read."""
-  directory = manager.directory
   with _quiet_orbax():
     try:
-      metadata = manager.item_metadata(step)['state']
-      saved = _flat_shapes(metadata)
+      diffs = shape_differences(_flat_shapes(manager.item_metadata(step)['state']),
+                                _flat_shapes(target))
+      if not diffs:
+        return manager.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore(
+            jax.tree.map(ocp.utils.to_shape_dtype_struct, target)))).state
     except Exception as e:  # pylint: disable=broad-except  (orbax raises many types)
-      raise CheckpointError(f'Checkpoint {step} in {directory} is corrupt: {_cause(e)}') from e
-    diffs = shape_differences(saved, _flat_shapes(target))
-    if diffs:
-      raise CheckpointMismatchError(_mismatch_message(step, directory, diffs, explain()))
-    try:
-      restored = manager.restore(
-          step, args=ocp.args.Composite(state=ocp.args.StandardRestore(
-              jax.tree.map(ocp.utils.to_shape_dtype_struct, target))))
-    except Exception as e:  # pylint: disable=broad-except
       raise CheckpointError(
-          f'Checkpoint {step} in {directory} is corrupt: {_cause(e)}') from e
-  return restored.state
+          f'Checkpoint {step} in {manager.directory} is corrupt: {_cause(e)}') from e
+  raise CheckpointMismatchError(_mismatch_message(step, manager.directory, diffs, explain()))
 
 
 def _agree_on_step(step: int) -> int:
