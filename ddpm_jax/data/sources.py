@@ -25,7 +25,7 @@ import numpy as np
 
 from ddpm_jax.data import fashion_mnist
 from ddpm_jax.data.folder import FolderSource
-from ddpm_jax.data.preprocess import preprocess_images
+from ddpm_jax.data.preprocess import as_nhwc, preprocess_images
 from ddpm_jax.data.tfds_source import TfdsSource
 from ddpm_jax.errors import DatasetError
 
@@ -49,12 +49,7 @@ class ArraySource:
 
   def __init__(self, images: np.ndarray, labels: np.ndarray | None = None,
                classes: tuple[str, ...] | None = None):
-    images = np.asarray(images)
-    if images.ndim == 3:
-      images = images[..., None]
-    if images.ndim != 4 or images.dtype != np.uint8:
-      raise ValueError(f'ArraySource needs uint8 (N, H, W, C), got {images.dtype} '
-                       f'{images.shape}.')
+    images = as_nhwc(images)
     if labels is not None and len(labels) != len(images):
       raise ValueError(f'{len(labels)} labels for {len(images)} images.')
     self.images, self.labels = images, labels
