@@ -80,17 +80,16 @@ def _is_mine(record: dict) -> bool:
           and record.get('start') == _process_start(os.getpid()))
 
 
-def stale_reason(record: dict | None, age: float, now: float | None = None) -> str | None:
+def stale_reason(record: dict | None, age: float) -> str | None:
   """Why the lock `record` (None: unreadable) whose file was last written `age` seconds ago
   belongs to no running process, or None if its owner may be running."""
-  now = time.time() if now is None else now
   if record is None:
     return 'unreadable lock file' if age > 10 else None  # Else possibly being written now.
   if record.get('host') == socket.gethostname() and isinstance(record.get('pid'), int):
     if not _pid_running(record['pid'], record.get('start')):
       return f'pid {record["pid"]} is not running'
     return None
-  silent = now - float(record.get('heartbeat', 0))
+  silent = time.time() - float(record.get('heartbeat', 0))
   if silent > STALE_AFTER_SECONDS:
     return f'no heartbeat from host {record.get("host")} for {silent:.0f} s'
   return None
@@ -137,11 +136,6 @@ def _rewrite(path: str, record: dict) -> None:
   tmp = epath.Path(f'{path}.{os.getpid()}.tmp')
   tmp.write_text(json.dumps(record))
   tmp.replace(path)
-
-
-# ---------------------------------------------------------------------------------------------
-# The lock.
-
 
 @dataclasses.dataclass
 class WorkdirLock:
@@ -232,9 +226,10 @@ def acquire_for_run(workdir: str, name: str = WRITER, what: str = 'training'
       lock = acquire(workdir, name, what)
     except WorkdirLockedError as e:
       error = e
-  if jax.process_count() > 1:
-    if int(multihost_utils.broadcast_one_to_all(np.int32(error is not None))) and not error:
-      error = WorkdirLockedError(f'{workdir} is in use (see process 0).')
+  # Every process takes part in the broadcast; the others learn process 0's outcome.
+  if jax.process_count() > 1 and int(
+      multihost_utils.broadcast_one_to_all(np.int32(error is not None))) and not error:
+    error = WorkdirLockedError(f'{workdir} is in use (see process 0).')
   if error is not None:
     raise error
   return lock
