@@ -197,9 +197,7 @@ class TrainIterator:
   def close(self) -> None:
     """Stops the prefetch threads and worker processes."""
     if self._iter is not None:
-      close = getattr(self._iter, 'close', None)
-      if close is not None:
-        close()
+      self._iter.close()
       self._iter = None
 
   def __enter__(self) -> 'TrainIterator':
