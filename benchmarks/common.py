@@ -12,6 +12,9 @@ import jax.numpy as jnp
 import numpy as np
 from absl import flags
 
+from ddpm_jax import xla_flags
+from ddpm_jax.kernels import onednn
+
 
 def define_cpu_preset_flag(default: str) -> None:
   """`--cpu_preset`: the XLA:CPU preset a benchmark runs under (as the CLI uses for its job)."""
@@ -21,8 +24,8 @@ def define_cpu_preset_flag(default: str) -> None:
 
 
 def apply_cpu_preset() -> None:
-  """Puts `--cpu_preset` into XLA_FLAGS; call first in main(), before any JAX computation."""
-  from ddpm_jax import xla_flags
+  """Puts `--cpu_preset` into XLA_FLAGS; call first in main(), before any JAX computation
+  (importing jax and ddpm_jax creates no backend yet)."""
   xla_flags.apply_cpu_preset(flags.FLAGS.cpu_preset)
 
 
@@ -60,7 +63,6 @@ def spread(times: np.ndarray) -> str:
 def compiled_flops(compiled) -> float:
   """FLOPs of one call from XLA's cost analysis (0 when the backend does not report them),
   plus those of the oneDNN convolutions, which it does not see."""
-  from ddpm_jax.kernels import onednn
   cost = compiled.cost_analysis()
   if isinstance(cost, (list, tuple)):
     cost = cost[0] if cost else {}

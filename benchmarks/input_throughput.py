@@ -49,7 +49,7 @@ def _iterator():
   config = common.load_config(FLAGS.config, {k: v for k, v in overrides.items()
                                              if v is not None and v != ''})
   d = config.data
-  data.check_dataset_name(d.dataset, d.image_size)  # Only the data section matters here.
+  data.resolve_dataset(d.dataset, d.image_size)  # Only the data section matters here.
   it = data.create_train_iterator(d, FLAGS.batch, seed=0)
   return it, (f'{d.dataset} {d.image_size}x{d.image_size}x{d.channels} '
               f'worker_processes={d.worker_processes}')

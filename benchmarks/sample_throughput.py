@@ -10,9 +10,13 @@ from __future__ import annotations
 
 import time
 
+import jax
+import jax.numpy as jnp
 from absl import app, flags
 
 from benchmarks import common
+from ddpm_jax import generation
+from ddpm_jax.experiment import Experiment
 
 flags.DEFINE_string('config', 'configs/cifar10.py', 'Config file.')
 flags.DEFINE_integer('batch', 8, 'Images per chain.')
@@ -28,10 +32,6 @@ FLAGS = flags.FLAGS
 def main(argv):
   del argv
   common.apply_cpu_preset()  # Before JAX creates its CPU client.
-  import jax
-  import jax.numpy as jnp
-  from ddpm_jax import generation
-  from ddpm_jax.experiment import Experiment
 
   overrides = {'diffusion.num_timesteps': FLAGS.steps}
   if FLAGS.kernels:

@@ -8,9 +8,12 @@ from __future__ import annotations
 
 import time
 
+import jax
+import jax.numpy as jnp
 from absl import app, flags
 
 from benchmarks import common
+from ddpm_jax.experiment import Experiment
 
 flags.DEFINE_string('config', 'configs/cifar10.py', 'Config file.')
 flags.DEFINE_integer('batch', 8, 'Global batch size.')
@@ -26,9 +29,6 @@ FLAGS = flags.FLAGS
 def main(argv):
   del argv
   common.apply_cpu_preset()  # Before JAX creates its CPU client.
-  import jax
-  import jax.numpy as jnp
-  from ddpm_jax.experiment import Experiment
 
   overrides = {'train.batch_size': FLAGS.batch}
   if FLAGS.dtype:

@@ -33,7 +33,10 @@ import os
 import sys
 
 import jax
+import numpy as np
 import orbax.checkpoint as ocp
+from etils import epath
+from jax.experimental import multihost_utils
 
 from ddpm_jax import saved_config, workdir_lock
 from ddpm_jax.errors import UserError
@@ -54,11 +57,6 @@ class CheckpointMismatchError(CheckpointError):
   config); its message names the arrays and the config fields that differ."""
 
 
-def abstract_like(tree):
-  """Shape/dtype/sharding description of a pytree of arrays, the restore target for orbax."""
-  return jax.tree.map(ocp.utils.to_shape_dtype_struct, tree)
-
-
 def _join(workdir: str, name: str) -> str:
   if '://' in workdir:  # gs://bucket/run: orbax writes there directly.
     return workdir.rstrip('/') + '/' + name
@@ -68,27 +66,16 @@ def _join(workdir: str, name: str) -> str:
 def _drop_closed_loop_errors() -> None:
   """During and after a failed restore, TensorStore's callbacks keep reporting into the event
   loop that orbax closed, each an "Event loop is closed" traceback (hundreds for a large state,
-  some at exit): from the first restore on, the process drops exactly those; every other
-  unraisable or uncaught exception still reaches the previous hook."""
-  previous = sys.unraisablehook
+  some at exit): from the first restore on, the process drops exactly those, as unraisable
+  exceptions or (from TensorStore's threads) uncaught ones; every other exception still
+  reaches the previous hook."""
+  previous, previous_except = sys.unraisablehook, sys.excepthook
   if getattr(previous, 'drops_closed_loop_errors', False):
     return
-
-  def hook(unraisable):
-    if not (isinstance(unraisable.exc_value, RuntimeError)
-            and 'Event loop is closed' in str(unraisable.exc_value)):
-      previous(unraisable)
-
-  hook.drops_closed_loop_errors = True
-  sys.unraisablehook = hook
-  # Some reach the interpreter's error printer from TensorStore's threads instead.
-  previous_except = sys.excepthook
-
-  def except_hook(exc_type, exc_value, tb):
-    if not (isinstance(exc_value, RuntimeError) and 'Event loop is closed' in str(exc_value)):
-      previous_except(exc_type, exc_value, tb)
-
-  sys.excepthook = except_hook
+  closed = lambda e: isinstance(e, RuntimeError) and 'Event loop is closed' in str(e)
+  sys.unraisablehook = lambda u: None if closed(u.exc_value) else previous(u)
+  sys.unraisablehook.drops_closed_loop_errors = True
+  sys.excepthook = lambda t, e, tb: None if closed(e) else previous_except(t, e, tb)
 
 
 @contextlib.contextmanager
@@ -105,9 +92,6 @@ def _quiet_orbax():
   _drop_closed_loop_errors()
   try:
     yield
-  except CheckpointError:
-    _drop_closed_loop_errors()
-    raise
   finally:
     gc.collect()
     for l, level in zip(loggers, levels):
@@ -132,18 +116,12 @@ def _cause(e: BaseException, limit: int = 240) -> str:
   return f'{type(e).__name__}: {text[:limit]}' + ('...' if len(text) > limit else '')
 
 
-def _key_name(entry) -> str:
-  for attr in ('key', 'name', 'idx'):
-    if hasattr(entry, attr):
-      return str(getattr(entry, attr))
-  return str(entry)
-
-
 def _flat_shapes(tree) -> dict:
   """{'params.conv_in.kernel': ((3, 3, 1, 32), 'float32'), ...} of a pytree of arrays or of
   array metadata (dataclass fields and dict keys alike)."""
   leaves = jax.tree_util.tree_flatten_with_path(tree)[0]
-  return {'.'.join(_key_name(k) for k in path): (tuple(leaf.shape), str(leaf.dtype))
+  return {jax.tree_util.keystr(path, simple=True, separator='.'):
+              (tuple(leaf.shape), str(leaf.dtype))
           for path, leaf in leaves if hasattr(leaf, 'shape')}
 
 
@@ -160,7 +138,7 @@ def shape_differences(saved: dict, target: dict) -> list[str]:
   return out
 
 
-def _mismatch_message(step: int, directory: str, diffs: list[str], fields: list[str]) -> str:
+def _mismatch_message(step: int, directory, diffs: list[str], fields: list[str]) -> str:
   listed = '; '.join(diffs[:_MAX_LISTED]) + (
       f' (and {len(diffs) - _MAX_LISTED} more arrays)' if len(diffs) > _MAX_LISTED else '')
   why = ('; the config differs from the one that wrote it in ' + '; '.join(fields)
@@ -169,25 +147,20 @@ def _mismatch_message(step: int, directory: str, diffs: list[str], fields: list[
           f'{listed}{why}. Resume with the config that wrote it, or train in a new --workdir.')
 
 
-def _restore(manager, directory: str, step: int, target, explain=lambda: []):
+def _restore(manager, step: int, target, explain=lambda: []):
   """Restores `step` shaped like `target`: `CheckpointMismatchError` if its arrays do not fit,
   `CheckpointError` if it cannot be read."""
   with _quiet_orbax():
     try:
-      metadata = manager.item_metadata(step)['state']
-      saved = _flat_shapes(metadata)
+      diffs = shape_differences(_flat_shapes(manager.item_metadata(step)['state']),
+                                _flat_shapes(target))
+      if not diffs:
+        return manager.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore(
+            jax.tree.map(ocp.utils.to_shape_dtype_struct, target)))).state
     except Exception as e:  # pylint: disable=broad-except  (orbax raises many types)
-      raise CheckpointError(f'Checkpoint {step} in {directory} is corrupt: {_cause(e)}') from e
-    diffs = shape_differences(saved, _flat_shapes(target))
-    if diffs:
-      raise CheckpointMismatchError(_mismatch_message(step, directory, diffs, explain()))
-    try:
-      restored = manager.restore(
-          step, args=ocp.args.Composite(state=ocp.args.StandardRestore(abstract_like(target))))
-    except Exception as e:  # pylint: disable=broad-except
       raise CheckpointError(
-          f'Checkpoint {step} in {directory} is corrupt: {_cause(e)}') from e
-  return restored.state
+          f'Checkpoint {step} in {manager.directory} is corrupt: {_cause(e)}') from e
+  raise CheckpointMismatchError(_mismatch_message(step, manager.directory, diffs, explain()))
 
 
 def _agree_on_step(step: int) -> int:
@@ -195,15 +168,7 @@ def _agree_on_step(step: int) -> int:
   one of them could not read its part of the newest)."""
   if jax.process_count() == 1:
     return step
-  import numpy as np  # pylint: disable=g-import-not-at-top
-  from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
   return int(np.min(multihost_utils.process_allgather(np.int32(step))))
-
-
-def _barrier(name: str) -> None:
-  if jax.process_count() > 1:
-    from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
-    multihost_utils.sync_global_devices(name)
 
 
 class Checkpointer:
@@ -213,10 +178,8 @@ class Checkpointer:
   def __init__(self, workdir: str, max_to_keep: int | None = 3, async_save: bool = True,
                read_only: bool = False, config=None):
     """`read_only`: for jobs that only restore (sampling, evaluation next to a running
-    trainer): creates no directory and leaves orbax's temporary directories alone (a writer
-    deletes those it finds when it starts, which would break a save in flight). A writer
-    refuses a workdir whose lock another live process holds. `config`, when given, lets a
-    `CheckpointMismatchError` name the config fields that differ from `WORKDIR/config.json`."""
+    trainer; see the module docstring). `config`, when given, lets a `CheckpointMismatchError`
+    name the config fields that differ from `WORKDIR/config.json`."""
     if not read_only and jax.process_index() == 0:
       workdir_lock.check_not_held_by_other(workdir)
     self.workdir = workdir
@@ -245,13 +208,13 @@ class Checkpointer:
     steps = self.all_steps() + self.preemption_steps()
     return max(steps) if steps else None
 
-  def _save(self, manager, directory: str, step: int, state, force: bool) -> bool:
+  def _save(self, manager, step: int, state, force: bool) -> bool:
     saved = manager.save(int(step), args=ocp.args.Composite(state=ocp.args.StandardSave(state)),
                          force=force)
     if not saved:
       newest = manager.latest_step()
       raise CheckpointError(
-          f'Checkpoint {step} was not saved in {directory}' + (
+          f'Checkpoint {step} was not saved in {manager.directory}' + (
               ' (opened read-only).' if self.read_only else
               f': it already holds step {newest}. Was this workdir written by another run?'))
     return True
@@ -259,18 +222,15 @@ class Checkpointer:
   def save(self, step: int, state, force: bool = False) -> bool:
     """Saves `state` as permanent checkpoint `step` (asynchronously; `wait()` makes it durable).
     Raises `CheckpointError` if orbax declines (the step or a newer one exists)."""
-    return self._save(self._manager, self.directory, step, state, force)
+    return self._save(self._manager, step, state, force)
 
   def save_preemption(self, step: int, state) -> bool:
     """Saves `state` in the preemption stream, replacing its previous checkpoint once written."""
-    return self._save(self._preempt, self.preemption_directory, step, state, True)
+    return self._save(self._preempt, step, state, True)
 
   def _stream_of(self, step: int):
-    if step in self._manager.all_steps():
-      return self._manager, self.directory
-    if step in self._preempt.all_steps():
-      return self._preempt, self.preemption_directory
-    return self._manager, self.directory
+    only_preempted = step in self._preempt.all_steps() and step not in self._manager.all_steps()
+    return self._preempt if only_preempted else self._manager
 
   def restore(self, target, step: int | None = None):
     """Restores checkpoint `step` (default: the newest of either stream) shaped and sharded like
@@ -282,14 +242,13 @@ class Checkpointer:
     step = self.latest_step() if step is None else step
     if step is None:
       raise CheckpointError(f'No checkpoint in {self.directory} or {self.preemption_directory}.')
-    return _restore(*self._stream_of(step), step, target, self._explain)
+    return _restore(self._stream_of(step), step, target, self._explain)
 
-  def _set_aside(self, directory: str, step: int) -> str:
+  def _set_aside(self, directory, step: int) -> str:
     """Moves the corrupt checkpoint `directory/step` to `WORKDIR/corrupt_checkpoints/`."""
-    from etils import epath  # pylint: disable=g-import-not-at-top
     dest_dir = epath.Path(_join(self.workdir, CORRUPT_DIR))
     dest_dir.mkdir(parents=True, exist_ok=True)
-    stem = f'{os.path.basename(directory.rstrip("/"))}-{step}'
+    stem = f'{epath.Path(directory).name}-{step}'
     dest, n = dest_dir / stem, 1
     while dest.exists():
       n += 1
@@ -309,19 +268,18 @@ class Checkpointer:
     same run); if checkpoints exist but none can be read, raises the newest one's error.
     """
     # Newest first; at equal steps the permanent checkpoint first.
-    candidates = sorted([(s, 1, self._manager, self.directory) for s in self.all_steps()] +
-                        [(s, 0, self._preempt, self.preemption_directory)
-                         for s in self.preemption_steps()],
-                        key=lambda c: (c[0], c[1]), reverse=True)
+    candidates = sorted([(s, 1, self._manager) for s in self.all_steps()] +
+                        [(s, 0, self._preempt) for s in self.preemption_steps()],
+                        key=lambda c: c[:2], reverse=True)
     failed, state, step = [], None, None
-    for step, _, manager, directory in candidates:
+    for step, _, manager in candidates:
       try:
-        state = _restore(manager, directory, step, target, self._explain)
+        state = _restore(manager, step, target, self._explain)
         break
       except CheckpointMismatchError:
         raise
       except CheckpointError as e:
-        failed.append((e, manager, directory, step))
+        failed.append((e, manager.directory, step))
     else:
       if failed:
         first = failed[0][0]
@@ -332,17 +290,18 @@ class Checkpointer:
     agreed = _agree_on_step(step)
     if agreed != step:  # Another process could not read this one: all take the older step.
       failed.append((CheckpointError(f'Checkpoint {step} is corrupt on another process.'),
-                     *self._stream_of(step), step))
+                     self._stream_of(step).directory, step))
       step = agreed
-      state = _restore(*self._stream_of(step), step, target, self._explain)
-    for e, corrupt_manager, directory, corrupt_step in failed:
+      state = _restore(self._stream_of(step), step, target, self._explain)
+    for e, directory, corrupt_step in failed:
       if set_aside_corrupt and not self.read_only:
         dest = self._set_aside(directory, corrupt_step)
         logging.warning('%s Moved it to %s; using checkpoint %d.', e, dest, step)
       else:
         logging.warning('%s Using checkpoint %d instead.', e, step)
     if set_aside_corrupt and failed:
-      _barrier('ddpm_jax: corrupt checkpoints set aside')
+      if jax.process_count() > 1:
+        multihost_utils.sync_global_devices('ddpm_jax: corrupt checkpoints set aside')
       self._manager.reload()
       self._preempt.reload()
     return state, step
@@ -361,7 +320,6 @@ class Checkpointer:
 def has_checkpoint(workdir: str) -> bool:
   """Whether `workdir` holds a finished checkpoint in either stream. Reads only: creates
   nothing, and asks orbax only when a checkpoint folder exists."""
-  from etils import epath  # pylint: disable=g-import-not-at-top  (local paths and gs://)
   if not any(epath.Path(_join(workdir, d)).exists() for d in (PERMANENT_DIR, PREEMPTION_DIR)):
     return False
   checkpointer = Checkpointer(workdir, max_to_keep=None, async_save=False, read_only=True)

@@ -35,7 +35,7 @@ def validate(config) -> None:
   """Raises ValueError naming the first invalid field of `config`."""
   d, f, o, t, s = config.data, config.diffusion, config.optim, config.train, config.sample
   try:
-    data.check_dataset_name(d.dataset, d.image_size)
+    data.resolve_dataset(d.dataset, d.image_size)
   except ValueError as e:
     raise ConfigError(str(e)) from None
   _require(d.image_size >= 4, 'data.image_size', d.image_size, 'an integer >= 4')

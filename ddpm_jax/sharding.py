@@ -19,16 +19,12 @@ import math
 from typing import Sequence
 
 import jax
-import numpy as np
 from jax.sharding import NamedSharding, PartitionSpec as P
 
 from ddpm_jax.errors import ConfigError
 
-DATA_AXIS = 'data'
-FSDP_AXIS = 'fsdp'
-AXES = (DATA_AXIS, FSDP_AXIS)
-# The axes a batch's first dimension is split over.
-BATCH_AXES = AXES
+# The mesh's axes; a batch's first dimension is split over both.
+AXES = ('data', 'fsdp')
 
 
 def resolve_mesh_shape(mesh_shape: Sequence[int] | None, num_devices: int) -> tuple[int, int]:
@@ -64,12 +60,12 @@ def make_mesh(devices=None, mesh_shape: Sequence[int] | None = (-1, 1)) -> jax.s
 
 
 def fsdp_size(mesh) -> int:
-  return mesh.shape.get(FSDP_AXIS, 1)
+  return mesh.shape['fsdp']
 
 
 def num_batch_shards(mesh) -> int:
   """How many ways a batch is split: the number of devices of the mesh."""
-  return math.prod(mesh.shape[a] for a in BATCH_AXES if a in mesh.shape)
+  return mesh.size
 
 
 def replicated(mesh) -> NamedSharding:
@@ -78,14 +74,12 @@ def replicated(mesh) -> NamedSharding:
 
 def batch_sharding(mesh) -> NamedSharding:
   """First axis split over every device (`data` and `fsdp`), the rest replicated."""
-  axes = tuple(a for a in BATCH_AXES if a in mesh.shape)
-  return NamedSharding(mesh, P(axes))
+  return NamedSharding(mesh, P(AXES))
 
 
 def stacked_batch_sharding(mesh) -> NamedSharding:
   """Several batches stacked on a leading (step) axis: the second axis split like a batch."""
-  axes = tuple(a for a in BATCH_AXES if a in mesh.shape)
-  return NamedSharding(mesh, P(None, axes))
+  return NamedSharding(mesh, P(None, AXES))
 
 
 def fsdp_spec(shape: Sequence[int], fsdp: int) -> P:
@@ -97,7 +91,7 @@ def fsdp_spec(shape: Sequence[int], fsdp: int) -> P:
   if not candidates:
     return P()
   _, axis = min(candidates)
-  return P(*([None] * axis + [FSDP_AXIS]))
+  return P(*([None] * axis + ['fsdp']))
 
 
 def state_sharding(abstract_tree, mesh):

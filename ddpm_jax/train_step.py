@@ -3,6 +3,7 @@ objective of `ddpm_jax.objectives.training_losses`)."""
 
 from __future__ import annotations
 
+import functools
 from typing import Any, Callable
 
 import flax.struct
@@ -10,7 +11,9 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from ddpm_jax import diffusion, objectives
+from jax.sharding import PartitionSpec as P
+
+from ddpm_jax import diffusion, objectives, sharding
 from ddpm_jax.optim import ema_decay_at, ema_update, learning_rate_schedule
 from ddpm_jax.schedules import Schedule
 
@@ -59,15 +62,6 @@ def init_train_state(model, tx: optax.GradientTransformation, rng: jax.Array,
     return TrainStateWithLossHistory(
         **fields, loss_history=objectives.init_loss_history(loss_history_timesteps))
   return TrainState(**fields)
-
-
-def split_batch(batch) -> tuple[jax.Array, jax.Array | None]:
-  """(images, labels or None) from a batch that is an image array or a dict
-  {'image': (B, H, W, C), 'label': (B,) int} (the hook for class-conditional training)."""
-  if isinstance(batch, dict):
-    return batch['image'], batch.get('label')
-  return batch, None
-
 
 
 def _split_micro(x, k: int):
@@ -137,11 +131,7 @@ def exact_value_and_grad(loss_fn, params, per_example, key, num_micro: int, mesh
   Costs one parameter-sized buffer per device in memory and an all-gather instead of an
   all-reduce. Dropout keys are folded with the device index.
   """
-  from jax.sharding import PartitionSpec as P
-  axes = tuple(a for a in ('data', 'fsdp') if a in mesh.shape)
-  n = 1
-  for a in axes:
-    n *= mesh.shape[a]
+  axes, n = sharding.AXES, sharding.num_batch_shards(mesh)
 
   def local(params, per_example, key):
     index = jax.lax.axis_index(axes)
@@ -162,7 +152,7 @@ def make_train_step(model, tx: optax.GradientTransformation, schedule: Schedule,
                     config, mesh=None) -> Callable[[TrainState, jax.Array],
                                                    tuple[TrainState, dict]]:
   """`train_step(state, batch) -> (state, metrics)` for batches of images in [-1, 1] (or dicts
-  {'image', 'label'} for a class-conditional model, see `split_batch`).
+  {'image': (B, H, W, C), 'label': (B,) int} for a class-conditional model).
 
   Algorithm 1: t ~ Uniform{0..T-1} (or importance-sampled, N&D Sec. 3.3), eps ~ N(0, I),
   gradient step on `config.diffusion.loss` (`objectives.training_losses`), then the EMA of the
@@ -170,31 +160,26 @@ def make_train_step(model, tx: optax.GradientTransformation, schedule: Schedule,
   `config.train.label_dropout` (classifier-free guidance). Metrics: loss, gradient global norm
   (before clipping), learning rate, and the mse / vlb (bits/dim) terms where computed.
   """
-  num_timesteps = schedule.num_timesteps
-  dcfg = config.diffusion
+  dcfg, ocfg, num_classes = config.diffusion, config.optim, config.model.num_classes
   loss_kwargs = dict(mean_type=dcfg.mean_type, var_type=dcfg.var_type, loss_type=dcfg.loss,
                      hybrid_lambda=dcfg.hybrid_lambda, min_snr_gamma=dcfg.min_snr_gamma)
-  importance_sampling = bool(dcfg.importance_sampling)
-  num_classes = int(config.model.num_classes)
-  label_dropout = float(config.train.label_dropout)
-  ema_decay = config.optim.ema_decay
-  ema_warmup = bool(config.optim.ema_warmup)
-  lr_fn = learning_rate_schedule(config.optim)
-  grad_accum_steps = int(config.train.grad_accum_steps)
-  exact = bool(config.train.exact_reduction)
-  if exact and mesh is None:
-    raise ValueError('config.train.exact_reduction needs the mesh (make_train_step(..., mesh)).')
+  lr_fn = learning_rate_schedule(ocfg)
+  value_and_grad = accumulated_value_and_grad
+  if config.train.exact_reduction:
+    if mesh is None:
+      raise ValueError('config.train.exact_reduction needs the mesh (make_train_step(..., mesh)).')
+    value_and_grad = functools.partial(exact_value_and_grad, mesh=mesh)
 
   def train_step(state: TrainState, batch: jax.Array):
     rng = jax.random.fold_in(state.rng, state.step)
     key_t, key_noise, key_dropout = jax.random.split(rng, 3)
-    x0, labels = split_batch(batch)
+    x0, labels = (batch['image'], batch.get('label')) if isinstance(batch, dict) else (batch, None)
     x0 = x0.astype(jnp.float32)
     batch_size = x0.shape[0]
-    if importance_sampling:
+    if dcfg.importance_sampling:
       t, weights = objectives.sample_timesteps_importance(key_t, state.loss_history, batch_size)
     else:
-      t = jax.random.randint(key_t, (batch_size,), 0, num_timesteps, dtype=jnp.int32)
+      t = jax.random.randint(key_t, (batch_size,), 0, schedule.num_timesteps, dtype=jnp.int32)
       weights = None
     noise = jax.random.normal(key_noise, x0.shape, jnp.float32)
     xt = diffusion.q_sample(schedule, x0, t, noise)
@@ -204,7 +189,8 @@ def make_train_step(model, tx: optax.GradientTransformation, schedule: Schedule,
         raise ValueError(
             'config.model.num_classes > 0 needs labelled batches {"image", "label"}; the batch '
             'holds images only.')
-      drop = jax.random.bernoulli(jax.random.fold_in(rng, 1), label_dropout, (batch_size,))
+      drop = jax.random.bernoulli(jax.random.fold_in(rng, 1), config.train.label_dropout,
+                                  (batch_size,))
       model_args = (jnp.where(drop, num_classes, labels.astype(jnp.int32)),)
 
     def loss_fn(params, xt, t, x0, noise, model_args, weights, key_dropout):  # One micro-batch.
@@ -214,20 +200,16 @@ def make_train_step(model, tx: optax.GradientTransformation, schedule: Schedule,
       losses = terms['loss'] if weights is None else terms['loss'] * weights
       return jnp.mean(losses), terms
 
-    per_example = (xt, t, x0, noise, model_args, weights)
-    if exact:
-      (loss, terms), grads = exact_value_and_grad(loss_fn, state.params, per_example,
-                                                  key_dropout, grad_accum_steps, mesh)
-    else:
-      (loss, terms), grads = accumulated_value_and_grad(loss_fn, state.params, per_example,
-                                                        key_dropout, grad_accum_steps)
+    (loss, terms), grads = value_and_grad(loss_fn, state.params,
+                                          (xt, t, x0, noise, model_args, weights), key_dropout,
+                                          config.train.grad_accum_steps)
     updates, opt_state = tx.update(grads, state.opt_state, state.params)
     params = optax.apply_updates(state.params, updates)
     new_state = state.replace(
         step=state.step + 1, params=params, opt_state=opt_state,
         ema_params=ema_update(state.ema_params, params,
-                               ema_decay_at(state.step, ema_decay, ema_warmup)))
-    if importance_sampling:
+                               ema_decay_at(state.step, ocfg.ema_decay, ocfg.ema_warmup)))
+    if dcfg.importance_sampling:
       new_state = new_state.replace(loss_history=objectives.update_loss_history(
           state.loss_history, t, jax.lax.stop_gradient(terms['loss'])))
     metrics = {'loss': loss, 'grad_norm': optax.tree.norm(grads), 'lr': lr_fn(state.step)}

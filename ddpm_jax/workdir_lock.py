@@ -26,6 +26,11 @@ import threading
 import time
 import uuid
 
+import jax
+import numpy as np
+from etils import epath
+from jax.experimental import multihost_utils
+
 from ddpm_jax.errors import UserError
 
 WRITER = 'writer'
@@ -39,9 +44,7 @@ class WorkdirLockedError(UserError):
 
 
 def lock_path(workdir: str, name: str = WRITER) -> str:
-  if '://' in workdir:
-    return workdir.rstrip('/') + f'/{name}.lock'
-  return os.path.join(workdir, f'{name}.lock')
+  return str(epath.Path(workdir) / f'{name}.lock')
 
 
 def _process_start(pid: int) -> str | None:
@@ -77,17 +80,16 @@ def _is_mine(record: dict) -> bool:
           and record.get('start') == _process_start(os.getpid()))
 
 
-def stale_reason(record: dict | None, age: float, now: float | None = None) -> str | None:
+def stale_reason(record: dict | None, age: float) -> str | None:
   """Why the lock `record` (None: unreadable) whose file was last written `age` seconds ago
   belongs to no running process, or None if its owner may be running."""
-  now = time.time() if now is None else now
   if record is None:
     return 'unreadable lock file' if age > 10 else None  # Else possibly being written now.
   if record.get('host') == socket.gethostname() and isinstance(record.get('pid'), int):
     if not _pid_running(record['pid'], record.get('start')):
       return f'pid {record["pid"]} is not running'
     return None
-  silent = now - float(record.get('heartbeat', 0))
+  silent = time.time() - float(record.get('heartbeat', 0))
   if silent > STALE_AFTER_SECONDS:
     return f'no heartbeat from host {record.get("host")} for {silent:.0f} s'
   return None
@@ -102,20 +104,11 @@ def describe_owner(record: dict | None) -> str:
           f'since {since} ({record.get("command", "?")})')
 
 
-# ---------------------------------------------------------------------------------------------
-# Files: local (atomic create) and remote (epath, best effort).
-
-
 def _read(path: str) -> tuple[dict | None, float]:
   """(record or None, age of the file in seconds); raises FileNotFoundError if absent."""
-  if '://' in path:
-    from etils import epath  # pylint: disable=g-import-not-at-top
-    text = epath.Path(path).read_text()
-    age = 0.0
-  else:
-    with open(path) as f:
-      text = f.read()
-    age = time.time() - os.path.getmtime(path)
+  p = epath.Path(path)
+  text = p.read_text()
+  age = time.time() - p.stat().mtime
   try:
     record = json.loads(text)
   except ValueError:
@@ -125,50 +118,24 @@ def _read(path: str) -> tuple[dict | None, float]:
 
 def _create(path: str, record: dict) -> bool:
   """Writes `record` to `path` if no file is there; returns whether it did."""
-  text = json.dumps(record)
-  if '://' in path:
-    from etils import epath  # pylint: disable=g-import-not-at-top
-    p = epath.Path(path)
-    if p.exists():
+  epath.Path(path).parent.mkdir(parents=True, exist_ok=True)
+  if '://' in path:  # Object stores have no exclusive create: check, then write.
+    if epath.Path(path).exists():
       return False
-    p.write_text(text)
+    epath.Path(path).write_text(json.dumps(record))
     return True
-  os.makedirs(os.path.dirname(path) or '.', exist_ok=True)
   try:
-    fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+    with open(path, 'x') as f:  # O_CREAT | O_EXCL: atomic, also on network filesystems.
+      f.write(json.dumps(record))
   except FileExistsError:
     return False
-  with os.fdopen(fd, 'w') as f:
-    f.write(text)
   return True
 
 
 def _rewrite(path: str, record: dict) -> None:
-  text = json.dumps(record)
-  if '://' in path:
-    from etils import epath  # pylint: disable=g-import-not-at-top
-    epath.Path(path).write_text(text)
-    return
-  tmp = f'{path}.{os.getpid()}.tmp'
-  with open(tmp, 'w') as f:
-    f.write(text)
-  os.replace(tmp, path)
-
-
-def _remove(path: str) -> None:
-  if '://' in path:
-    from etils import epath  # pylint: disable=g-import-not-at-top
-    epath.Path(path).unlink(missing_ok=True)
-  else:
-    try:
-      os.remove(path)
-    except FileNotFoundError:
-      pass
-
-
-# ---------------------------------------------------------------------------------------------
-# The lock.
-
+  tmp = epath.Path(f'{path}.{os.getpid()}.tmp')
+  tmp.write_text(json.dumps(record))
+  tmp.replace(path)
 
 @dataclasses.dataclass
 class WorkdirLock:
@@ -193,10 +160,11 @@ class WorkdirLock:
       except OSError as e:
         logging.warning('Could not refresh the lock %s: %s', self.path, e)
 
-  def _start_heartbeat(self) -> None:
-    self._thread = threading.Thread(target=self._beat, name='workdir-lock-heartbeat',
-                                    daemon=True)
-    self._thread.start()
+  def __post_init__(self) -> None:
+    if self.owned:
+      self._thread = threading.Thread(target=self._beat, name='workdir-lock-heartbeat',
+                                      daemon=True)
+      self._thread.start()
 
   def release(self) -> None:
     if not self.owned:
@@ -209,7 +177,7 @@ class WorkdirLock:
     except FileNotFoundError:
       return
     if current is not None and current.get('token') == self.record['token']:
-      _remove(self.path)
+      epath.Path(self.path).unlink(missing_ok=True)
     self.owned = False
 
   def __enter__(self) -> 'WorkdirLock':
@@ -229,9 +197,7 @@ def acquire(workdir: str, name: str = WRITER, what: str = 'training') -> Workdir
   record = _own_record(uuid.uuid4().hex, what)
   for _ in range(3):
     if _create(path, record):
-      lock = WorkdirLock(path, True, record)
-      lock._start_heartbeat()  # pylint: disable=protected-access
-      return lock
+      return WorkdirLock(path, True, record)
     try:
       current, age = _read(path)
     except FileNotFoundError:
@@ -245,7 +211,7 @@ def acquire(workdir: str, name: str = WRITER, what: str = 'training') -> Workdir
           f'finish or stop it; if that process is gone, delete {path}.')
     logging.warning('Replacing the stale lock %s of %s (%s).', path, describe_owner(current),
                     reason)
-    _remove(path)
+    epath.Path(path).unlink(missing_ok=True)
   raise WorkdirLockedError(f'Could not take the lock {path}: other processes keep taking it.')
 
 
@@ -254,18 +220,16 @@ def acquire_for_run(workdir: str, name: str = WRITER, what: str = 'training'
   """`acquire` for a job of one or several JAX processes: process 0 takes the lock (the
   others get None) and every process learns whether it could, so that all of them stop
   together when another run holds it."""
-  import jax  # pylint: disable=g-import-not-at-top
-  import numpy as np  # pylint: disable=g-import-not-at-top
   lock, error = None, None
   if jax.process_index() == 0:
     try:
       lock = acquire(workdir, name, what)
     except WorkdirLockedError as e:
       error = e
-  if jax.process_count() > 1:
-    from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
-    if int(multihost_utils.broadcast_one_to_all(np.int32(error is not None))) and not error:
-      error = WorkdirLockedError(f'{workdir} is in use (see process 0).')
+  # Every process takes part in the broadcast; the others learn process 0's outcome.
+  if jax.process_count() > 1 and int(
+      multihost_utils.broadcast_one_to_all(np.int32(error is not None))) and not error:
+    error = WorkdirLockedError(f'{workdir} is in use (see process 0).')
   if error is not None:
     raise error
   return lock

@@ -2,9 +2,7 @@
 CIFAR-10 model by `benchmarks/` (the command lines' `--cpu_preset`, by default the job's):
 
 * `train`: convolutions left to XLA's own convolution runtime instead of the default YNNPACK
-  library fusions (dots and reductions stay with YNNPACK): a faster train step. (XNNPACK,
-  which an earlier version of this preset also named, takes none of the U-Net's
-  convolutions: the compiled train step is the same without it.)
+  library fusions (dots and reductions stay with YNNPACK): a faster train step.
 * `inference`: convolutions and dots left to XLA's own emitters instead of YNNPACK (reductions
   stay with YNNPACK, which the CPU backend's GroupNorm, `ddpm_jax.kernels.group_norm`, needs:
   it is slower with XLA's own reductions): a faster forward pass; the same flags slow

@@ -60,13 +60,14 @@ def test_tfds_source_with_mock_data():
 
 
 def test_dataset_names_resolve_to_sources():
-  assert sources.resolve('CIFAR10', 32) == ('tfds', 'cifar10')
-  assert sources.resolve('lsun/church', 256) == ('tfds', 'lsun/church_outdoor')
-  assert sources.resolve('celeb_a_hq', 200) == ('tfds', 'celeb_a_hq/256')  # Smallest >= 200.
-  assert sources.resolve('celeb_a_hq/64', 256) == ('tfds', 'celeb_a_hq/64')
-  assert sources.resolve('folder', 64) == ('folder', None)
+  assert sources.resolve_dataset('CIFAR10', 32) == ('tfds', 'cifar10')
+  assert sources.resolve_dataset('lsun/church', 256) == ('tfds', 'lsun/church_outdoor')
+  # celeb_a_hq: the smallest prepared resolution >= image_size.
+  assert sources.resolve_dataset('celeb_a_hq', 200) == ('tfds', 'celeb_a_hq/256')
+  assert sources.resolve_dataset('celeb_a_hq/64', 256) == ('tfds', 'celeb_a_hq/64')
+  assert sources.resolve_dataset('folder', 64) == ('folder', None)
   with pytest.raises(ValueError, match='celeb_a_hq/<resolution>'):
-    sources.resolve('celeb_a_hq/300', 32)
+    sources.resolve_dataset('celeb_a_hq/300', 32)
 
 
 def test_array_source_classes_and_preprocessing_once():

@@ -6,30 +6,12 @@
 * `create_train_iterator(...)`: the training batches on grain, a pure function of (seed, step)
   whatever the number of processes (`pipeline`).
 * `load_split(config.data, split, max_examples)`: the first images of a split, preprocessed.
-* `preprocess_image`, `preprocess_images`, `to_float`: what training does to an image
-  (`preprocess`).
+* `preprocess_image`, `to_float`: what training does to an image (`preprocess`).
 """
 
+# pylint: disable=unused-import  (the package's interface)
 from ddpm_jax.data.folder import IMAGE_EXTENSIONS, FolderSource, list_images
 from ddpm_jax.data.pipeline import TrainIterator, check_labels, create_train_iterator, load_split
-from ddpm_jax.data.preprocess import preprocess_image, preprocess_images, to_float
-from ddpm_jax.data.sources import DATASETS, ArraySource, check_dataset_name, open_source
+from ddpm_jax.data.preprocess import preprocess_image, to_float
+from ddpm_jax.data.sources import ArraySource, open_source, resolve_dataset
 from ddpm_jax.errors import DatasetError
-
-__all__ = [
-    'DATASETS',
-    'IMAGE_EXTENSIONS',
-    'ArraySource',
-    'DatasetError',
-    'FolderSource',
-    'TrainIterator',
-    'check_dataset_name',
-    'check_labels',
-    'create_train_iterator',
-    'list_images',
-    'load_split',
-    'open_source',
-    'preprocess_image',
-    'preprocess_images',
-    'to_float',
-]

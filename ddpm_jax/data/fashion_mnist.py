@@ -9,6 +9,7 @@ and from what tfds registers, but hold the same arrays.
 
 from __future__ import annotations
 
+import functools
 import gzip
 import hashlib
 import logging
@@ -17,7 +18,6 @@ import pathlib
 import shutil
 import struct
 import tempfile
-import threading
 import urllib.request
 import zlib
 
@@ -55,22 +55,13 @@ _IDX_DTYPES = {0x08: np.dtype(np.uint8), 0x09: np.dtype(np.int8), 0x0B: np.dtype
                0x0C: np.dtype('>i4'), 0x0D: np.dtype('>f4'), 0x0E: np.dtype('>f8')}
 
 
-def _read_maybe_gzip(path: pathlib.Path) -> bytes:
-  with open(path, 'rb') as f:
-    magic = f.read(2)
-    f.seek(0)
-    if magic == b'\x1f\x8b':
-      with gzip.GzipFile(fileobj=f) as g:
-        return g.read()
-    return f.read()
-
-
 def read_idx(path) -> np.ndarray:
   """Reads an IDX file (as in MNIST / Fashion-MNIST), gzip'd or not, into a numpy array of its
   dims and native-endian dtype. Raises DatasetError on a bad or truncated file."""
   path = pathlib.Path(path)
   try:
-    raw = _read_maybe_gzip(path)
+    raw = path.read_bytes()
+    raw = gzip.decompress(raw) if raw[:2] == b'\x1f\x8b' else raw
   except (OSError, EOFError, zlib.error) as e:
     raise DatasetError(f'Cannot read IDX file {path}: {e}. Missing or corrupt; replace it.'
                        ) from None
@@ -103,11 +94,8 @@ def _complete(directory: pathlib.Path) -> bool:
 
 
 def _md5(path: pathlib.Path) -> str:
-  h = hashlib.md5()
   with open(path, 'rb') as f:
-    for chunk in iter(lambda: f.read(1 << 20), b''):
-      h.update(chunk)
-  return h.hexdigest()
+    return hashlib.file_digest(f, 'md5').hexdigest()
 
 
 def download(directory: pathlib.Path) -> None:
@@ -160,8 +148,20 @@ def find_dir(data_dir: str = '', allow_download: bool = True) -> pathlib.Path:
       f'{", ".join(str(c) for c in candidates)}, and {reason}. {_HELP}')
 
 
-_CACHE: dict = {}
-_LOCK = threading.Lock()
+@functools.cache
+def _load(directory: str, split: str) -> tuple[np.ndarray, np.ndarray]:
+  directory = pathlib.Path(directory)
+  img_stem, lab_stem = SPLITS[split]
+  images = read_idx(_idx_file(directory, img_stem) or directory / (img_stem + '.gz'))
+  labels = read_idx(_idx_file(directory, lab_stem) or directory / (lab_stem + '.gz'))
+  if images.ndim != 3 or images.dtype != np.uint8 or labels.ndim != 1 or (
+      len(images) != len(labels)):
+    raise DatasetError(f'Fashion-MNIST {split} files in {directory} are inconsistent: '
+                       f'images {images.dtype} {images.shape}, labels {labels.shape}.')
+  images, labels = images[..., None], labels.astype(np.int64)
+  images.setflags(write=False)
+  labels.setflags(write=False)
+  return images, labels
 
 
 def load(directory, split: str) -> tuple[np.ndarray, np.ndarray]:
@@ -169,20 +169,4 @@ def load(directory, split: str) -> tuple[np.ndarray, np.ndarray]:
   in `directory`, read-only and kept in memory after the first call."""
   if split not in SPLITS:
     raise DatasetError(f"Fashion-MNIST has splits 'train' and 'test', not {split!r}.")
-  directory = pathlib.Path(directory)
-  key = (str(directory.resolve()), split)
-  with _LOCK:
-    if key not in _CACHE:
-      img_stem, lab_stem = SPLITS[split]
-      images = read_idx(_idx_file(directory, img_stem) or directory / (img_stem + '.gz'))
-      labels = read_idx(_idx_file(directory, lab_stem) or directory / (lab_stem + '.gz'))
-      if images.ndim != 3 or images.dtype != np.uint8 or labels.ndim != 1 or (
-          len(images) != len(labels)):
-        raise DatasetError(f'Fashion-MNIST {split} files in {directory} are inconsistent: '
-                           f'images {images.dtype} {images.shape}, labels {labels.shape}.')
-      images = images[..., None]
-      labels = labels.astype(np.int64)
-      images.setflags(write=False)
-      labels.setflags(write=False)
-      _CACHE[key] = (images, labels)
-    return _CACHE[key]
+  return _load(str(pathlib.Path(directory).resolve()), split)

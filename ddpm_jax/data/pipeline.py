@@ -18,6 +18,7 @@ no resizing are preprocessed once as a whole and batched by fancy indexing.
 
 from __future__ import annotations
 
+import functools
 import os
 
 import grain
@@ -68,65 +69,39 @@ def _check_sharding(global_batch_size: int, process_index: int, process_count: i
                      f'process count {process_count}; use a multiple of {process_count}.')
 
 
-class _DrawFlips:
-  """grain `random_map` over global batches: dataset indices (B,) -> (indices, flips), a fair
-  coin per position of the global batch from the step's RNG (all False without flips)."""
-
-  def __init__(self, random_flip: bool):
-    self.random_flip = random_flip
-
-  def __call__(self, indices, rng: np.random.Generator):
-    flips = rng.random(len(indices)) < 0.5
-    return np.asarray(indices, np.int64), flips & self.random_flip
+def _plan(random_flip: bool, offset: int, size: int, indices, rng: np.random.Generator):
+  """grain `random_map` over global batches: dataset indices (B,) -> this process's slice
+  [offset, offset + size) of (indices, flips), a fair coin per position of the global batch
+  from the step's RNG (all False without flips)."""
+  flips = (rng.random(len(indices)) < 0.5) & random_flip
+  return np.asarray(indices, np.int64)[offset:offset + size], flips[offset:offset + size]
 
 
-class _LocalSlice:
-  """grain `map`: a global batch plan -> this process's contiguous slice of it."""
-
-  def __init__(self, offset: int, size: int):
-    self.offset, self.size = offset, size
-
-  def __call__(self, plan):
-    indices, flips = plan
-    return indices[self.offset:self.offset + self.size], flips[self.offset:self.offset + self.size]
-
-
-class _Batch:
+def _read_batch(source, image_size: int, channels: int, num_classes: int, preprocessed: bool,
+                plan):
   """grain `map`: (indices, flips) -> uint8 (n, S, S, C), the examples read, preprocessed and
   flipped, and with `num_classes > 0` a dict with their int32 labels, checked to lie in
-  [0, num_classes). In-memory sources already preprocessed (`preprocessed`) are read by one
-  fancy index."""
-
-  def __init__(self, source, image_size: int, channels: int, num_classes: int,
-               preprocessed: bool):
-    self.source, self.image_size, self.channels = source, image_size, channels
-    self.num_classes, self.preprocessed = num_classes, preprocessed
-
-  def __call__(self, plan):
-    indices, flips = plan
-    if self.preprocessed:
-      images = self.source.images[indices]
-      labels = self.source.labels[indices] if self.num_classes else None
-    else:
-      examples = [self.source[i] for i in indices]
-      images = np.stack([preprocess_image(im, self.image_size, self.channels)
-                         for im, _ in examples])
-      labels = [label for _, label in examples] if self.num_classes else None
-    if flips.any():
-      images[flips] = images[flips][:, :, ::-1]
-    if not self.num_classes:
-      return images
-    return {'image': images, 'label': self._check(labels)}
-
-  def _check(self, labels) -> np.ndarray:
-    if any(label is None for label in labels):
-      raise DatasetError(_NO_LABELS)
-    labels = np.asarray(labels, np.int64)
-    bad = (labels < 0) | (labels >= self.num_classes)
-    if bad.any():
-      raise DatasetError(f'Label {int(labels[bad][0])} is outside [0, {self.num_classes}): set '
-                         'config.model.num_classes to the number of classes of the dataset.')
-    return labels.astype(np.int32)
+  [0, num_classes). In-memory sources already preprocessed are read by one fancy index."""
+  indices, flips = plan
+  if preprocessed:
+    images = source.images[indices]
+    labels = source.labels[indices] if num_classes else None
+  else:
+    examples = [source[i] for i in indices]
+    images = np.stack([preprocess_image(im, image_size, channels) for im, _ in examples])
+    labels = [label for _, label in examples]
+  if flips.any():
+    images[flips] = images[flips][:, :, ::-1]
+  if not num_classes:
+    return images
+  if any(label is None for label in labels):
+    raise DatasetError(_NO_LABELS)
+  labels = np.asarray(labels, np.int64)
+  bad = (labels < 0) | (labels >= num_classes)
+  if bad.any():
+    raise DatasetError(f'Label {int(labels[bad][0])} is outside [0, {num_classes}): set '
+                       'config.model.num_classes to the number of classes of the dataset.')
+  return {'image': images, 'label': labels.astype(np.int32)}
 
 
 def _model_input(batch):
@@ -158,22 +133,20 @@ class TrainIterator:
     if len(source) == 0:
       raise DatasetError('The dataset is empty.')
     check_labels(source, int(num_classes))
-    self.num_examples = len(source)
-    self.global_batch_size = int(global_batch_size)
-    self.local_batch_size = self.global_batch_size // int(process_count)
-    self._offset = int(process_index) * self.local_batch_size
+    local_batch_size = int(global_batch_size) // int(process_count)
     self._step = int(start_step)
     in_memory = isinstance(source, ArraySource) and not needs_resize(
         *source.images.shape[1:3], int(image_size))
     if in_memory:  # Preprocessed once; batches are fancy-indexed.
       source = source.preprocessed(int(image_size), int(channels))
-    self._order = grain.MapDataset.range(self.num_examples).shuffle(
+    order = grain.MapDataset.range(len(source)).shuffle(
         seed=_grain_seed(seed, _SHUFFLE_STREAM)).repeat()
-    self._plan = self._order.batch(self.global_batch_size).random_map(
-        _DrawFlips(bool(random_flip)), seed=_grain_seed(seed, _FLIP_STREAM)).map(
-            _LocalSlice(self._offset, self.local_batch_size))
-    self._uint8 = self._plan.map(
-        _Batch(source, int(image_size), int(channels), int(num_classes), in_memory))
+    self._plan = order.batch(int(global_batch_size)).random_map(
+        functools.partial(_plan, bool(random_flip), int(process_index) * local_batch_size,
+                          local_batch_size),
+        seed=_grain_seed(seed, _FLIP_STREAM))
+    self._uint8 = self._plan.map(functools.partial(
+        _read_batch, source, int(image_size), int(channels), int(num_classes), in_memory))
     self._batches = self._uint8.map(_model_input)
     if num_threads is None:
       num_threads = 1 if in_memory else min(8, os.cpu_count() or 1)
@@ -184,11 +157,6 @@ class TrainIterator:
   def step(self) -> int:
     """The step whose batch `next()` returns next."""
     return self._step
-
-  def permutation(self, epoch: int) -> np.ndarray:
-    """The order (dataset indices) in which epoch `epoch` visits the dataset."""
-    start = int(epoch) * self.num_examples
-    return np.array([self._order[i] for i in range(start, start + self.num_examples)])
 
   def example_indices(self, step: int) -> np.ndarray:
     """Dataset indices of this process's examples in batch `step`."""
@@ -229,9 +197,7 @@ class TrainIterator:
   def close(self) -> None:
     """Stops the prefetch threads and worker processes."""
     if self._iter is not None:
-      close = getattr(self._iter, 'close', None)
-      if close is not None:
-        close()
+      self._iter.close()
       self._iter = None
 
   def __enter__(self) -> 'TrainIterator':
@@ -258,16 +224,6 @@ def create_train_iterator(data_config, global_batch_size: int, seed: int, start_
       worker_processes=data_config.worker_processes)
 
 
-class _Preprocess:
-  """grain `map`: dataset example -> its preprocessed uint8 image (no flip)."""
-
-  def __init__(self, image_size: int, channels: int):
-    self.image_size, self.channels = image_size, channels
-
-  def __call__(self, example):
-    return preprocess_image(example[0], self.image_size, self.channels)
-
-
 def load_split(data_config, split: str, max_examples: int | None = None) -> np.ndarray:
   """The first `max_examples` (all if None) images of `split` in dataset order, preprocessed
   (channels, crop, resize / pad; no flip): uint8 (N, S, S, C)."""
@@ -277,7 +233,8 @@ def load_split(data_config, split: str, max_examples: int | None = None) -> np.n
   if isinstance(source, ArraySource):
     return np.array(preprocess_images(source.images[:n], image_size, channels))
   out = np.empty((n, image_size, image_size, channels), np.uint8)
-  images = grain.MapDataset.source(source)[:n].map(_Preprocess(image_size, channels))
+  images = grain.MapDataset.source(source)[:n].map(
+      lambda example: preprocess_image(example[0], image_size, channels))
   threads = min(8, os.cpu_count() or 1)
   for i, image in enumerate(images.to_iter_dataset(
       grain.ReadOptions(num_threads=threads, prefetch_buffer_size=4 * threads))):

@@ -26,6 +26,16 @@ def as_hwc(image) -> np.ndarray:
   return image
 
 
+def as_nhwc(images) -> np.ndarray:
+  """uint8 images (N, H, W) or (N, H, W, C) as (N, H, W, C); anything else is a ValueError."""
+  images = np.asarray(images)
+  if images.ndim == 3:
+    images = images[..., None]
+  if images.ndim != 4 or images.dtype != np.uint8:
+    raise ValueError(f'Expected uint8 images (N, H, W, C), got {images.dtype} {images.shape}.')
+  return images
+
+
 def convert_channels(image: np.ndarray, channels: int) -> np.ndarray:
   """uint8 (..., H, W, C) -> (..., H, W, `channels`).
 
@@ -123,12 +133,7 @@ def preprocess_image(image: np.ndarray, image_size: int, channels: int) -> np.nd
 def preprocess_images(images: np.ndarray, image_size: int, channels: int) -> np.ndarray:
   """`preprocess_image` over a uint8 array (N, H, W[, C]) of same-sized images, vectorised
   where possible (channels, crop and pad are whole-array operations)."""
-  images = np.asarray(images)
-  if images.ndim == 3:
-    images = images[..., None]
-  if images.ndim != 4 or images.dtype != np.uint8:
-    raise ValueError(f'Expected uint8 images (N, H, W, C), got {images.dtype} {images.shape}.')
-  images = convert_channels(images, channels)
+  images = convert_channels(as_nhwc(images), channels)
   return np.ascontiguousarray(_square_to_size(center_crop(images), image_size))
 
 

@@ -25,7 +25,7 @@ import numpy as np
 
 from ddpm_jax.data import fashion_mnist
 from ddpm_jax.data.folder import FolderSource
-from ddpm_jax.data.preprocess import preprocess_images
+from ddpm_jax.data.preprocess import as_nhwc, preprocess_images
 from ddpm_jax.data.tfds_source import TfdsSource
 from ddpm_jax.errors import DatasetError
 
@@ -49,12 +49,7 @@ class ArraySource:
 
   def __init__(self, images: np.ndarray, labels: np.ndarray | None = None,
                classes: tuple[str, ...] | None = None):
-    images = np.asarray(images)
-    if images.ndim == 3:
-      images = images[..., None]
-    if images.ndim != 4 or images.dtype != np.uint8:
-      raise ValueError(f'ArraySource needs uint8 (N, H, W, C), got {images.dtype} '
-                       f'{images.shape}.')
+    images = as_nhwc(images)
     if labels is not None and len(labels) != len(images):
       raise ValueError(f'{len(labels)} labels for {len(images)} images.')
     self.images, self.labels = images, labels
@@ -81,8 +76,10 @@ class ArraySource:
     return self._preprocessed[key]
 
 
-def resolve(dataset: str, image_size: int) -> tuple[str, str | None]:
-  """config.data.dataset -> (kind, tfds name); kind is 'fashion_mnist', 'folder' or 'tfds'."""
+def resolve_dataset(dataset: str, image_size: int) -> tuple[str, str | None]:
+  """config.data.dataset -> (kind, tfds name); kind is 'fashion_mnist', 'folder' or 'tfds'.
+  Raises ValueError naming config.data.dataset and the valid names if `dataset` is unknown
+  (nothing is opened: the check runs before a workdir is touched)."""
   name = str(dataset).strip().lower()
   if name in ('fashion_mnist', 'folder'):
     return name, None
@@ -99,12 +96,6 @@ def resolve(dataset: str, image_size: int) -> tuple[str, str | None]:
   raise ValueError(f'Unknown dataset {dataset!r} (config.data.dataset). Valid names: '
                    f'{", ".join(DATASETS)} (also celeb_a_hq/<resolution> and '
                    'lsun/<category>).')
-
-
-def check_dataset_name(dataset: str, image_size: int = 32) -> None:
-  """Raises ValueError naming config.data.dataset and the valid names if `dataset` is unknown
-  (nothing is opened: the check runs before a workdir is touched)."""
-  resolve(dataset, image_size)
 
 
 def _fashion_mnist(data_dir: str, split: str) -> ArraySource:
@@ -129,7 +120,7 @@ def open_source(data_config, split: str | None = None):
   """The random-access source of `config.data` for `split` (default `config.data.split`)."""
   data_dir = str(data_config.data_dir or '')
   split = split or data_config.split
-  kind, tfds_name = resolve(data_config.dataset, int(data_config.image_size))
+  kind, tfds_name = resolve_dataset(data_config.dataset, int(data_config.image_size))
   if kind == 'tfds':
     return TfdsSource(data_config.dataset, tfds_name, split, data_dir)
   if kind == 'folder':

@@ -28,11 +28,8 @@ def _tfds():
 
 
 def _default_dir() -> str:
-  try:
-    from tensorflow_datasets.core import constants  # pylint: disable=import-outside-toplevel
-    return str(constants.DATA_DIR)
-  except Exception:  # pylint: disable=broad-except
-    return os.environ.get('TFDS_DATA_DIR', os.path.expanduser('~/tensorflow_datasets'))
+  """TFDS' default data_dir ($TFDS_DATA_DIR, else ~/tensorflow_datasets)."""
+  return str(_tfds().core.constants.DATA_DIR)
 
 
 def prepare_message(name: str, tfds_name: str, split: str, data_dir: str,
@@ -76,17 +73,6 @@ def prepare_message(name: str, tfds_name: str, split: str, data_dir: str,
   return msg
 
 
-def _class_names(ds) -> tuple[str, ...] | None:
-  """The names of the 'label' feature's classes, or None when the dataset has no labels."""
-  features = getattr(getattr(ds, 'dataset_info', None), 'features', None)
-  try:
-    label = features['label'] if features is not None and 'label' in features else None
-  except (KeyError, TypeError):
-    label = None
-  names = getattr(label, 'names', None)
-  return tuple(names) if names else None
-
-
 class TfdsSource:
   """`source[i] -> (uint8 (H, W, C) image, int label or None)` of a prepared tfds split.
   `classes`: the label names, or None for a dataset without labels (celeb_a_hq, lsun)."""
@@ -100,7 +86,10 @@ class TfdsSource:
       self._len = len(self._ds)
     except Exception as e:  # pylint: disable=broad-except
       raise DatasetError(prepare_message(name, tfds_name, split, data_dir, e)) from None
-    self.classes = _class_names(self._ds)
+    # The names of the 'label' feature's classes; None when the dataset has no labels.
+    features = self._ds.dataset_info.features
+    names = getattr(features['label'], 'names', None) if 'label' in features else None
+    self.classes = tuple(names) if names else None
 
   def __len__(self) -> int:
     return self._len
