@@ -119,13 +119,13 @@ def _sample_grid(experiment, sample_fn, state, step: int, workdir: str, writer) 
   key = jax.random.fold_in(jax.random.PRNGKey(cfg.train.seed + 1), step)
   params = _replicated_ema_params(experiment, state)
   x = generation.generate(sample_fn, params, key, cfg.train.num_sample_grid,
-                        cfg.train.num_sample_grid, progress=False)
+                          cfg.train.num_sample_grid, progress=False)
   if jax.process_index() != 0:
     return None
   grid = image_files.make_grid(x)
   writer.write_image(step, 'samples_ema', grid)
   return image_files.save_png(os.path.join(workdir, 'samples', f'train_step{step:08d}.png'),
-                         image_files.upscale(grid))
+                              image_files.upscale(grid))
 
 
 def train_and_evaluate(config, workdir: str, experiment: Experiment | None = None,

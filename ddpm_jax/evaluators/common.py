@@ -34,7 +34,7 @@ class Samples:
         self._sample_fns[bs] = generation.make_sample_fn(self.experiment, bs)
       key = jax.random.PRNGKey(cfg.eval.seed + 1)
       self._images = generation.generate(self._sample_fns[bs], params, key, num, bs,
-                                       progress=self.progress)
+                                         progress=self.progress)
       self._params = params
     return self._images[:num]
 
