@@ -32,7 +32,6 @@ from ddpm_jax import cli, data, runtime
 from ddpm_jax.errors import UserError
 from ddpm_jax.evaluators import common, fd_fmnist, inception
 from ddpm_jax.metrics import fid_is_kid
-from ddpm_jax.metrics.inception_weights import FID_WEIGHTS_URL
 
 FLAGS = flags.FLAGS
 
@@ -128,19 +127,6 @@ def load_input(spec: str, what: str, channels: int, size: int | None, data_dir: 
   return _check_images(images, spec), f'{name}/{split or "train"} ({len(images)} images)'
 
 
-def _feature_net(features: str, weights: str, batch_size: int) -> common.FeatureNet:
-  """The evaluators' feature network of `--features` (and `--inception_weights`)."""
-  if features == 'fmnist':
-    return fd_fmnist.feature_net()
-  if not weights or not os.path.isfile(weights):
-    raise InputError(
-        f'FID needs the FID Inception-v3 weights ({weights or "none given"}): download '
-        f"pytorch-fid's file (~91 MB) where there is internet, "
-        f'{FID_WEIGHTS_URL}, and pass --inception_weights=FILE (or use '
-        '--features=fmnist for FD-FMNIST on Fashion-MNIST).')
-  return inception.feature_net(weights, batch_size, '--inception_weights', progress=True)
-
-
 def evaluate(samples: str, reference: str, features: str = 'inception',
              inception_weights: str = '', save_stats: str = '', data_dir: str = '',
              reference_examples: int = 50_000, batch_size: int = 100,
@@ -148,7 +134,8 @@ def evaluate(samples: str, reference: str, features: str = 'inception',
              image_size: int = 32) -> tuple[dict, str]:
   """The metrics of SAMPLES against REFERENCE (see the module docstring) and the protocol
   line. Every input is checked before features are computed."""
-  net = _feature_net(features, inception_weights, batch_size)
+  net = (fd_fmnist.feature_net() if features == 'fmnist' else
+         inception.feature_net(inception_weights, batch_size, '--inception_weights', progress=True))
   size = None if os.path.isdir(samples) else image_size  # A folder: its images' own side.
   images, sample_desc = load_input(samples, 'SAMPLES', net.channels, size, data_dir,
                                    num_samples or 10**9)
