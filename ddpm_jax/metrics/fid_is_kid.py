@@ -83,21 +83,20 @@ def inception_score(logits_or_probs, splits: int = 10,
   if x.ndim != 2 or x.shape[0] < splits or splits < 1:
     raise ValueError(f'inception_score needs (N >= splits, K) inputs, got {x.shape} and '
                      f'splits={splits}.')
-  log_p = scipy.special.log_softmax(x, axis=1) if from_logits else None
+  if from_logits:
+    log_p = scipy.special.log_softmax(x, axis=1)
+    p = np.exp(log_p)
+  else:
+    p, log_p = x, np.log(np.where(x > 0, x, 1.0))  # p log p -> 0 where p = 0.
   scores = []
   n = x.shape[0]
   for i in range(splits):
     lo, hi = i * n // splits, (i + 1) * n // splits
-    if from_logits:
-      lp = log_p[lo:hi]
-      p = np.exp(lp)
-    else:
-      p = x[lo:hi]
-      lp = np.log(np.where(p > 0, p, 1.0))  # p log p -> 0 where p = 0.
-    marginal = np.mean(p, axis=0)
+    p_split, lp = p[lo:hi], log_p[lo:hi]
+    marginal = np.mean(p_split, axis=0)
     # Classes no row predicts (marginal 0) have p = 0 in every row and add nothing.
     log_marginal = np.log(marginal, out=np.zeros_like(marginal), where=marginal > 0)
-    kl = np.sum(p * (lp - log_marginal), axis=1)
+    kl = np.sum(p_split * (lp - log_marginal), axis=1)
     scores.append(math.exp(np.mean(kl)))
   return float(np.mean(scores)), float(np.std(scores))
 
@@ -153,18 +152,13 @@ def sample_quality(features, reference, logits=None, is_splits: int = 10,
   (over at most N splits) with the samples' `logits` (N, K), and 'kid' / 'kid_std' when the
   reference is features (KID needs them, not only their statistics).
   """
-  mu, sigma = feature_statistics(features)
-  ref_features = None
-  if isinstance(reference, tuple):
-    mu_ref, sigma_ref = reference
-  else:
-    ref_features = reference
-    mu_ref, sigma_ref = feature_statistics(ref_features)
-  out = {'fd': frechet_distance(mu, sigma, mu_ref, sigma_ref)}
+  statistics_only = isinstance(reference, tuple)
+  ref_stats = reference if statistics_only else feature_statistics(reference)
+  out = {'fd': frechet_distance(*feature_statistics(features), *ref_stats)}
   if logits is not None:
     out['is'], out['is_std'] = inception_score(logits, splits=min(is_splits, len(logits)))
-  if ref_features is not None:
-    out['kid'], out['kid_std'] = kernel_inception_distance(features, ref_features,
+  if not statistics_only:
+    out['kid'], out['kid_std'] = kernel_inception_distance(features, reference,
                                                            subset_size=kid_subset_size)
   return out
 
@@ -205,4 +199,4 @@ def extract_features(apply_fn: Callable[..., Any], params, images_uint8,
       done.append(jax.device_get(pending))
     pending = out
   done.append(jax.device_get(pending))
-  return jax.tree_util.tree_map(lambda *xs: np.concatenate(xs)[:n], *done)
+  return jax.tree.map(lambda *xs: np.concatenate(xs)[:n], *done)
