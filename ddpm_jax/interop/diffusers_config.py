@@ -60,9 +60,8 @@ _VARIANCES = {'fixedlarge': 'fixed_large', 'fixedsmall': 'fixed_small',
 _PREDICTIONS = {'eps': 'epsilon', 'x0': 'sample', 'v': 'v_prediction'}
 # diffusers variance types with the same sampler as one of ours (the *_log ones differ only in
 # how diffusers computes the same variance).
-_VARIANCE_ALIASES = {'fixed_large': 'fixedlarge', 'fixed_large_log': 'fixedlarge',
-                     'fixed_small': 'fixedsmall', 'fixed_small_log': 'fixedsmall',
-                     'learned_range': 'learned_range'}
+_VARIANCE_ALIASES = {**{v: k for k, v in _VARIANCES.items()},
+                     'fixed_large_log': 'fixedlarge', 'fixed_small_log': 'fixedsmall'}
 
 
 def _learned_var(config) -> bool:
@@ -272,8 +271,5 @@ def check_scheduler_config(scfg: dict, config) -> list[str]:
                         bool(s['clip_sample']), 'clip_sample'))
   if s['clip_sample'] and s['clip_sample_range'] != 1.0:
     out.append(_fixed('clip_sample_range', s['clip_sample_range'], 1.0))
-  if s['thresholding']:
-    out.append(_fixed('thresholding', True, False))
-  if s['rescale_betas_zero_snr']:
-    out.append(_fixed('rescale_betas_zero_snr', True, False))
+  out += [_fixed(k, True, False) for k in ('thresholding', 'rescale_betas_zero_snr') if s[k]]
   return out

@@ -46,8 +46,7 @@ _TOP = {'temb_dense0': 'time_embedding.linear_1', 'temb_dense1': 'time_embedding
         'conv_out': 'conv_out', 'mid_block_1': 'mid_block.resnets.0',
         'mid_block_2': 'mid_block.resnets.1', 'mid_attn_1': 'mid_block.attentions.0'}
 _LEAF = {'kernel': 'weight', 'scale': 'weight', 'embedding': 'weight', 'bias': 'bias'}
-_BLOCK = re.compile(r'(down|up)_(\d+)_(block|attn)_(\d+)$')
-_RESAMPLE = re.compile(r'(down|up)_(\d+)_(downsample|upsample)$')
+_LEVEL = re.compile(r'(down|up)_(\d+)_(?:(block|attn)_(\d+)|(downsample|upsample))$')
 _DEPRECATED = re.compile(r'(attentions\.\d+)\.(query|key|value|proj_attn)\.')
 _DEPRECATED_NAMES = {'query': 'to_q', 'key': 'to_k', 'value': 'to_v', 'proj_attn': 'to_out.0'}
 
@@ -57,34 +56,26 @@ def _module(name: str, num_levels: int) -> tuple[str, dict[str, str] | None]:
   if name in _TOP:
     inner = _ATTN if 'attn' in name else _RESNET if 'block' in name else None
     return _TOP[name], inner
-  m = _BLOCK.match(name)
-  if m:
-    side, level, kind, j = m.groups()
-    index = int(level) if side == 'down' else num_levels - 1 - int(level)
-    group = 'resnets' if kind == 'block' else 'attentions'
-    return f'{side}_blocks.{index}.{group}.{j}', _RESNET if kind == 'block' else _ATTN
-  m = _RESAMPLE.match(name)
-  if m:
-    side, level, kind = m.groups()
-    index = int(level) if side == 'down' else num_levels - 1 - int(level)
-    return f'{side}_blocks.{index}.{kind}rs.0', {'conv': 'conv'}
-  raise InteropError(f'ddpm-jax parameter {name!r} has no diffusers UNet2DModel counterpart.')
+  m = _LEVEL.match(name)
+  if not m:
+    raise InteropError(f'ddpm-jax parameter {name!r} has no diffusers UNet2DModel counterpart.')
+  side, level, kind, j, resample = m.groups()
+  index = int(level) if side == 'down' else num_levels - 1 - int(level)
+  if resample:
+    return f'{side}_blocks.{index}.{resample}rs.0', {'conv': 'conv'}
+  if kind == 'block':
+    return f'{side}_blocks.{index}.resnets.{j}', _RESNET
+  return f'{side}_blocks.{index}.attentions.{j}', _ATTN
 
 
 def diffusers_key(path: Path, num_levels: int) -> str:
   """The diffusers state_dict key of our parameter at `path`, e.g.
   ('up_1_attn_0', 'q', 'kernel') -> 'up_blocks.2.attentions.0.to_q.weight' for 4 levels."""
   prefix, inner = _module(path[0], num_levels)
-  parts = [prefix]
   middle = [p for p in path[1:-1] if p != 'group_norm']  # Normalize keeps its scale/bias there.
-  if middle:
-    if inner is None or middle[0] not in inner or len(middle) > 1:
-      raise InteropError(f'ddpm-jax parameter {"/".join(path)} has no diffusers counterpart.')
-    parts.append(inner[middle[0]])
-  if path[-1] not in _LEAF:
+  if path[-1] not in _LEAF or len(middle) > 1 or (middle and middle[0] not in (inner or {})):
     raise InteropError(f'ddpm-jax parameter {"/".join(path)} has no diffusers counterpart.')
-  parts.append(_LEAF[path[-1]])
-  return '.'.join(parts)
+  return '.'.join([prefix] + [inner[m] for m in middle] + [_LEAF[path[-1]]])
 
 
 def to_torch_layout(value: np.ndarray, key: str) -> np.ndarray:
@@ -142,9 +133,7 @@ def from_diffusers(state_dict: Mapping[str, np.ndarray], shapes: Mapping[Path, t
         + (f'{len(unexpected)} unexpected ({_list(unexpected)})' if unexpected else '') + '.')
   out = {}
   for path, key in wanted.items():
-    value = np.asarray(given[key])
-    if value.dtype != np.float32:
-      value = value.astype(np.float32)
+    value = np.asarray(given[key], np.float32)  # No copy when float32 already.
     out[path] = np.ascontiguousarray(from_torch_layout(value, tuple(shapes[path]), key))
   return out
 
