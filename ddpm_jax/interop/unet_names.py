@@ -14,11 +14,9 @@ is one tensor of `UNet2DModel` and the two networks compute the same function
   mid_block_1, mid_attn_1, mid_block_2      mid_block.resnets.0, .attentions.0, .resnets.1
   up_{i}_block_{j}, up_{i}_attn_{j}         up_blocks.{L-1-i}.resnets.{j}, .attentions.{j}
   up_{i}_upsample/conv                      up_blocks.{L-1-i}.upsamplers.0.conv
-  in a ResnetBlock: norm1, conv1, temb_proj, norm2, conv2, nin_shortcut
-                    -> norm1, conv1, time_emb_proj, norm2, conv2, conv_shortcut
-  in an AttnBlock:  norm, q, k, v, proj_out -> group_norm, to_q, to_k, to_v, to_out.0
 
-(L = len(ch_mult): diffusers numbers its up blocks from the lowest resolution.) Leaves:
+(L = len(ch_mult): diffusers numbers its up blocks from the lowest resolution; inside the
+blocks, `_RESNET` and `_ATTN` below map the layers' names.) Leaves:
 `kernel` / GroupNorm `scale` / `embedding` -> `weight`, `bias` -> `bias`. Layouts: 3x3
 convolution kernels HWIO <-> OIHW, dense kernels (in, out) <-> (out, in), the 1x1 shortcut
 (in, out) <-> (out, in, 1, 1). Transposes only, so a round trip is exact bit for bit.
@@ -35,6 +33,7 @@ from typing import Mapping
 import numpy as np
 
 from ddpm_jax.interop import InteropError
+from ddpm_jax.metrics import torch_pickle
 
 Path = tuple[str, ...]
 
@@ -111,11 +110,6 @@ def rename_deprecated(state_dict: Mapping[str, np.ndarray]) -> dict[str, np.ndar
           for k, v in state_dict.items()}
 
 
-def _list(keys, limit: int = 6) -> str:
-  keys = sorted(keys)
-  return ', '.join(keys[:limit]) + (f' and {len(keys) - limit} more' if len(keys) > limit else '')
-
-
 def from_diffusers(state_dict: Mapping[str, np.ndarray], shapes: Mapping[Path, tuple],
                    num_levels: int) -> dict[Path, np.ndarray]:
   """diffusers' state_dict -> our flat parameters {path: float32 array} for every path of
@@ -123,14 +117,9 @@ def from_diffusers(state_dict: Mapping[str, np.ndarray], shapes: Mapping[Path, t
   missing; float32 tensors are copied bit for bit, others converted to float32."""
   given = rename_deprecated(state_dict)
   wanted = {path: diffusers_key(path, num_levels) for path in shapes}
-  missing = [k for k in wanted.values() if k not in given]
-  unexpected = set(given) - set(wanted.values())
-  if missing or unexpected:
-    raise InteropError(
-        'The diffusers weights do not fit the config: '
-        + (f'{len(missing)} tensors missing ({_list(missing)})' if missing else '')
-        + ('; ' if missing and unexpected else '')
-        + (f'{len(unexpected)} unexpected ({_list(unexpected)})' if unexpected else '') + '.')
+  mismatch = torch_pickle.key_mismatch(given, wanted.values(), 'tensors')
+  if mismatch:
+    raise InteropError(f'The diffusers weights do not fit the config: {mismatch}.')
   out = {}
   for path, key in wanted.items():
     value = np.asarray(given[key], np.float32)  # No copy when float32 already.

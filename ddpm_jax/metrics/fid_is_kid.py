@@ -1,17 +1,6 @@
-"""FID, Inception Score and KID from Inception outputs, and batched feature extraction.
-
-The maths is float64 NumPy / SciPy on the host:
-
-* `feature_statistics` + `frechet_distance`: FID (Heusel et al. 2017) as pytorch-fid computes it,
-  ||mu1 - mu2||^2 + tr(S1 + S2 - 2 (S1 S2)^(1/2)), with `scipy.linalg.sqrtm` and, when the product
-  is singular, the same `eps * I` offset on both covariances.
-* `inception_score`: exp(E_x KL(p(y|x) || p(y))) per split (Salimans et al. 2016), mean and
-  standard deviation over `splits` consecutive splits, as the original improved-GAN code.
-* `kernel_inception_distance`: the unbiased MMD^2 estimate with the cubic polynomial kernel
-  k(x, y) = (x.y / d + 1)^3 (Binkowski et al. 2018), averaged over random subsets.
-
-`extract_features` runs a network (normally `InceptionV3.apply`) jitted over uint8 images.
-"""
+"""FID, Inception Score and KID from a network's features and logits (float64 NumPy / SciPy
+on the host, as the reference implementations), and `extract_features`, which runs the
+network (normally `InceptionV3.apply`) jitted over uint8 images."""
 
 from __future__ import annotations
 
@@ -35,7 +24,7 @@ def feature_statistics(features) -> tuple[np.ndarray, np.ndarray]:
 
 
 def frechet_distance(mu1, sigma1, mu2, sigma2, eps: float = 1e-6) -> float:
-  """Fréchet distance between N(mu1, sigma1) and N(mu2, sigma2).
+  """Fréchet distance between N(mu1, sigma1) and N(mu2, sigma2): FID (Heusel et al. 2017).
 
   d^2 = ||mu1 - mu2||^2 + tr(sigma1) + tr(sigma2) - 2 tr((sigma1 sigma2)^(1/2)).
 
@@ -72,7 +61,8 @@ def frechet_distance(mu1, sigma1, mu2, sigma2, eps: float = 1e-6) -> float:
 
 def inception_score(logits_or_probs, splits: int = 10,
                     from_logits: bool = True) -> tuple[float, float]:
-  """Inception Score: (mean, std with ddof 0) over `splits` of exp(mean_x KL(p(y|x) || p(y))).
+  """Inception Score (Salimans et al. 2016): (mean, std with ddof 0) over `splits` of
+  exp(mean_x KL(p(y|x) || p(y))).
 
   `logits_or_probs` (N, K) are logits (softmax taken here, in float64) or, with
   `from_logits=False`, class probabilities. The splits are consecutive rows
@@ -124,7 +114,8 @@ def mmd2_unbiased(x: np.ndarray, y: np.ndarray) -> float:
 
 def kernel_inception_distance(features1, features2, num_subsets: int = 100,
                               subset_size: int = 1000, seed: int = 0) -> tuple[float, float]:
-  """KID: (mean, std) of the unbiased MMD^2 (cubic polynomial kernel) over random subsets.
+  """KID (Binkowski et al. 2018): (mean, std) of the unbiased MMD^2 (cubic polynomial kernel)
+  over random subsets.
 
   For each of `num_subsets` rounds, `m = min(subset_size, N1, N2)` rows are drawn without
   replacement from each of the (N1, d) and (N2, d) feature sets, independently per round (as

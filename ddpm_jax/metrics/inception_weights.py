@@ -72,18 +72,13 @@ def torch_state_dict_to_flax(state_dict: Mapping[str, np.ndarray]) -> dict[str, 
   """
   given = {k: v for k, v in state_dict.items() if not k.endswith('num_batches_tracked')}
   expected = expected_torch_shapes()
-  missing = sorted(set(expected) - set(given))
-  unexpected = sorted(set(given) - set(expected))
-  if missing or unexpected:
-    hint = ''
-    if any(k.startswith('AuxLogits.') for k in unexpected) or ('fc.weight' in given and np.shape(
-        given['fc.weight'])[0] == 1000):
-      hint = (" This looks like torchvision's ImageNet Inception-v3, not the FID network "
-              "(pytorch-fid's pt_inception-2015-12-05 weights).")
-    raise ValueError(
-        f'Not a pytorch-fid FID Inception state_dict: {len(missing)} missing keys '
-        f'{missing[:5]}{"..." if len(missing) > 5 else ""}, {len(unexpected)} unexpected keys '
-        f'{unexpected[:5]}{"..." if len(unexpected) > 5 else ""}.{hint}')
+  mismatch = torch_pickle.key_mismatch(given, expected)
+  if mismatch:
+    torchvision = any(k.startswith('AuxLogits.') for k in given) or (
+        'fc.weight' in given and np.shape(given['fc.weight'])[0] == 1000)
+    raise ValueError(f'Not a pytorch-fid FID Inception state_dict: {mismatch}.' + (
+        " This looks like torchvision's ImageNet Inception-v3, not the FID network "
+        "(pytorch-fid's pt_inception-2015-12-05 weights)." if torchvision else ''))
   flat = {}
   for path in _flax_shapes():
     name = torch_name(path)

@@ -209,6 +209,19 @@ def _load_legacy(path: str):
   return _copy_tensors(obj)
 
 
+def key_mismatch(given, expected, noun: str = 'keys', limit: int = 6) -> str:
+  """How the state_dict keys `given` differ from the `expected` ones, on one line ('' when they
+  are the same): how many are missing and unexpected, and the first `limit` of each."""
+  parts = []
+  for what, keys in (('missing', set(expected) - set(given)),
+                     ('unexpected', set(given) - set(expected))):
+    if keys:
+      keys = sorted(keys)
+      more = f' and {len(keys) - limit} more' if len(keys) > limit else ''
+      parts.append(f'{len(keys)} {what} {noun} ({", ".join(keys[:limit])}{more})')
+  return '; '.join(parts)
+
+
 def load_state_dict(path: str) -> 'collections.OrderedDict[str, np.ndarray]':
   """A `torch.save`d state_dict (zip or legacy layout) read without torch: an OrderedDict from
   name to NumPy array with the tensor's shape, dtype and PyTorch's layout (OIHW convolutions,
