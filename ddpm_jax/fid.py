@@ -124,10 +124,10 @@ def evaluate(samples: str, reference: str, features: str = 'inception',
   size = None if os.path.isdir(samples) else image_size  # A folder: its images' own side.
   images, sample_desc = load_input(samples, 'SAMPLES', net.channels, size, data_dir,
                                    num_samples or 10**9)
-  if num_samples > 0 and len(images) != num_samples:
-    if len(images) < num_samples:
-      raise InputError(f'SAMPLES {samples} holds {len(images)} images, fewer than '
-                       f'--num_samples={num_samples}.')
+  if len(images) < num_samples:
+    raise InputError(f'SAMPLES {samples} holds {len(images)} images, fewer than '
+                     f'--num_samples={num_samples}.')
+  if 0 < num_samples < len(images):
     images, sample_desc = images[:num_samples], f'{sample_desc}, the first {num_samples}'
   if net.image_size and images.shape[1:] != (net.image_size, net.image_size, net.channels):
     raise InputError(f'--features={features} takes {net.image_size}x{net.image_size}x'

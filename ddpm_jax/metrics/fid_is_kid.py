@@ -183,8 +183,7 @@ def extract_features(apply_fn: Callable[..., Any], params, images_uint8,
     if batch.shape[-1] == 1:
       batch = np.repeat(batch, 3, axis=-1)
     if batch.shape[0] < batch_size:
-      pad = np.zeros((batch_size - batch.shape[0],) + batch.shape[1:], batch.dtype)
-      batch = np.concatenate([batch, pad])
+      batch = np.pad(batch, [(0, batch_size - batch.shape[0])] + [(0, 0)] * 3)
     out = fn(params, batch)
     if pending is not None:
       done.append(jax.device_get(pending))

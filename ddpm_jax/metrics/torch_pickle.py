@@ -162,8 +162,7 @@ def _load_zip(path: str, prefix: str):
       return storages[key]
 
     with zf.open(prefix + 'data.pkl') as f:
-      obj = _RestrictedUnpickler(io.BytesIO(f.read()), load_storage).load()
-  return _copy_tensors(obj)
+      return _RestrictedUnpickler(io.BytesIO(f.read()), load_storage).load()
 
 
 def _load_legacy(path: str):
@@ -206,7 +205,7 @@ def _load_legacy(path: str):
       if len(raw) != numel * root.itemsize:
         raise ValueError(f'{path}: file truncated in storage {key}.')
       root[...] = np.frombuffer(raw, dtype=root.dtype)
-  return _copy_tensors(obj)
+  return obj
 
 
 def key_mismatch(given, expected, noun: str = 'keys', limit: int = 6) -> str:
@@ -232,7 +231,7 @@ def load_state_dict(path: str) -> 'collections.OrderedDict[str, np.ndarray]':
   """
   path = os.fspath(path)
   prefix = _zip_prefix(path)
-  obj = _load_legacy(path) if prefix is None else _load_zip(path, prefix)
+  obj = _copy_tensors(_load_legacy(path) if prefix is None else _load_zip(path, prefix))
   if not isinstance(obj, Mapping):
     raise ValueError(f'{path}: holds a {type(obj).__name__}, not a state_dict.')
   return obj
