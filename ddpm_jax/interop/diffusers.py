@@ -124,21 +124,14 @@ def read_state_dict(unet_dir: str) -> dict[str, np.ndarray]:
 
 
 def load_params(source: str, config, expected) -> tuple[dict, Folder]:
-  """The parameters of the diffusers model SOURCE for the U-Net of `config`.
+  """The parameters of the diffusers model SOURCE (a local folder or a Hub id, see the module
+  docstring) for the U-Net of `config`, whose model, diffusion and sampling fields are checked
+  against the model's config.json and scheduler config first.
 
-  Args:
-    source: a local diffusers folder or a Hub id (see the module docstring).
-    config: our config; its model, diffusion and sampling fields are checked against the
-      model's config.json and scheduler config first.
-    expected: our parameter tree with the shapes to fill (arrays or `jax.ShapeDtypeStruct`s,
-      e.g. `Experiment.abstract_state().params`).
-
-  Returns:
-    (params, folder): a nested dict of float32 NumPy arrays shaped like `expected`, and where
-    the files were.
-
-  Raises:
-    InteropError (one line) when the source cannot be found, read, or does not match.
+  Returns (params, folder): a nested dict of float32 NumPy arrays shaped like `expected` (our
+  parameter tree, arrays or `jax.ShapeDtypeStruct`s, e.g. `Experiment.abstract_state().params`)
+  and where the files were. Raises InteropError (one line) when the source cannot be found,
+  read, or does not match.
   """
   folder = resolve(source)
   problems = diffusers_config.check_unet_config(

@@ -153,16 +153,15 @@ def check_unet_config(dcfg: dict, config) -> list[str]:
   out = []
   if dcfg.get('_class_name', 'UNet2DModel') != 'UNet2DModel':
     return [f"the diffusers model is a {dcfg['_class_name']}, not a UNet2DModel"]
-  size = d['sample_size']
+  size = d['sample_size']  # None: any size; a square (H, W) as one number.
   if isinstance(size, (list, tuple)):
-    size = size[0] if len(set(size)) == 1 else tuple(size)
-  if size is not None and size != data.image_size:
-    out.append(_ours_vs('data.image_size', data.image_size, size, 'sample_size'))
-  same = {'in_channels': ('data.channels', data.channels),
+    d['sample_size'] = size[0] if len(set(size)) == 1 else tuple(size)
+  same = {'sample_size': ('data.image_size', data.image_size),
+          'in_channels': ('data.channels', data.channels),
           'layers_per_block': ('model.num_res_blocks', m.num_res_blocks),
           'norm_num_groups': ('model.num_groups', m.num_groups)}
   out += [_ours_vs(field, ours, d[key], key) for key, (field, ours) in same.items()
-          if d[key] != ours]
+          if d[key] not in (ours, None)]
   want_out = d['in_channels'] * (2 if _learned_var(config) else 1)
   if d['out_channels'] != want_out:
     kind = ('a learned variance' if d['out_channels'] == 2 * d['in_channels']

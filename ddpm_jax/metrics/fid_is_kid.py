@@ -24,17 +24,14 @@ def feature_statistics(features) -> tuple[np.ndarray, np.ndarray]:
 
 
 def frechet_distance(mu1, sigma1, mu2, sigma2, eps: float = 1e-6) -> float:
-  """Fréchet distance between N(mu1, sigma1) and N(mu2, sigma2): FID (Heusel et al. 2017).
-
-  d^2 = ||mu1 - mu2||^2 + tr(sigma1) + tr(sigma2) - 2 tr((sigma1 sigma2)^(1/2)).
+  """Fréchet distance between N(mu1, sigma1) and N(mu2, sigma2): FID (Heusel et al. 2017), the
+  squared distance d^2 = ||mu1 - mu2||^2 + tr(sigma1) + tr(sigma2) - 2 tr((sigma1 sigma2)^(1/2))
+  as a Python float.
 
   As in pytorch-fid: if the square root of the product is not finite (here also: if SciPy warns
   that the product is singular, as with fewer samples than feature dimensions), it is recomputed
   with `eps` added to the diagonals of both covariances; a complex result whose diagonal has an
   imaginary part above 1e-3 is an error, smaller imaginary parts are dropped.
-
-  Returns:
-    The squared distance (what is reported as "FID"), a Python float.
   """
   mu1, mu2 = np.atleast_1d(np.asarray(mu1, np.float64)), np.atleast_1d(np.asarray(mu2, np.float64))
   sigma1 = np.atleast_2d(np.asarray(sigma1, np.float64))
