@@ -14,10 +14,7 @@ Every convolution is `BasicConv2d`: conv without bias -> BatchNorm (eps 1e-3, ru
 -> ReLU. Layout is NHWC. Module names equal the PyTorch attribute names, so that a pytorch-fid
 state_dict key such as `Mixed_5b.branch5x5_1.conv.weight` is the Flax path
 `params/Mixed_5b/branch5x5_1/conv/kernel` (see `inception_weights.torch_state_dict_to_flax`).
-
-Input preprocessing follows pytorch-fid: images with values in [0, 255] (uint8 or float) are scaled
-to [0, 1], resized to 299x299 with bilinear interpolation (half-pixel centres, no antialiasing, as
-`F.interpolate(mode='bilinear', align_corners=False)`), then mapped to [-1, 1] by 2x - 1.
+Inputs are preprocessed as pytorch-fid does (`preprocess`).
 """
 
 from __future__ import annotations
