@@ -171,10 +171,10 @@ def check_unet_config(dcfg: dict, config) -> list[str]:
   widths = list(d.get('block_out_channels') or [])
   if widths and widths[0] != m.ch:
     out.append(_ours_vs('model.ch', m.ch, widths[0], 'block_out_channels[0]'))
-  elif widths and (any(w % m.ch for w in widths) or
-                   [w // m.ch for w in widths] != list(m.ch_mult)):
-    mult = tuple(w / m.ch if w % m.ch else w // m.ch for w in widths)
-    out.append(_ours_vs('model.ch_mult', tuple(m.ch_mult), mult, f'block_out_channels {widths}'))
+  elif widths:
+    mult = tuple(w / m.ch if w % m.ch else w // m.ch for w in widths)  # 1.5: no ch_mult.
+    if mult != tuple(m.ch_mult):
+      out.append(_ours_vs('model.ch_mult', tuple(m.ch_mult), mult, f'block_out_channels {widths}'))
   out += _check_blocks(d, config)
   num_classes = int(m.num_classes)
   embeds = d['num_class_embeds']
