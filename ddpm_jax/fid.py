@@ -32,7 +32,6 @@ from ddpm_jax import cli, data, runtime
 from ddpm_jax.errors import UserError
 from ddpm_jax.evaluators import common, fd_fmnist, inception
 from ddpm_jax.metrics import fid_is_kid
-from ddpm_jax.metrics.inception_weights import FID_WEIGHTS_URL
 
 FLAGS = flags.FLAGS
 
@@ -48,7 +47,8 @@ def _define_flags() -> None:
                     'classifier, 32x32 grey images).')
   flags.DEFINE_string('save_stats', '', 'Write the reference statistics (mu, sigma) here.')
   flags.DEFINE_string('data_dir', '', 'Where a dataset REFERENCE is (config.data.data_dir).')
-  flags.DEFINE_integer('reference_examples', 50_000, 'Images of a dataset REFERENCE to use.')
+  flags.DEFINE_integer('reference_examples', 50_000,
+                       'Images of a dataset or folder REFERENCE to use.')
   flags.DEFINE_integer('num_samples', 0, 'Use the first N images of SAMPLES (0: all).')
   flags.DEFINE_integer('image_size', 32, 'Side of the images of a dataset SAMPLES (NAME:SPLIT).')
   flags.DEFINE_integer('batch_size', 100, 'Images per Inception call.')
@@ -78,35 +78,12 @@ def _check_images(images: np.ndarray, what: str) -> np.ndarray:
   return images
 
 
-def _data_config(**fields):
-  """The default `config.data` with `fields` set: data read as training reads it."""
-  cfg = default.get_config().data
-  cfg.update(fields)
-  return cfg
-
-
-def _folder(path: str, size: int | None, channels: int) -> np.ndarray:
-  """Every image under `path` (recursive), preprocessed as training data to `size` (default:
-  the first image's side)."""
-  try:
-    if size is None:
-      first = data.FolderSource(path, channels)[0][0]
-      size = min(first.shape[:2])
-    # data_dir/split names the folder itself (split = its name, see data.open_source).
-    parent, name = os.path.split(os.path.abspath(path))
-    cfg = _data_config(dataset='folder', data_dir=parent, image_size=size, channels=channels)
-    return data.load_split(cfg, name)
-  except data.DatasetError as e:
-    raise InputError(f'{path}: {e}') from None
-
-
 def load_input(spec: str, what: str, channels: int, size: int | None, data_dir: str = '',
                max_examples: int = 10**9, statistics: bool = False):
   """SAMPLES or REFERENCE (`what`) as (uint8 images (N, H, W, C), or with `statistics` an
-  `(mu, sigma)` pair, and a description): an `.npz`, a folder of images (at `size`, default its
-  first image's side) or a dataset split `NAME:SPLIT` at `size`, read as training reads it."""
-  if os.path.isdir(spec):
-    return _check_images(_folder(spec, size, channels), spec), f'folder {spec}'
+  `(mu, sigma)` pair, and a description): an `.npz`, or a folder of images (every image under
+  it; at `size`, default its first image's side) or a dataset split `NAME:SPLIT` at `size`, both
+  read as training reads them."""
   if os.path.isfile(spec):
     arrays = _npz(spec)
     if 'arr_0' in arrays:  # Images win over statistics: ours are computed with our network.
@@ -115,30 +92,24 @@ def load_input(spec: str, what: str, channels: int, size: int | None, data_dir: 
       return (arrays['mu'], arrays['sigma']), f'statistics {spec}'
     raise InputError(f'{spec} holds no images (arr_0)'
                      + (' nor statistics (mu, sigma).' if statistics else '.'))
-  if ':' not in spec and what == 'SAMPLES':  # A REFERENCE NAME alone is its train split.
+  if os.path.isdir(spec):  # The split named after the folder in the folder dataset above it.
+    dataset, (data_dir, split) = 'folder', os.path.split(os.path.abspath(spec))
+  elif ':' in spec or what == 'REFERENCE':  # A REFERENCE NAME alone is its train split.
+    dataset, _, split = spec.partition(':')
+  else:
     raise InputError(f'{what} {spec} is neither an .npz file, a folder of images nor a '
                      'dataset NAME:SPLIT.')
-  name, _, split = spec.partition(':')
-  cfg = _data_config(dataset=name, data_dir=data_dir, image_size=size, channels=channels)
+  cfg = default.get_config().data
   try:
+    if size is None:
+      size = min(data.FolderSource(spec, channels)[0][0].shape[:2])
+    cfg.update(dataset=dataset, data_dir=data_dir, image_size=size, channels=channels)
     images = data.load_split(cfg, split or 'train', max_examples=max_examples)
   except (data.DatasetError, ValueError) as e:
-    raise InputError(f'{what} {spec} is not a file or folder, and as a dataset NAME:SPLIT: '
-                     + ' '.join(str(e).split())) from None
-  return _check_images(images, spec), f'{name}/{split or "train"} ({len(images)} images)'
-
-
-def _feature_net(features: str, weights: str, batch_size: int) -> common.FeatureNet:
-  """The evaluators' feature network of `--features` (and `--inception_weights`)."""
-  if features == 'fmnist':
-    return fd_fmnist.feature_net()
-  if not weights or not os.path.isfile(weights):
-    raise InputError(
-        f'FID needs the FID Inception-v3 weights ({weights or "none given"}): download '
-        f"pytorch-fid's file (~91 MB) where there is internet, "
-        f'{FID_WEIGHTS_URL}, and pass --inception_weights=FILE (or use '
-        '--features=fmnist for FD-FMNIST on Fashion-MNIST).')
-  return inception.feature_net(weights, batch_size, '--inception_weights', progress=True)
+    where = '' if dataset == 'folder' else ' is not a file or folder, and as a dataset NAME:SPLIT'
+    raise InputError(f'{what} {spec}{where}: ' + ' '.join(str(e).split())) from None
+  desc = f'folder {spec}' if dataset == 'folder' else f'{dataset}/{split or "train"}'
+  return _check_images(images, spec), f'{desc} ({len(images)} images)'
 
 
 def evaluate(samples: str, reference: str, features: str = 'inception',
@@ -148,14 +119,15 @@ def evaluate(samples: str, reference: str, features: str = 'inception',
              image_size: int = 32) -> tuple[dict, str]:
   """The metrics of SAMPLES against REFERENCE (see the module docstring) and the protocol
   line. Every input is checked before features are computed."""
-  net = _feature_net(features, inception_weights, batch_size)
+  net = (fd_fmnist.feature_net() if features == 'fmnist' else
+         inception.feature_net(inception_weights, batch_size, '--inception_weights', progress=True))
   size = None if os.path.isdir(samples) else image_size  # A folder: its images' own side.
   images, sample_desc = load_input(samples, 'SAMPLES', net.channels, size, data_dir,
                                    num_samples or 10**9)
-  if num_samples > 0 and len(images) != num_samples:
-    if len(images) < num_samples:
-      raise InputError(f'SAMPLES {samples} holds {len(images)} images, fewer than '
-                       f'--num_samples={num_samples}.')
+  if len(images) < num_samples:
+    raise InputError(f'SAMPLES {samples} holds {len(images)} images, fewer than '
+                     f'--num_samples={num_samples}.')
+  if 0 < num_samples < len(images):
     images, sample_desc = images[:num_samples], f'{sample_desc}, the first {num_samples}'
   if net.image_size and images.shape[1:] != (net.image_size, net.image_size, net.channels):
     raise InputError(f'--features={features} takes {net.image_size}x{net.image_size}x'

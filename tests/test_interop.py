@@ -131,6 +131,15 @@ def test_bin_with_older_attention_names_reads_like_safetensors(tmp_path):
   flat_a, flat_b = (unet_names.to_diffusers(traverse_util.flatten_dict(p), 3)
                     for p in (a, b))
   assert all(np.array_equal(flat_a[k], flat_b[k]) for k in flat_a)
+  # Weights that do not fit: every missing and unexpected tensor counted, the first few named.
+  old.pop('conv_in.bias')
+  old.update({f'extra.{i}': np.zeros(1, np.float32) for i in range(8)})
+  save_state_dict(str(folder / diffusers.WEIGHTS_BIN), old)
+  with pytest.raises(InteropError) as e:
+    diffusers.load_params(str(folder), config, expected)
+  assert str(e.value) == (
+      'The diffusers weights do not fit the config: 1 missing tensors (conv_in.bias); '
+      '8 unexpected tensors (extra.0, extra.1, extra.2, extra.3, extra.4, extra.5 and 2 more).')
 
 
 def _mismatch(config, source=PIPELINE):

@@ -39,7 +39,7 @@ def sha256(path: str) -> str:
 def convert(in_path: str, out_path: str) -> dict[str, np.ndarray]:
   """Reads `in_path`, checks it against `InceptionV3`, writes `out_path`; returns the arrays."""
   if not os.path.isfile(in_path):
-    raise FileNotFoundError(f'{in_path} not found.\n{inception_weights.WEIGHTS_HELP}')
+    raise FileNotFoundError(inception_weights.weights_help(in_path, 'the input'))
   state = inception_weights.read_weights_file(in_path)
   inception_weights.torch_state_dict_to_flax(state)  # Raises on missing / unexpected keys and shapes.
   arrays = {name: np.asarray(state[name], dtype=np.float32)

@@ -15,7 +15,7 @@ def load_weights(path: str, key: str):
   error naming `key` (the config key or flag that gave the path). A missing file is a
   `FileNotFoundError` that says where to download it."""
   try:
-    return inception_weights.load_inception_params(path)
+    return inception_weights.load_inception_params(path, key)
   except FileNotFoundError:
     raise
   except Exception as e:  # pylint: disable=broad-except  (zip, pickle and layout errors)

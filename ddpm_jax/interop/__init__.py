@@ -1,10 +1,5 @@
-"""Weights in and out of ddpm-jax: diffusers' `UNet2DModel` / `DDPMPipeline` format.
-
-* `unet_names`: our U-Net's parameter paths and layouts <-> diffusers' state_dict keys.
-* `diffusers_config`: diffusers' `config.json` / `scheduler_config.json` <-> our config (written
-  for an export, checked on an import).
-* `diffusers`: reading and writing diffusers folders (safetensors, the older `.bin` through the
-  torch-free reader `ddpm_jax.metrics.torch_pickle`), Hugging Face Hub ids, `load_params`.
+"""Weights in and out of ddpm-jax in diffusers' `UNet2DModel` / `DDPMPipeline` format:
+parameter names (`unet_names`), configs (`diffusers_config`), folders and Hub ids (`diffusers`).
 """
 
 from ddpm_jax.errors import UserError

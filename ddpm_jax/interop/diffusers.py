@@ -26,7 +26,8 @@ import jax
 import numpy as np
 from flax import traverse_util
 from huggingface_hub import errors as hub_errors
-from safetensors.numpy import load_file, save_file
+from safetensors.numpy import load_file
+from safetensors.numpy import save as safetensors_bytes
 
 from ddpm_jax.interop import InteropError, diffusers_config, unet_names
 from ddpm_jax.metrics import torch_pickle
@@ -44,8 +45,7 @@ _HUB_ID = re.compile(r'[A-Za-z0-9][A-Za-z0-9_.-]*/[A-Za-z0-9][A-Za-z0-9_.-]*')
 @dataclasses.dataclass(frozen=True)
 class Folder:
   """Where a diffusers model's files are: `unet_dir` (config.json + weights) and the scheduler
-  config, if any; `source` is what the user passed."""
-  source: str
+  config, if any."""
   unet_dir: str
   scheduler_file: str | None
 
@@ -67,7 +67,7 @@ def _local_folder(source: str, path: str) -> Folder:
                            os.path.join(path, 'scheduler', SCHEDULER_CONFIG)),
                           (path, os.path.join(path, SCHEDULER_CONFIG))):  # A UNet2DModel folder.
     if os.path.isfile(os.path.join(unet_dir, CONFIG)):
-      return Folder(source, unet_dir, sched if os.path.isfile(sched) else None)
+      return Folder(unet_dir, sched if os.path.isfile(sched) else None)
   raise InteropError(f'--init_from={source}: neither a diffusers UNet2DModel folder '
                      f'({CONFIG} + {WEIGHTS_SAFETENSORS}) nor a DDPMPipeline folder (unet/, '
                      'scheduler/).')
@@ -123,39 +123,26 @@ def read_state_dict(unet_dir: str) -> dict[str, np.ndarray]:
                      f'{present}).')
 
 
-def check_config(folder: Folder, config) -> None:
-  """Raises one InteropError listing every difference between the folder's configs and
-  `config`; returns quietly when they describe the same model."""
+def load_params(source: str, config, expected) -> tuple[dict, Folder]:
+  """The parameters of the diffusers model SOURCE (a local folder or a Hub id, see the module
+  docstring) for the U-Net of `config`, whose model, diffusion and sampling fields are checked
+  against the model's config.json and scheduler config first.
+
+  Returns (params, folder): a nested dict of float32 NumPy arrays shaped like `expected` (our
+  parameter tree, arrays or `jax.ShapeDtypeStruct`s, e.g. `Experiment.abstract_state().params`)
+  and where the files were. Raises InteropError (one line) when the source cannot be found,
+  read, or does not match.
+  """
+  folder = resolve(source)
   problems = diffusers_config.check_unet_config(
       _read_config(os.path.join(folder.unet_dir, CONFIG)), config)
   if folder.scheduler_file:
     problems += diffusers_config.check_scheduler_config(_read_config(folder.scheduler_file),
                                                         config)
-  if problems:
-    raise InteropError(f'--init_from={folder.source} does not match the config: '
+  if problems:  # Every difference in one line, before any weight is read.
+    raise InteropError(f'--init_from={source} does not match the config: '
                        + '; '.join(problems) + '. Override those fields (--config.FIELD=VALUE) '
                        'or use the config of that model.')
-
-
-def load_params(source: str, config, expected) -> tuple[dict, Folder]:
-  """The parameters of the diffusers model SOURCE for the U-Net of `config`.
-
-  Args:
-    source: a local diffusers folder or a Hub id (see the module docstring).
-    config: our config; its model, diffusion and sampling fields are checked against the
-      model's config.json and scheduler config first.
-    expected: our parameter tree with the shapes to fill (arrays or `jax.ShapeDtypeStruct`s,
-      e.g. `Experiment.abstract_state().params`).
-
-  Returns:
-    (params, folder): a nested dict of float32 NumPy arrays shaped like `expected`, and where
-    the files were.
-
-  Raises:
-    InteropError (one line) when the source cannot be found, read, or does not match.
-  """
-  folder = resolve(source)
-  check_config(folder, config)
   state_dict = read_state_dict(folder.unet_dir)
   shapes = {k: tuple(v.shape) for k, v in traverse_util.flatten_dict(expected).items()}
   flat = unet_names.from_diffusers(state_dict, shapes, len(config.model.ch_mult))
@@ -171,24 +158,12 @@ def place(params, abstract):
   return jax.tree.map(put, params, abstract)
 
 
-def _write_atomic(path: str, write) -> None:
-  """`write(tmp)` then rename, with the permissions of a file the user creates (safetensors
-  writes its files readable by their owner only)."""
-  tmp = path + '.tmp'
-  write(tmp)
-  umask = os.umask(0)
-  os.umask(umask)
-  os.chmod(tmp, 0o666 & ~umask)
-  os.replace(tmp, path)
-
-
 def write_folder(params, config, out_dir: str, overwrite: bool = False) -> list[str]:
   """Writes `params` of the U-Net of `config` as a diffusers folder: `config.json`
   (UNet2DModel), `diffusion_pytorch_model.safetensors` and `scheduler_config.json`
   (DDPMScheduler). Both configs are built first, so a config diffusers cannot express fails
   before anything is written. Returns the paths."""
-  unet_cfg = diffusers_config.unet_config(config)
-  sched_cfg = diffusers_config.scheduler_config(config)
+  configs = [diffusers_config.unet_config(config), diffusers_config.scheduler_config(config)]
   names = (CONFIG, WEIGHTS_SAFETENSORS, SCHEDULER_CONFIG)
   taken = [n for n in names if os.path.exists(os.path.join(out_dir, n))]
   if taken and not overwrite:
@@ -196,12 +171,13 @@ def write_folder(params, config, out_dir: str, overwrite: bool = False) -> list[
                        'pass --overwrite.')
   flat = traverse_util.flatten_dict(jax.device_get(params))
   state_dict = unet_names.to_diffusers(flat, len(config.model.ch_mult))
+  unet_json, sched_json = ((json.dumps(c, indent=2) + '\n').encode() for c in configs)
+  contents = (unet_json, safetensors_bytes(state_dict, metadata={'format': 'pt'}), sched_json)
   os.makedirs(out_dir, exist_ok=True)
   paths = [os.path.join(out_dir, n) for n in names]
-  _write_atomic(paths[1], lambda p: save_file(state_dict, p, metadata={'format': 'pt'}))
-  for path, cfg in ((paths[0], unet_cfg), (paths[2], sched_cfg)):
-    _write_atomic(path, lambda p, cfg=cfg: pathlib.Path(p).write_text(
-        json.dumps(cfg, indent=2) + '\n'))
+  for path, content in zip(paths, contents):  # Through a temporary file: none half-written.
+    pathlib.Path(path + '.tmp').write_bytes(content)
+    os.replace(path + '.tmp', path)
   return paths
 
 

@@ -60,9 +60,8 @@ _VARIANCES = {'fixedlarge': 'fixed_large', 'fixedsmall': 'fixed_small',
 _PREDICTIONS = {'eps': 'epsilon', 'x0': 'sample', 'v': 'v_prediction'}
 # diffusers variance types with the same sampler as one of ours (the *_log ones differ only in
 # how diffusers computes the same variance).
-_VARIANCE_ALIASES = {'fixed_large': 'fixedlarge', 'fixed_large_log': 'fixedlarge',
-                     'fixed_small': 'fixedsmall', 'fixed_small_log': 'fixedsmall',
-                     'learned_range': 'learned_range'}
+_VARIANCE_ALIASES = {**{v: k for k, v in _VARIANCES.items()},
+                     'fixed_large_log': 'fixedlarge', 'fixed_small_log': 'fixedsmall'}
 
 
 def _learned_var(config) -> bool:
@@ -154,16 +153,15 @@ def check_unet_config(dcfg: dict, config) -> list[str]:
   out = []
   if dcfg.get('_class_name', 'UNet2DModel') != 'UNet2DModel':
     return [f"the diffusers model is a {dcfg['_class_name']}, not a UNet2DModel"]
-  size = d['sample_size']
+  size = d['sample_size']  # None: any size; a square (H, W) as one number.
   if isinstance(size, (list, tuple)):
-    size = size[0] if len(set(size)) == 1 else tuple(size)
-  if size is not None and size != data.image_size:
-    out.append(_ours_vs('data.image_size', data.image_size, size, 'sample_size'))
-  same = {'in_channels': ('data.channels', data.channels),
+    d['sample_size'] = size[0] if len(set(size)) == 1 else tuple(size)
+  same = {'sample_size': ('data.image_size', data.image_size),
+          'in_channels': ('data.channels', data.channels),
           'layers_per_block': ('model.num_res_blocks', m.num_res_blocks),
           'norm_num_groups': ('model.num_groups', m.num_groups)}
   out += [_ours_vs(field, ours, d[key], key) for key, (field, ours) in same.items()
-          if d[key] != ours]
+          if d[key] not in (ours, None)]
   want_out = d['in_channels'] * (2 if _learned_var(config) else 1)
   if d['out_channels'] != want_out:
     kind = ('a learned variance' if d['out_channels'] == 2 * d['in_channels']
@@ -173,10 +171,10 @@ def check_unet_config(dcfg: dict, config) -> list[str]:
   widths = list(d.get('block_out_channels') or [])
   if widths and widths[0] != m.ch:
     out.append(_ours_vs('model.ch', m.ch, widths[0], 'block_out_channels[0]'))
-  elif widths and (any(w % m.ch for w in widths) or
-                   [w // m.ch for w in widths] != list(m.ch_mult)):
-    mult = tuple(w / m.ch if w % m.ch else w // m.ch for w in widths)
-    out.append(_ours_vs('model.ch_mult', tuple(m.ch_mult), mult, f'block_out_channels {widths}'))
+  elif widths:
+    mult = tuple(w / m.ch if w % m.ch else w // m.ch for w in widths)  # 1.5: no ch_mult.
+    if mult != tuple(m.ch_mult):
+      out.append(_ours_vs('model.ch_mult', tuple(m.ch_mult), mult, f'block_out_channels {widths}'))
   out += _check_blocks(d, config)
   num_classes = int(m.num_classes)
   embeds = d['num_class_embeds']
@@ -272,8 +270,5 @@ def check_scheduler_config(scfg: dict, config) -> list[str]:
                         bool(s['clip_sample']), 'clip_sample'))
   if s['clip_sample'] and s['clip_sample_range'] != 1.0:
     out.append(_fixed('clip_sample_range', s['clip_sample_range'], 1.0))
-  if s['thresholding']:
-    out.append(_fixed('thresholding', True, False))
-  if s['rescale_betas_zero_snr']:
-    out.append(_fixed('rescale_betas_zero_snr', True, False))
+  out += [_fixed(k, True, False) for k in ('thresholding', 'rescale_betas_zero_snr') if s[k]]
   return out

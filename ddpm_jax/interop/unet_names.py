@@ -14,11 +14,9 @@ is one tensor of `UNet2DModel` and the two networks compute the same function
   mid_block_1, mid_attn_1, mid_block_2      mid_block.resnets.0, .attentions.0, .resnets.1
   up_{i}_block_{j}, up_{i}_attn_{j}         up_blocks.{L-1-i}.resnets.{j}, .attentions.{j}
   up_{i}_upsample/conv                      up_blocks.{L-1-i}.upsamplers.0.conv
-  in a ResnetBlock: norm1, conv1, temb_proj, norm2, conv2, nin_shortcut
-                    -> norm1, conv1, time_emb_proj, norm2, conv2, conv_shortcut
-  in an AttnBlock:  norm, q, k, v, proj_out -> group_norm, to_q, to_k, to_v, to_out.0
 
-(L = len(ch_mult): diffusers numbers its up blocks from the lowest resolution.) Leaves:
+(L = len(ch_mult): diffusers numbers its up blocks from the lowest resolution; inside the
+blocks, `_RESNET` and `_ATTN` below map the layers' names.) Leaves:
 `kernel` / GroupNorm `scale` / `embedding` -> `weight`, `bias` -> `bias`. Layouts: 3x3
 convolution kernels HWIO <-> OIHW, dense kernels (in, out) <-> (out, in), the 1x1 shortcut
 (in, out) <-> (out, in, 1, 1). Transposes only, so a round trip is exact bit for bit.
@@ -35,6 +33,7 @@ from typing import Mapping
 import numpy as np
 
 from ddpm_jax.interop import InteropError
+from ddpm_jax.metrics import torch_pickle
 
 Path = tuple[str, ...]
 
@@ -46,8 +45,7 @@ _TOP = {'temb_dense0': 'time_embedding.linear_1', 'temb_dense1': 'time_embedding
         'conv_out': 'conv_out', 'mid_block_1': 'mid_block.resnets.0',
         'mid_block_2': 'mid_block.resnets.1', 'mid_attn_1': 'mid_block.attentions.0'}
 _LEAF = {'kernel': 'weight', 'scale': 'weight', 'embedding': 'weight', 'bias': 'bias'}
-_BLOCK = re.compile(r'(down|up)_(\d+)_(block|attn)_(\d+)$')
-_RESAMPLE = re.compile(r'(down|up)_(\d+)_(downsample|upsample)$')
+_LEVEL = re.compile(r'(down|up)_(\d+)_(?:(block|attn)_(\d+)|(downsample|upsample))$')
 _DEPRECATED = re.compile(r'(attentions\.\d+)\.(query|key|value|proj_attn)\.')
 _DEPRECATED_NAMES = {'query': 'to_q', 'key': 'to_k', 'value': 'to_v', 'proj_attn': 'to_out.0'}
 
@@ -57,34 +55,26 @@ def _module(name: str, num_levels: int) -> tuple[str, dict[str, str] | None]:
   if name in _TOP:
     inner = _ATTN if 'attn' in name else _RESNET if 'block' in name else None
     return _TOP[name], inner
-  m = _BLOCK.match(name)
-  if m:
-    side, level, kind, j = m.groups()
-    index = int(level) if side == 'down' else num_levels - 1 - int(level)
-    group = 'resnets' if kind == 'block' else 'attentions'
-    return f'{side}_blocks.{index}.{group}.{j}', _RESNET if kind == 'block' else _ATTN
-  m = _RESAMPLE.match(name)
-  if m:
-    side, level, kind = m.groups()
-    index = int(level) if side == 'down' else num_levels - 1 - int(level)
-    return f'{side}_blocks.{index}.{kind}rs.0', {'conv': 'conv'}
-  raise InteropError(f'ddpm-jax parameter {name!r} has no diffusers UNet2DModel counterpart.')
+  m = _LEVEL.match(name)
+  if not m:
+    raise InteropError(f'ddpm-jax parameter {name!r} has no diffusers UNet2DModel counterpart.')
+  side, level, kind, j, resample = m.groups()
+  index = int(level) if side == 'down' else num_levels - 1 - int(level)
+  if resample:
+    return f'{side}_blocks.{index}.{resample}rs.0', {'conv': 'conv'}
+  if kind == 'block':
+    return f'{side}_blocks.{index}.resnets.{j}', _RESNET
+  return f'{side}_blocks.{index}.attentions.{j}', _ATTN
 
 
 def diffusers_key(path: Path, num_levels: int) -> str:
   """The diffusers state_dict key of our parameter at `path`, e.g.
   ('up_1_attn_0', 'q', 'kernel') -> 'up_blocks.2.attentions.0.to_q.weight' for 4 levels."""
   prefix, inner = _module(path[0], num_levels)
-  parts = [prefix]
   middle = [p for p in path[1:-1] if p != 'group_norm']  # Normalize keeps its scale/bias there.
-  if middle:
-    if inner is None or middle[0] not in inner or len(middle) > 1:
-      raise InteropError(f'ddpm-jax parameter {"/".join(path)} has no diffusers counterpart.')
-    parts.append(inner[middle[0]])
-  if path[-1] not in _LEAF:
+  if path[-1] not in _LEAF or len(middle) > 1 or (middle and middle[0] not in (inner or {})):
     raise InteropError(f'ddpm-jax parameter {"/".join(path)} has no diffusers counterpart.')
-  parts.append(_LEAF[path[-1]])
-  return '.'.join(parts)
+  return '.'.join([prefix] + [inner[m] for m in middle] + [_LEAF[path[-1]]])
 
 
 def to_torch_layout(value: np.ndarray, key: str) -> np.ndarray:
@@ -120,11 +110,6 @@ def rename_deprecated(state_dict: Mapping[str, np.ndarray]) -> dict[str, np.ndar
           for k, v in state_dict.items()}
 
 
-def _list(keys, limit: int = 6) -> str:
-  keys = sorted(keys)
-  return ', '.join(keys[:limit]) + (f' and {len(keys) - limit} more' if len(keys) > limit else '')
-
-
 def from_diffusers(state_dict: Mapping[str, np.ndarray], shapes: Mapping[Path, tuple],
                    num_levels: int) -> dict[Path, np.ndarray]:
   """diffusers' state_dict -> our flat parameters {path: float32 array} for every path of
@@ -132,19 +117,12 @@ def from_diffusers(state_dict: Mapping[str, np.ndarray], shapes: Mapping[Path, t
   missing; float32 tensors are copied bit for bit, others converted to float32."""
   given = rename_deprecated(state_dict)
   wanted = {path: diffusers_key(path, num_levels) for path in shapes}
-  missing = [k for k in wanted.values() if k not in given]
-  unexpected = set(given) - set(wanted.values())
-  if missing or unexpected:
-    raise InteropError(
-        'The diffusers weights do not fit the config: '
-        + (f'{len(missing)} tensors missing ({_list(missing)})' if missing else '')
-        + ('; ' if missing and unexpected else '')
-        + (f'{len(unexpected)} unexpected ({_list(unexpected)})' if unexpected else '') + '.')
+  mismatch = torch_pickle.key_mismatch(given, wanted.values(), 'tensors')
+  if mismatch:
+    raise InteropError(f'The diffusers weights do not fit the config: {mismatch}.')
   out = {}
   for path, key in wanted.items():
-    value = np.asarray(given[key])
-    if value.dtype != np.float32:
-      value = value.astype(np.float32)
+    value = np.asarray(given[key], np.float32)  # No copy when float32 already.
     out[path] = np.ascontiguousarray(from_torch_layout(value, tuple(shapes[path]), key))
   return out
 

@@ -1,17 +1,6 @@
-"""FID, Inception Score and KID from Inception outputs, and batched feature extraction.
-
-The maths is float64 NumPy / SciPy on the host:
-
-* `feature_statistics` + `frechet_distance`: FID (Heusel et al. 2017) as pytorch-fid computes it,
-  ||mu1 - mu2||^2 + tr(S1 + S2 - 2 (S1 S2)^(1/2)), with `scipy.linalg.sqrtm` and, when the product
-  is singular, the same `eps * I` offset on both covariances.
-* `inception_score`: exp(E_x KL(p(y|x) || p(y))) per split (Salimans et al. 2016), mean and
-  standard deviation over `splits` consecutive splits, as the original improved-GAN code.
-* `kernel_inception_distance`: the unbiased MMD^2 estimate with the cubic polynomial kernel
-  k(x, y) = (x.y / d + 1)^3 (Binkowski et al. 2018), averaged over random subsets.
-
-`extract_features` runs a network (normally `InceptionV3.apply`) jitted over uint8 images.
-"""
+"""FID, Inception Score and KID from a network's features and logits (float64 NumPy / SciPy
+on the host, as the reference implementations), and `extract_features`, which runs the
+network (normally `InceptionV3.apply`) jitted over uint8 images."""
 
 from __future__ import annotations
 
@@ -35,17 +24,14 @@ def feature_statistics(features) -> tuple[np.ndarray, np.ndarray]:
 
 
 def frechet_distance(mu1, sigma1, mu2, sigma2, eps: float = 1e-6) -> float:
-  """Fréchet distance between N(mu1, sigma1) and N(mu2, sigma2).
-
-  d^2 = ||mu1 - mu2||^2 + tr(sigma1) + tr(sigma2) - 2 tr((sigma1 sigma2)^(1/2)).
+  """Fréchet distance between N(mu1, sigma1) and N(mu2, sigma2): FID (Heusel et al. 2017), the
+  squared distance d^2 = ||mu1 - mu2||^2 + tr(sigma1) + tr(sigma2) - 2 tr((sigma1 sigma2)^(1/2))
+  as a Python float.
 
   As in pytorch-fid: if the square root of the product is not finite (here also: if SciPy warns
   that the product is singular, as with fewer samples than feature dimensions), it is recomputed
   with `eps` added to the diagonals of both covariances; a complex result whose diagonal has an
   imaginary part above 1e-3 is an error, smaller imaginary parts are dropped.
-
-  Returns:
-    The squared distance (what is reported as "FID"), a Python float.
   """
   mu1, mu2 = np.atleast_1d(np.asarray(mu1, np.float64)), np.atleast_1d(np.asarray(mu2, np.float64))
   sigma1 = np.atleast_2d(np.asarray(sigma1, np.float64))
@@ -72,7 +58,8 @@ def frechet_distance(mu1, sigma1, mu2, sigma2, eps: float = 1e-6) -> float:
 
 def inception_score(logits_or_probs, splits: int = 10,
                     from_logits: bool = True) -> tuple[float, float]:
-  """Inception Score: (mean, std with ddof 0) over `splits` of exp(mean_x KL(p(y|x) || p(y))).
+  """Inception Score (Salimans et al. 2016): (mean, std with ddof 0) over `splits` of
+  exp(mean_x KL(p(y|x) || p(y))).
 
   `logits_or_probs` (N, K) are logits (softmax taken here, in float64) or, with
   `from_logits=False`, class probabilities. The splits are consecutive rows
@@ -83,21 +70,20 @@ def inception_score(logits_or_probs, splits: int = 10,
   if x.ndim != 2 or x.shape[0] < splits or splits < 1:
     raise ValueError(f'inception_score needs (N >= splits, K) inputs, got {x.shape} and '
                      f'splits={splits}.')
-  log_p = scipy.special.log_softmax(x, axis=1) if from_logits else None
+  if from_logits:
+    log_p = scipy.special.log_softmax(x, axis=1)
+    p = np.exp(log_p)
+  else:
+    p, log_p = x, np.log(np.where(x > 0, x, 1.0))  # p log p -> 0 where p = 0.
   scores = []
   n = x.shape[0]
   for i in range(splits):
     lo, hi = i * n // splits, (i + 1) * n // splits
-    if from_logits:
-      lp = log_p[lo:hi]
-      p = np.exp(lp)
-    else:
-      p = x[lo:hi]
-      lp = np.log(np.where(p > 0, p, 1.0))  # p log p -> 0 where p = 0.
-    marginal = np.mean(p, axis=0)
+    p_split, lp = p[lo:hi], log_p[lo:hi]
+    marginal = np.mean(p_split, axis=0)
     # Classes no row predicts (marginal 0) have p = 0 in every row and add nothing.
     log_marginal = np.log(marginal, out=np.zeros_like(marginal), where=marginal > 0)
-    kl = np.sum(p * (lp - log_marginal), axis=1)
+    kl = np.sum(p_split * (lp - log_marginal), axis=1)
     scores.append(math.exp(np.mean(kl)))
   return float(np.mean(scores)), float(np.std(scores))
 
@@ -125,7 +111,8 @@ def mmd2_unbiased(x: np.ndarray, y: np.ndarray) -> float:
 
 def kernel_inception_distance(features1, features2, num_subsets: int = 100,
                               subset_size: int = 1000, seed: int = 0) -> tuple[float, float]:
-  """KID: (mean, std) of the unbiased MMD^2 (cubic polynomial kernel) over random subsets.
+  """KID (Binkowski et al. 2018): (mean, std) of the unbiased MMD^2 (cubic polynomial kernel)
+  over random subsets.
 
   For each of `num_subsets` rounds, `m = min(subset_size, N1, N2)` rows are drawn without
   replacement from each of the (N1, d) and (N2, d) feature sets, independently per round (as
@@ -153,18 +140,13 @@ def sample_quality(features, reference, logits=None, is_splits: int = 10,
   (over at most N splits) with the samples' `logits` (N, K), and 'kid' / 'kid_std' when the
   reference is features (KID needs them, not only their statistics).
   """
-  mu, sigma = feature_statistics(features)
-  ref_features = None
-  if isinstance(reference, tuple):
-    mu_ref, sigma_ref = reference
-  else:
-    ref_features = reference
-    mu_ref, sigma_ref = feature_statistics(ref_features)
-  out = {'fd': frechet_distance(mu, sigma, mu_ref, sigma_ref)}
+  statistics_only = isinstance(reference, tuple)
+  ref_stats = reference if statistics_only else feature_statistics(reference)
+  out = {'fd': frechet_distance(*feature_statistics(features), *ref_stats)}
   if logits is not None:
     out['is'], out['is_std'] = inception_score(logits, splits=min(is_splits, len(logits)))
-  if ref_features is not None:
-    out['kid'], out['kid_std'] = kernel_inception_distance(features, ref_features,
+  if not statistics_only:
+    out['kid'], out['kid_std'] = kernel_inception_distance(features, reference,
                                                            subset_size=kid_subset_size)
   return out
 
@@ -198,11 +180,10 @@ def extract_features(apply_fn: Callable[..., Any], params, images_uint8,
     if batch.shape[-1] == 1:
       batch = np.repeat(batch, 3, axis=-1)
     if batch.shape[0] < batch_size:
-      pad = np.zeros((batch_size - batch.shape[0],) + batch.shape[1:], batch.dtype)
-      batch = np.concatenate([batch, pad])
+      batch = np.pad(batch, [(0, batch_size - batch.shape[0])] + [(0, 0)] * 3)
     out = fn(params, batch)
     if pending is not None:
       done.append(jax.device_get(pending))
     pending = out
   done.append(jax.device_get(pending))
-  return jax.tree_util.tree_map(lambda *xs: np.concatenate(xs)[:n], *done)
+  return jax.tree.map(lambda *xs: np.concatenate(xs)[:n], *done)

@@ -1,9 +1,9 @@
 """The FID Inception-v3 weights: pytorch-fid's state_dict names and layouts <-> the Flax
 variables of `ddpm_jax.metrics.inception.InceptionV3`.
 
-Weights are never downloaded: the user gives pytorch-fid's `.pth` file (read without torch by
-`ddpm_jax.metrics.torch_pickle`) or an `.npz` made from it (`tools/convert_inception_weights.py`)
-to `load_inception_params`.
+Weights are not bundled and never downloaded at run time: the user gives pytorch-fid's `.pth`
+file (read without torch by `ddpm_jax.metrics.torch_pickle`) or an `.npz` made from it
+(`tools/convert_inception_weights.py`) to `load_inception_params`.
 """
 
 from __future__ import annotations
@@ -25,24 +25,10 @@ FID_WEIGHTS_URL = ('https://github.com/mseitzer/pytorch-fid/releases/download/fi
                    'pt_inception-2015-12-05-6726825d.pth')
 FID_WEIGHTS_SHA256_PREFIX = '6726825d'  # The first 8 hex digits of the published file's SHA-256.
 
-WEIGHTS_HELP = (
-    'FID / IS / KID need the FID Inception-v3 weights, which are not bundled and are never '
-    'downloaded at run time. On a machine with internet, download pytorch-fid\'s file (~91 MB):\n'
-    f'  {FID_WEIGHTS_URL}\n'
-    'then pass its path with --config.evals.inception.weights=/path/to/'
-    'pt_inception-2015-12-05-6726825d.pth (a .npz written by '
-    'tools/convert_inception_weights.py works too).')
-
-
-
 # (Flax collection, leaf name) -> torch state_dict suffix.
-_TORCH_SUFFIX = {
-    ('params', 'kernel'): 'weight',
-    ('params', 'scale'): 'weight',
-    ('params', 'bias'): 'bias',
-    ('batch_stats', 'mean'): 'running_mean',
-    ('batch_stats', 'var'): 'running_var',
-}
+_TORCH_SUFFIX = {('params', 'kernel'): 'weight', ('params', 'scale'): 'weight',
+                 ('params', 'bias'): 'bias', ('batch_stats', 'mean'): 'running_mean',
+                 ('batch_stats', 'var'): 'running_var'}
 
 
 def torch_name(flax_path: tuple[str, ...]) -> str:
@@ -53,11 +39,9 @@ def torch_name(flax_path: tuple[str, ...]) -> str:
 
 def torch_to_flax_layout(value: np.ndarray) -> np.ndarray:
   """Conv weight OIHW -> HWIO, linear weight (out, in) -> (in, out), vectors unchanged."""
-  if value.ndim == 4:  # conv weight OIHW -> HWIO
+  if value.ndim == 4:
     return value.transpose(2, 3, 1, 0)
-  if value.ndim == 2:  # linear weight (out, in) -> (in, out)
-    return value.T
-  return value
+  return value.T if value.ndim == 2 else value
 
 
 @functools.lru_cache(maxsize=None)
@@ -70,10 +54,8 @@ def _flax_shapes() -> dict[tuple[str, ...], tuple[int, ...]]:
 
 
 def expected_torch_shapes() -> dict[str, tuple[int, ...]]:
-  """pytorch-fid state_dict name -> tensor shape (torch layout) for every weight the net uses.
-
-  `num_batches_tracked` buffers are left out: they do not affect inference.
-  """
+  """pytorch-fid state_dict name -> tensor shape (torch layout) for every weight the net uses
+  (not the `num_batches_tracked` buffers: they do not affect inference)."""
   def torch_shape(shape):
     if len(shape) == 4:  # HWIO -> OIHW
       return (shape[3], shape[2], shape[0], shape[1])
@@ -83,29 +65,20 @@ def expected_torch_shapes() -> dict[str, tuple[int, ...]]:
 
 
 def torch_state_dict_to_flax(state_dict: Mapping[str, np.ndarray]) -> dict[str, Any]:
-  """Maps a pytorch-fid FID Inception state_dict to `InceptionV3` variables.
-
-  Conv weights OIHW become HWIO kernels, `fc.weight` (1008, 2048) becomes the (2048, 1008) Dense
-  kernel, BatchNorm `weight/bias/running_mean/running_var` become `params` scale/bias and
-  `batch_stats` mean/var. All values become float32 NumPy arrays.
-
-  Raises:
-    ValueError: keys missing or unexpected (other than `num_batches_tracked`), or shapes wrong.
+  """A pytorch-fid FID Inception state_dict as `InceptionV3` variables (float32 NumPy):
+  BatchNorm `weight/bias/running_mean/running_var` become `params` scale/bias and `batch_stats`
+  mean/var, in Flax layouts. ValueError when keys are missing or unexpected (other than
+  `num_batches_tracked`) or a shape is wrong.
   """
   given = {k: v for k, v in state_dict.items() if not k.endswith('num_batches_tracked')}
   expected = expected_torch_shapes()
-  missing = sorted(set(expected) - set(given))
-  unexpected = sorted(set(given) - set(expected))
-  if missing or unexpected:
-    hint = ''
-    if any(k.startswith('AuxLogits.') for k in unexpected) or ('fc.weight' in given and np.shape(
-        given['fc.weight'])[0] == 1000):
-      hint = (" This looks like torchvision's ImageNet Inception-v3, not the FID network "
-              "(pytorch-fid's pt_inception-2015-12-05 weights).")
-    raise ValueError(
-        f'Not a pytorch-fid FID Inception state_dict: {len(missing)} missing keys '
-        f'{missing[:5]}{"..." if len(missing) > 5 else ""}, {len(unexpected)} unexpected keys '
-        f'{unexpected[:5]}{"..." if len(unexpected) > 5 else ""}.{hint}')
+  mismatch = torch_pickle.key_mismatch(given, expected)
+  if mismatch:
+    torchvision = any(k.startswith('AuxLogits.') for k in given) or (
+        'fc.weight' in given and np.shape(given['fc.weight'])[0] == 1000)
+    raise ValueError(f'Not a pytorch-fid FID Inception state_dict: {mismatch}.' + (
+        " This looks like torchvision's ImageNet Inception-v3, not the FID network "
+        "(pytorch-fid's pt_inception-2015-12-05 weights)." if torchvision else ''))
   flat = {}
   for path in _flax_shapes():
     name = torch_name(path)
@@ -116,40 +89,33 @@ def torch_state_dict_to_flax(state_dict: Mapping[str, np.ndarray]) -> dict[str, 
   return traverse_util.unflatten_dict(flat)
 
 
-def read_weights_file(path: str) -> dict[str, np.ndarray]:
-  """Reads a torch state_dict (.pth, zip or legacy layout) or an .npz into name -> array.
+def weights_help(path: str, key: str) -> str:
+  """One line: no FID Inception weights at `path`; where to get them and how to pass them
+  (`key`: the config key, flag or argument that takes the file)."""
+  return (f'FID needs the FID Inception-v3 weights ({path or "none given"}), which are not '
+          "bundled and never downloaded at run time: where there is internet, download "
+          f"pytorch-fid's file (~91 MB), {FID_WEIGHTS_URL}, and pass its path as {key} (an .npz "
+          'written by tools/convert_inception_weights.py works too).')
 
-  The format is told from the content, not the extension: an .npz is a zip of `<name>.npy`
-  members, a torch zip checkpoint has a `<prefix>/data.pkl` record.
-  """
-  if torch_pickle.is_torch_zip(path):
-    return dict(torch_pickle.load_state_dict(path))
-  if zipfile.is_zipfile(path):
+
+def read_weights_file(path: str) -> dict[str, np.ndarray]:
+  """A torch state_dict (.pth, zip or legacy layout) or an .npz as name -> array, told apart
+  by content: an .npz is a zip without torch's `<prefix>/data.pkl` record."""
+  if zipfile.is_zipfile(path) and not torch_pickle.is_torch_zip(path):
     with np.load(path, allow_pickle=False) as npz:
       return {k: npz[k] for k in npz.files}
   return dict(torch_pickle.load_state_dict(path))
 
 
-def load_inception_params(path: str | None) -> dict[str, Any]:
-  """Loads FID Inception weights from pytorch-fid's .pth (no torch needed) or a converted .npz.
+def load_inception_params(path: str | None,
+                          key: str = 'config.evals.inception.weights') -> dict[str, Any]:
+  """`InceptionV3` variables `{'params', 'batch_stats'}` (float32 NumPy) from pytorch-fid's
+  `pt_inception-2015-12-05-6726825d.pth` (no torch needed) or an .npz with the same keys.
 
-  Args:
-    path: `config.evals.inception.weights`: pytorch-fid's `pt_inception-2015-12-05-6726825d.pth`
-      (zip or legacy torch layout) or an .npz with the same keys and layouts.
-
-  Returns:
-    Flax variables `{'params': ..., 'batch_stats': ...}` (float32 NumPy arrays) for
-    `InceptionV3().apply(variables, images)`.
-
-  Raises:
-    FileNotFoundError: `path` is empty or not a file; the message says where to get the weights
-      and how to pass them.
-    ValueError: the file is not the FID Inception state_dict.
+  Raises FileNotFoundError (`weights_help`, naming `key`) when `path` is empty or not a file,
+  ValueError when the file is not the FID Inception state_dict.
   """
-  if not path:
-    raise FileNotFoundError('No Inception weights file given (config.evals.inception.weights is '
-                            f'empty).\n{WEIGHTS_HELP}')
-  path = os.path.expanduser(os.fspath(path))
+  path = os.path.expanduser(os.fspath(path or ''))
   if not os.path.isfile(path):
-    raise FileNotFoundError(f'Inception weights file not found: {path}\n{WEIGHTS_HELP}')
+    raise FileNotFoundError(weights_help(path, key))
   return torch_state_dict_to_flax(read_weights_file(path))

@@ -48,14 +48,6 @@ STORAGE_DTYPES = {
 }
 
 
-class _StorageType:
-  """Stands for a `torch.XStorage` class inside the pickle: only its dtype matters."""
-
-  def __init__(self, name: str):
-    self.name = name
-    self.dtype = STORAGE_DTYPES[name]
-
-
 def _rebuild_tensor(storage: np.ndarray, offset: int, size, stride, *unused) -> np.ndarray:
   """`torch._utils._rebuild_tensor[_v2]`: a strided view into a 1-D storage array.
 
@@ -91,15 +83,19 @@ _ALLOWED_GLOBALS = {
 
 
 class _RestrictedUnpickler(pickle.Unpickler):
-  """Unpickler that knows tensors, storages and OrderedDict, and refuses every other global."""
+  """Unpickler that knows tensors, storages and OrderedDict, and refuses every other global.
 
-  def __init__(self, file: BinaryIO, load_storage):
+  A `torch.XStorage` class stands as its NumPy dtype (not callable). Without `load_storage`
+  (the legacy layout's header pickles) no storage may occur.
+  """
+
+  def __init__(self, file: BinaryIO, load_storage=None):
     super().__init__(file, encoding='utf-8')
     self._load_storage = load_storage
 
   def find_class(self, module: str, name: str) -> Any:
     if module == 'torch' and name in STORAGE_DTYPES:
-      return _StorageType(name)
+      return STORAGE_DTYPES[name]
     if (module, name) in _ALLOWED_GLOBALS:
       return _ALLOWED_GLOBALS[(module, name)]
     raise pickle.UnpicklingError(
@@ -107,15 +103,16 @@ class _RestrictedUnpickler(pickle.Unpickler):
         'allowed in a state_dict file.')
 
   def persistent_load(self, pid) -> np.ndarray:
-    if not (isinstance(pid, tuple) and len(pid) >= 5 and pid[0] in ('storage', b'storage')):
+    if (self._load_storage is None or not isinstance(pid, tuple) or len(pid) < 5
+        or pid[0] not in ('storage', b'storage')):
       raise pickle.UnpicklingError(f'unsupported persistent id {pid!r}.')
-    storage_type = pid[1]
-    if not isinstance(storage_type, _StorageType):
-      raise pickle.UnpicklingError(f'unsupported storage type {storage_type!r}.')
+    dtype = pid[1]
+    if not isinstance(dtype, np.dtype):
+      raise pickle.UnpicklingError(f'unsupported storage type {dtype!r}.')
     key = pid[2].decode('ascii') if isinstance(pid[2], bytes) else str(pid[2])
     numel = int(pid[4])
     view = pid[5] if len(pid) > 5 else None
-    return self._load_storage(key, storage_type.dtype, numel, view)
+    return self._load_storage(key, dtype, numel, view)
 
 
 def _copy_tensors(obj):
@@ -127,24 +124,23 @@ def _copy_tensors(obj):
   return obj
 
 
-def _zip_prefix(zf: zipfile.ZipFile) -> str:
-  pkls = [n for n in zf.namelist() if n.endswith('/data.pkl') and n.count('/') == 1]
-  if len(pkls) != 1:
-    raise ValueError(f'{zf.filename}: not a torch zip checkpoint (no single <prefix>/data.pkl).')
-  return pkls[0][:-len('data.pkl')]
+def _zip_prefix(path: str) -> str | None:
+  """The `<prefix>/` of the single `<prefix>/data.pkl` record of a torch zip checkpoint; None
+  when `path` is not one."""
+  if not zipfile.is_zipfile(path):
+    return None
+  with zipfile.ZipFile(path) as zf:
+    pkls = [n for n in zf.namelist() if n.endswith('/data.pkl') and n.count('/') == 1]
+  return pkls[0][:-len('data.pkl')] if len(pkls) == 1 else None
 
 
 def is_torch_zip(path: str) -> bool:
-  """Whether `path` is a zip archive holding a torch `<prefix>/data.pkl` record."""
-  if not zipfile.is_zipfile(path):
-    return False
-  with zipfile.ZipFile(path) as zf:
-    return any(n.endswith('/data.pkl') and n.count('/') == 1 for n in zf.namelist())
+  """Whether `path` is a zip archive holding one torch `<prefix>/data.pkl` record."""
+  return _zip_prefix(path) is not None
 
 
-def _load_zip(path: str):
+def _load_zip(path: str, prefix: str):
   with zipfile.ZipFile(path) as zf:
-    prefix = _zip_prefix(zf)
     names = set(zf.namelist())
     byteorder = 'little'
     if prefix + 'byteorder' in names:
@@ -166,15 +162,14 @@ def _load_zip(path: str):
       return storages[key]
 
     with zf.open(prefix + 'data.pkl') as f:
-      obj = _RestrictedUnpickler(io.BytesIO(f.read()), load_storage).load()
-  return _copy_tensors(obj)
+      return _RestrictedUnpickler(io.BytesIO(f.read()), load_storage).load()
 
 
 def _load_legacy(path: str):
   with open(path, 'rb') as f:
-    # The header pickles and the key list hold no globals. One unpickler per pickle, as in torch:
-    # an unpickler may buffer input past the end of its pickle.
-    plain = lambda: _PlainUnpickler(f).load()  # pylint: disable=unnecessary-lambda-assignment
+    # The header pickles and the key list hold no tensors. One unpickler per pickle, as in
+    # torch: an unpickler may buffer input past the end of its pickle.
+    plain = lambda: _RestrictedUnpickler(f).load()  # pylint: disable=unnecessary-lambda-assignment
     try:
       magic = plain()
     except Exception as e:  # pylint: disable=broad-except
@@ -210,33 +205,33 @@ def _load_legacy(path: str):
       if len(raw) != numel * root.itemsize:
         raise ValueError(f'{path}: file truncated in storage {key}.')
       root[...] = np.frombuffer(raw, dtype=root.dtype)
-  return _copy_tensors(obj)
+  return obj
 
 
-class _PlainUnpickler(pickle.Unpickler):
-  """Unpickler for plain ints, strings, lists and dicts: every global is refused."""
-
-  def find_class(self, module, name):
-    raise pickle.UnpicklingError(f'refusing to load global {module}.{name} in a file header.')
+def key_mismatch(given, expected, noun: str = 'keys', limit: int = 6) -> str:
+  """How the state_dict keys `given` differ from the `expected` ones, on one line ('' when they
+  are the same): how many are missing and unexpected, and the first `limit` of each."""
+  parts = []
+  for what, keys in (('missing', set(expected) - set(given)),
+                     ('unexpected', set(given) - set(expected))):
+    if keys:
+      keys = sorted(keys)
+      more = f' and {len(keys) - limit} more' if len(keys) > limit else ''
+      parts.append(f'{len(keys)} {what} {noun} ({", ".join(keys[:limit])}{more})')
+  return '; '.join(parts)
 
 
 def load_state_dict(path: str) -> 'collections.OrderedDict[str, np.ndarray]':
-  """Reads a `torch.save`d state_dict (zip or legacy layout) into NumPy arrays, without torch.
+  """A `torch.save`d state_dict (zip or legacy layout) read without torch: an OrderedDict from
+  name to NumPy array with the tensor's shape, dtype and PyTorch's layout (OIHW convolutions,
+  (out, in) linear weights); non-tensor values as unpickled.
 
-  Args:
-    path: the .pth / .pt file.
-
-  Returns:
-    An OrderedDict from parameter name (e.g. `Conv2d_1a_3x3.conv.weight`) to a NumPy array with
-    the tensor's shape and dtype (PyTorch's layout: OIHW convolution weights, (out, in) linear
-    weights). Non-tensor values are returned as unpickled.
-
-  Raises:
-    pickle.UnpicklingError: the file refers to anything but tensors, storages and OrderedDict.
-    ValueError: the file is not a torch checkpoint of a known layout.
+  Raises pickle.UnpicklingError when the file refers to anything but tensors, storages and
+  OrderedDict, ValueError when it is not a torch checkpoint of a known layout.
   """
   path = os.fspath(path)
-  obj = _load_zip(path) if is_torch_zip(path) else _load_legacy(path)
+  prefix = _zip_prefix(path)
+  obj = _copy_tensors(_load_legacy(path) if prefix is None else _load_zip(path, prefix))
   if not isinstance(obj, Mapping):
     raise ValueError(f'{path}: holds a {type(obj).__name__}, not a state_dict.')
   return obj
