@@ -16,6 +16,7 @@ inpaint, colorize, edit: controllable generation (`ddpm_jax.editing_job`).
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 
@@ -23,21 +24,16 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from ddpm_jax import (checkpointing, data, editing_inputs, editing_job, generation, image_files,
-                      reverse_chains)
+from ddpm_jax import data, editing_inputs, editing_job, generation, image_files, reverse_chains
 from ddpm_jax.checkpointing import Checkpointer
-from ddpm_jax.experiment import Experiment
-from ddpm_jax.interop import diffusers as hf_interop
+from ddpm_jax.experiment import Experiment, imported_params
 
 
 def _restore_params(config, workdir: str, experiment, init_from: str | None = None):
   """(params, step) of the newest checkpoint; with `init_from` and no checkpoint in the
   workdir, (that diffusers model's params, None)."""
-  if init_from and not checkpointing.has_checkpoint(workdir):
-    params, folder = hf_interop.load_for_experiment(init_from, experiment)
-    if jax.process_index() == 0:
-      print(f'No checkpoint in {workdir}: using --init_from={init_from} ({folder.unet_dir}).',
-            flush=True)
+  params = imported_params(experiment, workdir, init_from, 'sampling')
+  if params is not None:
     return params, None
   # Read-only: a writer's start-up clean-up would delete a running trainer's save in flight.
   checkpointer = Checkpointer(workdir, max_to_keep=None, async_save=False, read_only=True,
@@ -80,16 +76,10 @@ def sample_from_workdir(config, workdir: str, experiment=None,
   stem = os.path.join(workdir, 'samples', f'{s.mode if s.mode != "grid" else "sample"}_{label}'
                       f'_n{s.num}{_suffix(config, num_timesteps)}')
   is_main = jax.process_index() == 0
-  if s.mode == 'grid':
-    paths = _grid(config, experiment, params, key, stem, is_main, step)
-  elif s.mode == 'progressive':
-    paths = _progressive(config, experiment, params, key, stem, is_main)
-  elif s.mode == 'interpolate':
-    paths = _interpolate(config, experiment, params, key, stem, is_main)
-  elif s.mode == 'reconstruct':
-    paths = _reconstruct(config, experiment, params, stem, is_main)
-  else:  # inpaint | colorize | edit (config_checks allows no other mode).
-    paths = editing_job.run(config, experiment, params, key, stem, is_main)
+  jobs = {'grid': functools.partial(_grid, step=step), 'progressive': _progressive,
+          'interpolate': _interpolate, 'reconstruct': _reconstruct}
+  # Else inpaint | colorize | edit (config_checks allows no other mode).
+  paths = jobs.get(s.mode, editing_job.run)(config, experiment, params, key, stem, is_main)
   if is_main:
     logging.info('Wrote %s', paths)
   return paths
@@ -102,7 +92,8 @@ def _grid(config, experiment, params, key, stem, is_main, step) -> dict:
   samples = generation.generate(sample_fn, params, key, s.num, batch_size)
   if not is_main:
     return {}
-  labels = generation.generated_labels(config, batch_size, len(samples))
+  labels = generation.sample_labels(config, batch_size)  # Those of each batch.
+  labels = None if labels is None else np.resize(np.asarray(labels, np.int32), len(samples))
   paths = {'png': image_files.save_grid(stem + '.png', samples[:256]),
            'npz': image_files.save_npz(stem + '.npz', samples, labels,
                                        **({} if step is None else {'step': step}))}
@@ -142,20 +133,14 @@ def _progressive(config, experiment, params, key, stem, is_main) -> dict:
   return paths
 
 
-def _data_images(config, num: int):
-  """The first `num` images of `config.sample.data_split`, float32 in [-1, 1]."""
-  return jnp.asarray(data.to_float(editing_inputs.split_images(config, num)))
-
-
 def _interpolate(config, experiment, params, key, stem, is_main) -> dict:
   s = config.sample
-  x = _data_images(config, 2 * s.num)
+  x = jnp.asarray(data.to_float(editing_inputs.split_images(config, 2 * s.num)))
   x_a, x_b = x[0::2], x[1::2]
-  chain = generation.chain_for(experiment)
+  chain, denoise_fn, kwargs = generation.chain_setup(experiment, params,
+                                                     generation.sample_labels(config, s.num))
   start = reverse_chains.chain_index(chain.timesteps, s.interp_t)
   lambdas = np.linspace(0.0, 1.0, s.interp_lambdas)
-  denoise_fn, kwargs = generation.chain_setup(experiment, chain, params,
-                                              generation.sample_labels(config, s.num))
   run = jax.jit(lambda a, b, k: reverse_chains.interpolate(
       chain.schedule, denoise_fn, a, b, lambdas, start, k, **kwargs))
   out = image_files.to_uint8(jax.device_get(run(x_a, x_b, key)))  # (L, B, H, W, C)
@@ -168,26 +153,23 @@ def _interpolate(config, experiment, params, key, stem, is_main) -> dict:
   return {'png': path}
 
 
-def _reconstruct(config, experiment, params, stem, is_main) -> dict:
-  x = _data_images(config, config.sample.num)
-  chain = generation.chain_for(experiment)
-  denoise_fn, kwargs = generation.chain_setup(experiment, chain, params,
-                                              generation.sample_labels(config, len(x)))
-  kwargs.update(clip_denoised=False, eta=0.0, sampler='ddim')
+def _reconstruct(config, experiment, params, key, stem, is_main) -> dict:
+  x = jnp.asarray(data.to_float(editing_inputs.split_images(config, config.sample.num)))
+  chain, denoise_fn, kwargs = generation.chain_setup(experiment, params,
+                                                     generation.sample_labels(config, len(x)))
+  # DDIM with eta = 0 and no clipping both ways, whatever config.sample says: invertible.
+  kwargs = {k: kwargs[k] for k in ('var_type', 'mean_type', 'timesteps')}
 
   def run(x):
-    x_T = reverse_chains.ddim_encode(chain.schedule, denoise_fn, x, var_type=kwargs['var_type'],
-                                     mean_type=kwargs['mean_type'], clip_denoised=False,
-                                     timesteps=kwargs['timesteps'])
-    return x_T, reverse_chains.sample(schedule=chain.schedule, denoise_fn=denoise_fn,
-                                      shape=x.shape, key=jax.random.PRNGKey(0), x_T=x_T, **kwargs)
+    x_T = reverse_chains.ddim_encode(chain.schedule, denoise_fn, x, **kwargs)
+    return x_T, reverse_chains.sample('ddim', chain.schedule, denoise_fn, x.shape, key, eta=0.0,
+                                      clip_denoised=False, x_T=x_T, **kwargs)
 
   x_T, rec = jax.device_get(jax.jit(run)(x))
   mse = float(np.mean((np.asarray(rec) - np.asarray(x)) ** 2))
   if not is_main:
     return {}
-  rows = np.stack([image_files.to_uint8(x), image_files.to_uint8(np.clip(x_T / 3, -1, 1)),
-                   image_files.to_uint8(rec)])
+  rows = image_files.to_uint8(np.stack([x, x_T / 3, rec]))  # Clipped to [-1, 1].
   path = image_files.save_png(stem + '.png', image_files.trajectory_grid(rows))
   print(f'DDIM reconstruction ({chain.schedule.num_timesteps} steps): MSE {mse:.2e} on '
         f'[-1, 1] images; {path} (columns: original, x_T / 3, reconstruction)')
