@@ -5,15 +5,12 @@ an unconditional model (`ddpm_jax.editing_chains`) on images from a folder or a 
 Writes, under `workdir/samples/`, a PNG grid of (input | condition | result) triplets, where the
 condition is the masked input (inpaint; the pixels to generate in mid grey), the grey image the
 model sees (colorize) or the input noised to t0 (edit), and an `.npz` with the results under
-`arr_0` (uint8, N x H x W x C) and the inputs (and masks) beside them. The chain is
-`config.sample`'s: sampler, steps (respacing), eta, clipping; RePaint resampling with
-`jump_length` and `resample`.
+`arr_0` (uint8, N x H x W x C) and the inputs (and masks) beside them.
 """
 
 from __future__ import annotations
 
 import math
-import pathlib
 
 import jax
 import jax.numpy as jnp
@@ -33,16 +30,6 @@ def triplet_grid(columns) -> np.ndarray:
   return image_files.make_grid(triplets, ncols=max(1, round(math.sqrt(n / 2))), padding=6)
 
 
-def _suffix(config) -> str:
-  s = config.sample
-  if s.mode == 'edit':
-    return f'_t0{s.t0}'
-  out = '_' + pathlib.Path(s.mask).stem if s.mode == 'inpaint' else ''  # A shape or a file.
-  if s.resample > 1:
-    out += f'_resample{s.resample}_jump{s.jump_length}'
-  return out
-
-
 def _edit_fn(config, experiment, params):
   """(jitted `(x, mask, key) -> (result, condition)` in [-1, 1], the start index of edit, the
   chain)."""
@@ -58,7 +45,7 @@ def _edit_fn(config, experiment, params):
       out = editing_chains.inpaint(sched, denoise_fn, x, mask, key, **repaint, **kwargs)
       return out, mask * x  # The generated pixels in mid grey (0 in [-1, 1]).
     if s.mode == 'colorize':
-      grey = jnp.broadcast_to(editing_chains.grey_level(x), x.shape)
+      grey = editing_chains.grey_projector(x)
       return editing_chains.colorize(sched, denoise_fn, grey, key, **repaint, **kwargs), grey
     out = editing_chains.sdedit(sched, denoise_fn, x, start, key, **kwargs)
     return out, (editing_chains.sdedit_start(sched, x, start, key) if start >= 0 else x)
@@ -88,7 +75,6 @@ def run(config, experiment, params, key, stem: str, is_main: bool) -> dict:
   results, conds = (image_files.to_uint8(np.concatenate(a)[:n]) for a in zip(*outs))
   if not is_main:
     return {}
-  stem += _suffix(config)
   extra = dict(inputs=originals)
   summary = {}
   if s.mode == 'inpaint':

@@ -19,6 +19,7 @@ from __future__ import annotations
 import functools
 import logging
 import os
+import pathlib
 
 import jax
 import jax.numpy as jnp
@@ -48,7 +49,8 @@ def _restore_params(config, workdir: str, experiment, init_from: str | None = No
 
 
 def _suffix(config, num_timesteps: int) -> str:
-  """'' for the default chain (ancestral, all steps, no guidance), else e.g. '_ddim50_eta0.0'."""
+  """'' for the default chain (ancestral, all steps, no guidance), else e.g. '_ddim50_eta0.0';
+  then what the editing modes take: '_t0500', '_center', '_resample10_jump10'."""
   s = config.sample
   sampler, steps = s.sampler, int(s.steps) or num_timesteps
   out = ''
@@ -56,6 +58,12 @@ def _suffix(config, num_timesteps: int) -> str:
     out += f'_{sampler}{steps}' + (f'_eta{s.eta}' if sampler == 'ddim' else '')
   if config.model.num_classes:
     out += f'_label{s.label}_w{s.guidance_scale}'
+  if s.mode == 'edit':
+    return out + f'_t0{s.t0}'
+  if s.mode == 'inpaint':
+    out += '_' + pathlib.Path(s.mask).stem  # A built-in shape or a file's name.
+  if s.mode in ('inpaint', 'colorize') and s.resample > 1:
+    out += f'_resample{s.resample}_jump{s.jump_length}'
   return out
 
 
@@ -124,8 +132,8 @@ def _progressive(config, experiment, params, key, stem, is_main) -> dict:
            'pred_x0_png': image_files.save_png(stem + '_pred_x0.png',
                                                image_files.trajectory_grid(x0, fin))}
   b = xt.shape[1]
-  frames = [image_files.make_grid(np.concatenate([a, p]), ncols=b) for a, p in zip(xt, x0)]
-  frames.append(image_files.make_grid(np.concatenate([fin, fin]), ncols=b))
+  frames = [image_files.make_grid(np.concatenate([a, p]), ncols=b)
+            for a, p in zip([*xt, fin], [*x0, fin])]
   paths['gif'] = image_files.save_gif(stem + '.gif', frames, scale=2 if xt.shape[2] <= 64 else 1)
   kept = np.asarray(chain.timesteps)[save_at]
   print(f'Progressive generation at t = {", ".join(str(int(k) + 1) for k in kept)}: '
