@@ -99,14 +99,14 @@ def repaint_path(num_steps: int, jump_length: int = 1, resample: int = 1) -> np.
 
 def replacement_sample(schedule: Schedule, denoise_fn, known, project: Projector, key, *,
                        sampler: str = 'ancestral', jump_length: int = 1, resample: int = 1,
-                       x_T=None, **step_kwargs):
+                       **step_kwargs):
   """The reverse chain of `schedule` with the known part P `known` imposed after every step
   (module docstring), along `repaint_path(n, jump_length, resample)`. Jittable.
 
   known: (B, H, W, C) clean images in [-1, 1] (only P known matters). The chain starts from
-  x_T ~ N(0, I) (or `x_T`) with its known part noised to step n - 1. Element k of the path
-  draws its noise from fold_in(key, k). `step_kwargs` go to `reverse_chains.reverse_step` (eta,
-  var_type, mean_type, clip_denoised, timesteps). Returns x_0, whose known part is P `known`.
+  x_T ~ N(0, I) with its known part noised to step n - 1. Element k of the path draws its
+  noise from fold_in(key, k). `step_kwargs` go to `reverse_chains.reverse_step` (eta, var_type,
+  mean_type, clip_denoised, timesteps). Returns x_0, whose known part is P `known`.
   """
   # `step_kwargs` are optional keyword arguments: absent ones take reverse_step's defaults.
   reverse_chains.check_chain(sampler, step_kwargs.get('mean_type', 'eps'),
@@ -116,7 +116,7 @@ def replacement_sample(schedule: Schedule, denoise_fn, known, project: Projector
   n = schedule.num_timesteps
   path = repaint_path(n, jump_length, resample)
   key_init, key_known, key_chain = jax.random.split(key, 3)
-  x = jax.random.normal(key_init, shape, jnp.float32) if x_T is None else x_T
+  x = jax.random.normal(key_init, shape, jnp.float32)
   x = replace_known(project, x, q_jump(schedule, known, -1, n - 1,
                                        jax.random.normal(key_known, shape, jnp.float32)))
 
@@ -145,12 +145,6 @@ def inpaint(schedule: Schedule, denoise_fn, image, mask, key, **kwargs):
   return replacement_sample(schedule, denoise_fn, image, lambda x: mask * x, key, **kwargs)
 
 
-def grey_level(image):
-  """(B, H, W, 1) grey level of (B, H, W, 1 or 3) images: the channel mean, the kept
-  coordinate of colorization (score_sde's, not the luma weights)."""
-  return jnp.mean(jnp.asarray(image, jnp.float32), axis=-1, keepdims=True)
-
-
 def fit_to_range(x, grey):
   """Colours `x` (B, H, W, 3) with channel mean `grey` (B, H, W, 1), desaturated where needed
   so that every channel lies in [-1, 1]: grey + s (x - grey) with the largest s in [0, 1] that
@@ -164,9 +158,10 @@ def fit_to_range(x, grey):
 
 def colorize(schedule: Schedule, denoise_fn, grey, key, *, fit_range: bool = True, **kwargs):
   """Colours of a 3-channel model for the grey images `grey` ((B, H, W, 1), or RGB, of which
-  only the channel mean is used), keeping that channel mean exactly; with `fit_range` the
-  result is brought into [-1, 1] by `fit_to_range`. `kwargs` as for `replacement_sample`."""
-  g = grey_level(grey)
+  only the channel mean is used: score_sde's grey level, not the luma weights), keeping that
+  channel mean exactly; with `fit_range` the result is brought into [-1, 1] by `fit_to_range`.
+  `kwargs` as for `replacement_sample`."""
+  g = jnp.mean(jnp.asarray(grey, jnp.float32), axis=-1, keepdims=True)
   known = jnp.broadcast_to(g, g.shape[:-1] + (3,))
   x = replacement_sample(schedule, denoise_fn, known, grey_projector, key, **kwargs)
   return fit_to_range(x, jnp.clip(g, -1.0, 1.0)) if fit_range else x
