@@ -135,18 +135,17 @@ def load_images(config, num: int) -> np.ndarray:
   `config.sample.input_dir` (sorted; fewer if it holds fewer), or of the dataset's
   `config.sample.data_split` when it is empty."""
   d, s = config.data, config.sample
-  folder = s.input_dir
-  if not folder:
+  if not s.input_dir:
     return split_images(config, num)
-  path = pathlib.Path(folder).expanduser()
+  path = pathlib.Path(s.input_dir).expanduser()
   if not path.is_dir():
-    raise InputError(f'config.sample.input_dir={folder!r} is not a folder.')
+    raise InputError(f'config.sample.input_dir={s.input_dir!r} is not a folder.')
   files = data.list_images(path)[:num]
   if not files:
     raise InputError(f'No images ({", ".join(data.IMAGE_EXTENSIONS)}) in {path} '
                      '(config.sample.input_dir).')
-  allow_grey = s.mode == 'colorize'
-  return np.stack([read_image(f, d.image_size, d.channels, allow_grey) for f in files])
+  return np.stack([read_image(f, d.image_size, d.channels, allow_grey=s.mode == 'colorize')
+                   for f in files])
 
 
 def split_images(config, num: int) -> np.ndarray:

@@ -25,7 +25,7 @@ STATE_NAME = 'eval_state.json'
 
 
 def eval_job(config, workdir: str, experiment: Experiment | None = None,
-             progress: bool = True, sleep=time.sleep, init_from: str | None = None) -> list[dict]:
+             progress: bool = True, init_from: str | None = None) -> list[dict]:
   """Evaluates every checkpoint of `workdir` once, newest last, then waits for new ones until
   the final step (`config.train.num_steps`) is done or no checkpoint arrived for
   `config.eval.timeout_seconds`; returns the rows it wrote to `eval_results.csv`.
@@ -43,7 +43,7 @@ def eval_job(config, workdir: str, experiment: Experiment | None = None,
     params = imported_params(experiment, workdir, init_from, 'evaluating')
     if params is not None:
       return [_evaluate(suite, params, 0)]
-    return _follow_checkpoints(config, workdir, experiment, suite, sleep)
+    return _follow_checkpoints(config, workdir, experiment, suite)
   finally:
     if lock is not None:
       lock.release()
@@ -56,7 +56,7 @@ def _evaluate(suite: Suite, params, step: int) -> dict:
   return row
 
 
-def _follow_checkpoints(config, workdir, experiment, suite, sleep) -> list[dict]:
+def _follow_checkpoints(config, workdir, experiment, suite) -> list[dict]:
   """`eval_job` once its inputs are checked and its lock taken."""
   state_file = pathlib.Path(workdir, STATE_NAME)
   done = set(json.loads(state_file.read_text())['done'] if state_file.exists() else ())
@@ -89,5 +89,5 @@ def _follow_checkpoints(config, workdir, experiment, suite, sleep) -> list[dict]
       logging.warning('No new checkpoint in %s for %d s; stopping.', workdir,
                       config.eval.timeout_seconds)
       break
-    sleep(config.eval.poll_seconds)
+    time.sleep(config.eval.poll_seconds)
   return rows

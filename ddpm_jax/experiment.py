@@ -152,8 +152,7 @@ class Experiment:
 
 def imported_params(experiment: Experiment, workdir: str, init_from: str | None, doing: str):
   """The parameters of the diffusers model `init_from` (`ddpm_jax.interop.diffusers`) when
-  `workdir` holds no checkpoint, else None: sampling and evaluation use an imported model only
-  on an empty workdir. Prints '... : `doing` --init_from=...' on process 0."""
+  `workdir` holds no checkpoint (sampling and evaluation then use it), else None."""
   if not init_from or has_checkpoint(workdir):
     return None
   params, folder = hf_interop.load_for_experiment(init_from, experiment)

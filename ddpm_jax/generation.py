@@ -1,9 +1,5 @@
-"""Generating images with the chain of `config.sample`: jitted, sharded over every device, in
-batches.
-
-`config.sample` picks the chain: `sampler` (ancestral | ddim), `steps` (0 = all T; else a
-respaced chain of that many evenly spaced steps), `eta` (DDIM), and for class-conditional
-models `guidance_scale` and `label`. Training's sample grids, the evaluators and
+"""Generating images with the chain of `config.sample` (sampler, respaced steps, eta, guidance):
+jitted, sharded over every device, in batches. Training's sample grids, the evaluators and
 `--mode=sample` (`ddpm_jax.sample_job`) all generate through this module.
 """
 
@@ -69,9 +65,7 @@ def chain_setup(experiment, params, labels=None):
   model, w = experiment.model, float(s.guidance_scale)
 
   def denoise_fn(x, t):
-    if labels is None:
-      return model.apply({'params': params}, x, t, train=False)
-    if w == 0:
+    if labels is None or w == 0:
       return model.apply({'params': params}, x, t, labels, train=False)
     null = jnp.full_like(labels, cfg.model.num_classes)
     out = model.apply({'params': params}, jnp.concatenate([x, x]), jnp.concatenate([t, t]),
