@@ -31,13 +31,11 @@ def chain_for(experiment) -> reverse_chains.Respaced:
 def sample_labels(config, batch_size: int):
   """Labels of a class-conditional model's samples (`config.sample.label`, -1 = 0, 1, ..,
   num_classes - 1 in turn), or None for an unconditional model."""
-  num_classes = int(config.model.num_classes)
-  if num_classes == 0:
+  if not config.model.num_classes:
     return None
-  label = int(config.sample.label)
-  if label >= 0:
-    return jnp.full((batch_size,), label, jnp.int32)
-  return jnp.arange(batch_size, dtype=jnp.int32) % num_classes
+  if config.sample.label >= 0:
+    return jnp.full((batch_size,), config.sample.label, jnp.int32)
+  return jnp.arange(batch_size, dtype=jnp.int32) % config.model.num_classes
 
 
 def guided_output(cond_out, uncond_out, guidance_scale: float, var_type: str):
@@ -115,9 +113,8 @@ def make_sample_fn(experiment, batch_size: int, save_at=None):
                                  key=key, x_T=x_T, save_at=save_at, **kwargs)
 
   repl = sharding.replicated(mesh)
-  if save_at is not None:
-    return jax.jit(sample, in_shardings=(repl, repl))
-  return jax.jit(sample, in_shardings=(repl, repl), out_shardings=out_sharding)
+  return jax.jit(sample, in_shardings=(repl, repl),
+                 out_shardings=out_sharding if save_at is None else (out_sharding, repl))
 
 
 def generate(sample_fn, params, key, num: int, batch_size: int, progress: bool = True):
