@@ -17,13 +17,9 @@ from PIL import Image, ImageDraw
 
 from ddpm_jax import data
 from ddpm_jax.data.folder import decode
-from ddpm_jax.errors import UserError
+from ddpm_jax.errors import InputError
 
 MASK_SHAPES = ('center', 'left', 'strokes')
-
-
-class InputError(UserError, ValueError):
-  """A bad input image or mask; the command line prints the message alone."""
 
 
 # ---------------------------------------------------------------------------------------------
