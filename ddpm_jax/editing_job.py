@@ -23,11 +23,10 @@ from ddpm_jax import data, editing_chains, editing_inputs, generation, image_fil
 def triplet_grid(columns) -> np.ndarray:
   """uint8 (3, N, H, W, C) -> one image: each item's three pictures side by side (1-pixel gap),
   about sqrt(N / 2) items per row, items 6 pixels apart."""
-  columns = np.asarray(columns)
-  n = columns.shape[1]
-  triplets = np.stack([image_files.make_grid(columns[:, i], ncols=3, padding=1)[1:-1, 1:-1]
-                       for i in range(n)])
-  return image_files.make_grid(triplets, ncols=max(1, round(math.sqrt(n / 2))), padding=6)
+  triplets = np.stack([image_files.make_grid(item, ncols=3, padding=1)[1:-1, 1:-1]
+                       for item in np.swapaxes(columns, 0, 1)])
+  per_row = max(1, round(math.sqrt(len(triplets) / 2)))
+  return image_files.make_grid(triplets, ncols=per_row, padding=6)
 
 
 def _edit_fn(config, experiment, params):

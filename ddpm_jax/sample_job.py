@@ -115,8 +115,7 @@ def progressive_steps(chain_length: int, frames: int) -> list[int]:
   """`frames` chain indices evenly spaced from the first step (n - 1) to the last (0),
   in the order the chain visits them."""
   frames = max(1, min(int(frames), chain_length))
-  return [int(i) for i in
-          np.unique(np.round(np.linspace(0, chain_length - 1, frames)).astype(int))[::-1]]
+  return np.unique(np.round(np.linspace(0, chain_length - 1, frames)).astype(int))[::-1].tolist()
 
 
 def _progressive(config, experiment, params, key, stem, is_main) -> dict:
