@@ -48,13 +48,6 @@ Projector = Callable[[jnp.ndarray], jnp.ndarray]
 # Projectors onto the known part, and the forward process between chain indices.
 
 
-def mask_projector(mask) -> Projector:
-  """P = diag(mask): keeps the known pixels (mask 1), zeroes those to generate (mask 0).
-  `mask` broadcasts against the images, e.g. (B, H, W, 1)."""
-  mask = jnp.asarray(mask, jnp.float32)
-  return lambda x: mask * x
-
-
 def grey_projector(x):
   """P onto (1, 1, 1) / sqrt(3) at each pixel: every channel set to the channel mean. This is
   score_sde's decouple -> keep channel 0 -> couple, for any orthogonal M with that first
@@ -67,16 +60,12 @@ def replace_known(project: Projector, x, y_t):
   return x - project(x) + project(y_t)
 
 
-def _alphas_cumprod_at(schedule: Schedule, index):
-  """alphabar at chain index `index` (a traced scalar), with index -1 (the data) giving 1."""
-  return jnp.where(index >= 0, schedule.alphas_cumprod[jnp.maximum(index, 0)], 1.0)
-
-
 def q_jump(schedule: Schedule, x, src, dst, noise):
   """A sample of q(x_dst | x_src) for chain indices src < dst, the forward process (eq. 2)
   over several steps: N(sqrt(alphabar_dst / alphabar_src) x, (1 - alphabar_dst / alphabar_src) I),
   index -1 being the data (alphabar 1): from src = -1, q_sample (eq. 4) of the clean `x`."""
-  ratio = _alphas_cumprod_at(schedule, dst) / _alphas_cumprod_at(schedule, src)
+  alphas_cumprod = jnp.append(schedule.alphas_cumprod, 1.0)  # Index -1 reads the data's 1.
+  ratio = alphas_cumprod[dst] / alphas_cumprod[src]
   return jnp.sqrt(ratio) * x + jnp.sqrt(1.0 - ratio) * noise
 
 
@@ -110,14 +99,14 @@ def repaint_path(num_steps: int, jump_length: int = 1, resample: int = 1) -> np.
 
 def replacement_sample(schedule: Schedule, denoise_fn, known, project: Projector, key, *,
                        sampler: str = 'ancestral', jump_length: int = 1, resample: int = 1,
-                       x_T=None, **step_kwargs):
+                       **step_kwargs):
   """The reverse chain of `schedule` with the known part P `known` imposed after every step
   (module docstring), along `repaint_path(n, jump_length, resample)`. Jittable.
 
   known: (B, H, W, C) clean images in [-1, 1] (only P known matters). The chain starts from
-  x_T ~ N(0, I) (or `x_T`) with its known part noised to step n - 1. Element k of the path
-  draws its noise from fold_in(key, k). `step_kwargs` go to `reverse_chains.reverse_step` (eta,
-  var_type, mean_type, clip_denoised, timesteps). Returns x_0, whose known part is P `known`.
+  x_T ~ N(0, I) with its known part noised to step n - 1. Element k of the path draws its
+  noise from fold_in(key, k). `step_kwargs` go to `reverse_chains.reverse_step` (eta, var_type,
+  mean_type, clip_denoised, timesteps). Returns x_0, whose known part is P `known`.
   """
   # `step_kwargs` are optional keyword arguments: absent ones take reverse_step's defaults.
   reverse_chains.check_chain(sampler, step_kwargs.get('mean_type', 'eps'),
@@ -127,24 +116,20 @@ def replacement_sample(schedule: Schedule, denoise_fn, known, project: Projector
   n = schedule.num_timesteps
   path = repaint_path(n, jump_length, resample)
   key_init, key_known, key_chain = jax.random.split(key, 3)
-  x = jax.random.normal(key_init, shape, jnp.float32) if x_T is None else x_T
+  x = jax.random.normal(key_init, shape, jnp.float32)
   x = replace_known(project, x, q_jump(schedule, known, -1, n - 1,
                                        jax.random.normal(key_known, shape, jnp.float32)))
-
-  monotone = bool(np.all(np.diff(path) < 0))  # No resampling: no forward jumps.
-
-  def down(x, src, dst, noise, noise_known):
-    x = reverse_chains.reverse_step(sampler, schedule, denoise_fn, x, src, noise,
-                                    **step_kwargs)[0]
-    return replace_known(project, x, q_jump(schedule, known, -1, dst, noise_known))
 
   def body(x, elem):
     k, src, dst = elem
     noise, noise_known = jax.random.normal(jax.random.fold_in(key_chain, k), (2,) + shape)
-    if monotone:
-      return down(x, src, dst, noise, noise_known), None
-    return jax.lax.cond(dst < src, lambda x: down(x, src, dst, noise, noise_known),
-                        lambda x: q_jump(schedule, x, src, dst, noise), x), None
+
+    def down(x):  # A reverse step, then the known part noised to `dst`.
+      x = reverse_chains.reverse_step(sampler, schedule, denoise_fn, x, src, noise,
+                                      **step_kwargs)[0]
+      return replace_known(project, x, q_jump(schedule, known, -1, dst, noise_known))
+
+    return jax.lax.cond(dst < src, down, lambda x: q_jump(schedule, x, src, dst, noise), x), None
 
   elems = (jnp.arange(len(path) - 1, dtype=jnp.int32), jnp.asarray(path[:-1]),
            jnp.asarray(path[1:]))
@@ -156,13 +141,8 @@ def inpaint(schedule: Schedule, denoise_fn, image, mask, key, **kwargs):
   """Fills the pixels where `mask` is 0, keeping `image` where it is 1 (exactly).
   image: (B, H, W, C) in [-1, 1]; mask: {0, 1}, broadcasting against it, e.g. (B, H, W, 1).
   `kwargs` as for `replacement_sample` (sampler, jump_length, resample, eta, ...)."""
-  return replacement_sample(schedule, denoise_fn, image, mask_projector(mask), key, **kwargs)
-
-
-def grey_level(image):
-  """(B, H, W, 1) grey level of (B, H, W, 1 or 3) images: the channel mean, the kept
-  coordinate of colorization (score_sde's, not the luma weights)."""
-  return jnp.mean(jnp.asarray(image, jnp.float32), axis=-1, keepdims=True)
+  mask = jnp.asarray(mask, jnp.float32)  # P = diag(mask).
+  return replacement_sample(schedule, denoise_fn, image, lambda x: mask * x, key, **kwargs)
 
 
 def fit_to_range(x, grey):
@@ -178,9 +158,10 @@ def fit_to_range(x, grey):
 
 def colorize(schedule: Schedule, denoise_fn, grey, key, *, fit_range: bool = True, **kwargs):
   """Colours of a 3-channel model for the grey images `grey` ((B, H, W, 1), or RGB, of which
-  only the channel mean is used), keeping that channel mean exactly; with `fit_range` the
-  result is brought into [-1, 1] by `fit_to_range`. `kwargs` as for `replacement_sample`."""
-  g = grey_level(grey)
+  only the channel mean is used: score_sde's grey level, not the luma weights), keeping that
+  channel mean exactly; with `fit_range` the result is brought into [-1, 1] by `fit_to_range`.
+  `kwargs` as for `replacement_sample`."""
+  g = jnp.mean(jnp.asarray(grey, jnp.float32), axis=-1, keepdims=True)
   known = jnp.broadcast_to(g, g.shape[:-1] + (3,))
   x = replacement_sample(schedule, denoise_fn, known, grey_projector, key, **kwargs)
   return fit_to_range(x, jnp.clip(g, -1.0, 1.0)) if fit_range else x

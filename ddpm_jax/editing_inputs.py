@@ -13,31 +13,17 @@ from __future__ import annotations
 import pathlib
 
 import numpy as np
-from PIL import Image, ImageDraw, ImageOps
+from PIL import Image, ImageDraw
 
 from ddpm_jax import data
-from ddpm_jax.errors import UserError
+from ddpm_jax.data.folder import decode
+from ddpm_jax.errors import InputError
 
 MASK_SHAPES = ('center', 'left', 'strokes')
 
 
-class InputError(UserError, ValueError):
-  """A bad input image or mask; the command line prints the message alone."""
-
-
 # ---------------------------------------------------------------------------------------------
 # Built-in masks: float32 (size, size), 1 = keep, 0 = generate.
-
-
-def box_mask(size: int, shape: str) -> np.ndarray:
-  """'center': generates the centred square of half the side; 'left': the left half."""
-  mask = np.ones((size, size), np.float32)
-  lo = size // 4
-  if shape == 'center':
-    mask[lo:lo + size // 2, lo:lo + size // 2] = 0.0
-  else:
-    mask[:, :size // 2] = 0.0
-  return mask
 
 
 def random_strokes(size: int, seed: int) -> np.ndarray:
@@ -60,12 +46,19 @@ def random_strokes(size: int, seed: int) -> np.ndarray:
 
 
 def builtin_masks(shape: str, size: int, num: int, seed: int = 0) -> np.ndarray:
-  """(num, size, size, 1) masks of a built-in `shape`; strokes differ per image (seed, i)."""
+  """(num, size, size, 1) masks of a built-in `shape`: 'center' generates the centred square
+  of half the side, 'left' the left half; 'strokes' differ per image (seed, i)."""
   if shape not in MASK_SHAPES:
     raise InputError(f'Unknown mask shape {shape!r}; built-in shapes: {", ".join(MASK_SHAPES)}.')
   if shape == 'strokes':
     return np.stack([random_strokes(size, seed * 1_000_003 + i) for i in range(num)])[..., None]
-  return np.broadcast_to(box_mask(size, shape)[None, :, :, None], (num, size, size, 1)).copy()
+  mask = np.ones((num, size, size, 1), np.float32)
+  lo, half = size // 4, size // 2
+  if shape == 'center':
+    mask[:, lo:lo + half, lo:lo + half] = 0.0
+  else:
+    mask[:, :, :half] = 0.0
+  return mask
 
 
 # ---------------------------------------------------------------------------------------------
@@ -75,8 +68,7 @@ def builtin_masks(shape: str, size: int, num: int, seed: int = 0) -> np.ndarray:
 def read_mask(path, size: int) -> np.ndarray:
   """One mask file -> float32 (size, size): white (255) = keep, black (0) = generate."""
   try:
-    with Image.open(path) as im:
-      a = np.asarray(im.convert('L'))
+    a = decode(path, 1)  # 16-bit masks scaled to 8 bits.
   except Exception as e:  # pylint: disable=broad-except
     raise InputError(f'Could not read mask {path}: {e}') from None
   if a.shape != (size, size):
@@ -117,20 +109,14 @@ def load_masks(spec: str, size: int, num: int, seed: int = 0) -> np.ndarray:
 # Images.
 
 
-def _is_grey(im: Image.Image) -> bool:
-  bands = [b for b in im.getbands() if b != 'A']
-  return len(bands) == 1 and im.mode != 'P'
-
-
 def read_image(path, image_size: int, channels: int, allow_grey: bool) -> np.ndarray:
-  """One image file -> uint8 (image_size, image_size, channels), cropped and resized as the
-  training data (`data.preprocess_image`). A grey image for a colour model is refused
-  unless `allow_grey` (colorization)."""
+  """One image file -> uint8 (image_size, image_size, channels), decoded (16-bit files
+  included, `data.folder.decode`), cropped and resized as the training data. A grey image for
+  a colour model is refused unless `allow_grey` (colorization)."""
   try:
     with Image.open(path) as im:
-      im = ImageOps.exif_transpose(im)
-      grey = _is_grey(im)
-      array = np.asarray(im.convert('L' if grey else 'RGB'))
+      grey = len([b for b in im.getbands() if b != 'A']) == 1 and im.mode != 'P'
+    array = decode(path, channels)
   except Exception as e:  # pylint: disable=broad-except
     raise InputError(f'Could not read image {path}: {e}') from None
   if grey and channels == 3 and not allow_grey:
@@ -145,18 +131,17 @@ def load_images(config, num: int) -> np.ndarray:
   `config.sample.input_dir` (sorted; fewer if it holds fewer), or of the dataset's
   `config.sample.data_split` when it is empty."""
   d, s = config.data, config.sample
-  folder = s.input_dir
-  if not folder:
+  if not s.input_dir:
     return split_images(config, num)
-  path = pathlib.Path(folder).expanduser()
+  path = pathlib.Path(s.input_dir).expanduser()
   if not path.is_dir():
-    raise InputError(f'config.sample.input_dir={folder!r} is not a folder.')
+    raise InputError(f'config.sample.input_dir={s.input_dir!r} is not a folder.')
   files = data.list_images(path)[:num]
   if not files:
     raise InputError(f'No images ({", ".join(data.IMAGE_EXTENSIONS)}) in {path} '
                      '(config.sample.input_dir).')
-  allow_grey = s.mode == 'colorize'
-  return np.stack([read_image(f, d.image_size, d.channels, allow_grey) for f in files])
+  return np.stack([read_image(f, d.image_size, d.channels, allow_grey=s.mode == 'colorize')
+                   for f in files])
 
 
 def split_images(config, num: int) -> np.ndarray:

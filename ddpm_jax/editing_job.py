@@ -5,15 +5,12 @@ an unconditional model (`ddpm_jax.editing_chains`) on images from a folder or a 
 Writes, under `workdir/samples/`, a PNG grid of (input | condition | result) triplets, where the
 condition is the masked input (inpaint; the pixels to generate in mid grey), the grey image the
 model sees (colorize) or the input noised to t0 (edit), and an `.npz` with the results under
-`arr_0` (uint8, N x H x W x C) and the inputs (and masks) beside them. The chain is
-`config.sample`'s: sampler, steps (respacing), eta, clipping; RePaint resampling with
-`jump_length` and `resample`.
+`arr_0` (uint8, N x H x W x C) and the inputs (and masks) beside them.
 """
 
 from __future__ import annotations
 
 import math
-import os
 
 import jax
 import jax.numpy as jnp
@@ -23,36 +20,20 @@ from tqdm.auto import tqdm
 from ddpm_jax import data, editing_chains, editing_inputs, generation, image_files, reverse_chains
 
 
-def triplet_grid(columns, per_row: int | None = None) -> np.ndarray:
+def triplet_grid(columns) -> np.ndarray:
   """uint8 (3, N, H, W, C) -> one image: each item's three pictures side by side (1-pixel gap),
-  `per_row` items per row (default about sqrt(N / 2)), items 6 pixels apart."""
-  columns = np.asarray(columns)
-  n = columns.shape[1]
-  per_row = per_row or max(1, int(round(math.sqrt(n / 2))))
-  triplets = np.stack([image_files.make_grid(columns[:, i], ncols=3, padding=1)[1:-1, 1:-1]
-                       for i in range(n)])
+  about sqrt(N / 2) items per row, items 6 pixels apart."""
+  triplets = np.stack([image_files.make_grid(item, ncols=3, padding=1)[1:-1, 1:-1]
+                       for item in np.swapaxes(columns, 0, 1)])
+  per_row = max(1, round(math.sqrt(len(triplets) / 2)))
   return image_files.make_grid(triplets, ncols=per_row, padding=6)
-
-
-def _suffix(config) -> str:
-  s = config.sample
-  if s.mode == 'edit':
-    return f'_t0{s.t0}'
-  out = ''
-  if s.mode == 'inpaint':
-    out += '_' + (s.mask if s.mask in editing_inputs.MASK_SHAPES else
-                  os.path.splitext(os.path.basename(os.path.normpath(s.mask)))[0])
-  if s.resample > 1:
-    out += f'_resample{s.resample}_jump{s.jump_length}'
-  return out
 
 
 def _edit_fn(config, experiment, params):
   """(jitted `(x, mask, key) -> (result, condition)` in [-1, 1], the start index of edit, the
   chain)."""
   s = config.sample
-  chain = generation.chain_for(experiment)
-  denoise_fn, kwargs = generation.chain_setup(experiment, chain, params)
+  chain, denoise_fn, kwargs = generation.chain_setup(experiment, params)
   sched = chain.schedule
   # The paper's t0 counts from 1 (0 = the input itself); chain indices from 0.
   start = reverse_chains.chain_index(chain.timesteps, s.t0 - 1) if s.mode == 'edit' else -1
@@ -63,7 +44,7 @@ def _edit_fn(config, experiment, params):
       out = editing_chains.inpaint(sched, denoise_fn, x, mask, key, **repaint, **kwargs)
       return out, mask * x  # The generated pixels in mid grey (0 in [-1, 1]).
     if s.mode == 'colorize':
-      grey = jnp.broadcast_to(editing_chains.grey_level(x), x.shape)
+      grey = editing_chains.grey_projector(x)
       return editing_chains.colorize(sched, denoise_fn, grey, key, **repaint, **kwargs), grey
     out = editing_chains.sdedit(sched, denoise_fn, x, start, key, **kwargs)
     return out, (editing_chains.sdedit_start(sched, x, start, key) if start >= 0 else x)
@@ -83,20 +64,16 @@ def run(config, experiment, params, key, stem: str, is_main: bool) -> dict:
            else np.ones((n, size, size, 1), np.float32))
   fn, start, chain = _edit_fn(config, experiment, params)
   x = data.to_float(originals)
-  results, conds = [], []
   bs = min(s.batch_size, n)
-  for b in tqdm(range(math.ceil(n / bs)), desc=s.mode, unit='batch',
-                disable=jax.process_index() != 0):
-    sl = slice(b * bs, (b + 1) * bs)
-    pad = bs - len(x[sl])  # The last batch is padded to the same shape: one compilation.
-    xb, mb = (np.pad(a[sl], [(0, pad)] + [(0, 0)] * 3, mode='edge') for a in (x, masks))
-    out, cond = fn(jnp.asarray(xb), jnp.asarray(mb), jax.random.fold_in(key, b))
-    results.append(image_files.to_uint8(jax.device_get(out))[:bs - pad])
-    conds.append(image_files.to_uint8(np.clip(jax.device_get(cond), -1.0, 1.0))[:bs - pad])
-  results, conds = np.concatenate(results), np.concatenate(conds)
+  # The last batch is padded to the same shape: one compilation.
+  xs, ms = (np.pad(a, [(0, -n % bs)] + [(0, 0)] * 3, mode='edge') for a in (x, masks))
+  outs = [jax.device_get(fn(jnp.asarray(xs[i:i + bs]), jnp.asarray(ms[i:i + bs]),
+                            jax.random.fold_in(key, i // bs)))
+          for i in tqdm(range(0, len(xs), bs), desc=s.mode, unit='batch',
+                        disable=jax.process_index() != 0)]
+  results, conds = (image_files.to_uint8(np.concatenate(a)[:n]) for a in zip(*outs))
   if not is_main:
     return {}
-  stem += _suffix(config)
   extra = dict(inputs=originals)
   summary = {}
   if s.mode == 'inpaint':

@@ -18,3 +18,7 @@ class ConfigError(UserError, ValueError):
 
 class DatasetError(UserError, RuntimeError):
   """A dataset is missing, unprepared, corrupt or misconfigured; the message says what to do."""
+
+
+class InputError(UserError, ValueError):
+  """An input file (an image, a mask, an `.npz` of samples) that cannot be used."""

@@ -10,37 +10,22 @@ from __future__ import annotations
 
 import json
 import logging
-import os
+import pathlib
 import time
 
 import jax
 
-from ddpm_jax import checkpointing, sharding, workdir_lock
+from ddpm_jax import sharding, workdir_lock
 from ddpm_jax.checkpointing import Checkpointer, CheckpointError, CheckpointMismatchError
 from ddpm_jax.evaluators import results
 from ddpm_jax.evaluators.suite import Suite
-from ddpm_jax.experiment import Experiment
-from ddpm_jax.interop import diffusers as hf_interop
+from ddpm_jax.experiment import Experiment, imported_params
 
 STATE_NAME = 'eval_state.json'
 
 
-def _load_state(path: str) -> dict:
-  if os.path.exists(path):
-    with open(path) as f:
-      return json.load(f)
-  return {'done': []}
-
-
-def _save_state(path: str, state: dict) -> None:
-  tmp = path + '.tmp'
-  with open(tmp, 'w') as f:
-    json.dump(state, f)
-  os.replace(tmp, path)
-
-
 def eval_job(config, workdir: str, experiment: Experiment | None = None,
-             progress: bool = True, sleep=time.sleep, init_from: str | None = None) -> list[dict]:
+             progress: bool = True, init_from: str | None = None) -> list[dict]:
   """Evaluates every checkpoint of `workdir` once, newest last, then waits for new ones until
   the final step (`config.train.num_steps`) is done or no checkpoint arrived for
   `config.eval.timeout_seconds`; returns the rows it wrote to `eval_results.csv`.
@@ -55,13 +40,10 @@ def eval_job(config, workdir: str, experiment: Experiment | None = None,
   try:
     if jax.process_index() == 0:
       print(suite.protocol(), flush=True)
-    if init_from and not checkpointing.has_checkpoint(workdir):
-      params, folder = hf_interop.load_for_experiment(init_from, experiment)
-      if jax.process_index() == 0:
-        print(f'No checkpoint in {workdir}: evaluating --init_from={init_from} '
-              f'({folder.unet_dir}) as step 0.', flush=True)
+    params = imported_params(experiment, workdir, init_from, 'evaluating')
+    if params is not None:
       return [_evaluate(suite, params, 0)]
-    return _follow_checkpoints(config, workdir, experiment, suite, sleep)
+    return _follow_checkpoints(config, workdir, experiment, suite)
   finally:
     if lock is not None:
       lock.release()
@@ -74,10 +56,10 @@ def _evaluate(suite: Suite, params, step: int) -> dict:
   return row
 
 
-def _follow_checkpoints(config, workdir, experiment, suite, sleep) -> list[dict]:
+def _follow_checkpoints(config, workdir, experiment, suite) -> list[dict]:
   """`eval_job` once its inputs are checked and its lock taken."""
-  state_path = os.path.join(workdir, STATE_NAME)
-  done = set(_load_state(state_path)['done'])
+  state_file = pathlib.Path(workdir, STATE_NAME)
+  done = set(json.loads(state_file.read_text())['done'] if state_file.exists() else ())
   rows = []
   last_new = time.monotonic()
   while True:
@@ -95,8 +77,10 @@ def _follow_checkpoints(config, workdir, experiment, suite, sleep) -> list[dict]
         continue
       rows.append(_evaluate(suite, state.ema_params, step))
       done.add(step)
-      if jax.process_index() == 0:
-        _save_state(state_path, {'done': sorted(done)})
+      if jax.process_index() == 0:  # Written whole, then renamed: a kill leaves no half file.
+        tmp = state_file.with_suffix('.tmp')
+        tmp.write_text(json.dumps({'done': sorted(done)}))
+        tmp.replace(state_file)
       last_new = time.monotonic()
     checkpointer.close()
     if config.train.num_steps in done:
@@ -105,5 +89,5 @@ def _follow_checkpoints(config, workdir, experiment, suite, sleep) -> list[dict]
       logging.warning('No new checkpoint in %s for %d s; stopping.', workdir,
                       config.eval.timeout_seconds)
       break
-    sleep(config.eval.poll_seconds)
+    time.sleep(config.eval.poll_seconds)
   return rows

@@ -16,8 +16,9 @@ import jax.numpy as jnp
 import optax
 
 from ddpm_jax import config_checks, kernels, sharding
-from ddpm_jax.checkpointing import Checkpointer
+from ddpm_jax.checkpointing import Checkpointer, has_checkpoint
 from ddpm_jax.errors import ConfigError
+from ddpm_jax.interop import diffusers as hf_interop
 from ddpm_jax.models import count_params, create_model
 from ddpm_jax.optim import make_optimizer
 from ddpm_jax.schedules import Schedule, schedule_from_config
@@ -147,3 +148,15 @@ class Experiment:
 
   def num_params(self) -> int:
     return count_params(self.abstract_state().params)
+
+
+def imported_params(experiment: Experiment, workdir: str, init_from: str | None, doing: str):
+  """The parameters of the diffusers model `init_from` (`ddpm_jax.interop.diffusers`) when
+  `workdir` holds no checkpoint (sampling and evaluation then use it), else None."""
+  if not init_from or has_checkpoint(workdir):
+    return None
+  params, folder = hf_interop.load_for_experiment(init_from, experiment)
+  if jax.process_index() == 0:
+    print(f'No checkpoint in {workdir}: {doing} --init_from={init_from} ({folder.unet_dir}).',
+          flush=True)
+  return params

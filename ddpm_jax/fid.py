@@ -29,7 +29,7 @@ from absl import app, flags
 
 from configs import default
 from ddpm_jax import cli, data, runtime
-from ddpm_jax.errors import UserError
+from ddpm_jax.errors import InputError
 from ddpm_jax.evaluators import common, fd_fmnist, inception
 from ddpm_jax.metrics import fid_is_kid
 
@@ -53,10 +53,6 @@ def _define_flags() -> None:
   flags.DEFINE_integer('image_size', 32, 'Side of the images of a dataset SAMPLES (NAME:SPLIT).')
   flags.DEFINE_integer('batch_size', 100, 'Images per Inception call.')
   flags.DEFINE_integer('is_splits', 10, 'Inception Score splits (10 as the original code).')
-
-
-class InputError(UserError, ValueError):
-  """An input that cannot be used; the message is one line."""
 
 
 def _npz(path: str) -> dict:

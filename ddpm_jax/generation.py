@@ -1,9 +1,5 @@
-"""Generating images with the chain of `config.sample`: jitted, sharded over every device, in
-batches.
-
-`config.sample` picks the chain: `sampler` (ancestral | ddim), `steps` (0 = all T; else a
-respaced chain of that many evenly spaced steps), `eta` (DDIM), and for class-conditional
-models `guidance_scale` and `label`. Training's sample grids, the evaluators and
+"""Generating images with the chain of `config.sample` (sampler, respaced steps, eta, guidance):
+jitted, sharded over every device, in batches. Training's sample grids, the evaluators and
 `--mode=sample` (`ddpm_jax.sample_job`) all generate through this module.
 """
 
@@ -20,37 +16,26 @@ from tqdm.auto import tqdm
 from ddpm_jax import diffusion, image_files, reverse_chains, schedules, sharding
 
 
-def chain_for(experiment, steps: int | None = None) -> reverse_chains.Respaced:
-  """The sampling chain of `config.sample.steps` (or `steps`): the full schedule with
-  timesteps 0..T-1, or the respaced one."""
+def chain_for(experiment) -> reverse_chains.Respaced:
+  """The sampling chain of `config.sample.steps`: the full schedule with timesteps 0..T-1, or
+  the respaced one (from the float64 betas of the config)."""
   num_timesteps = experiment.schedule.num_timesteps
-  steps = int(experiment.config.sample.steps if steps is None else steps) or num_timesteps
+  steps = int(experiment.config.sample.steps) or num_timesteps
   if steps == num_timesteps:
     return reverse_chains.Respaced(experiment.schedule,
                                    jnp.arange(num_timesteps, dtype=jnp.int32))
-  betas = schedules.config_betas(experiment.config.diffusion)
-  if not np.array_equal(betas.astype(np.float32), np.asarray(experiment.schedule.betas)):
-    betas = experiment.schedule.betas  # The experiment's schedule is built another way.
-  return reverse_chains.respace(betas, reverse_chains.space_timesteps(num_timesteps, steps))
+  return reverse_chains.respace(schedules.config_betas(experiment.config.diffusion),
+                                reverse_chains.space_timesteps(num_timesteps, steps))
 
 
 def sample_labels(config, batch_size: int):
   """Labels of a class-conditional model's samples (`config.sample.label`, -1 = 0, 1, ..,
   num_classes - 1 in turn), or None for an unconditional model."""
-  num_classes = int(config.model.num_classes)
-  if num_classes == 0:
+  if not config.model.num_classes:
     return None
-  label = int(config.sample.label)
-  if label >= 0:
-    return jnp.full((batch_size,), label, jnp.int32)
-  return jnp.arange(batch_size, dtype=jnp.int32) % num_classes
-
-
-def generated_labels(config, batch_size: int, num: int):
-  """The labels of `num` samples that `generate` made in batches of `batch_size` (each batch
-  labelled by `sample_labels`), as int32 NumPy, or None for an unconditional model."""
-  labels = sample_labels(config, batch_size)
-  return None if labels is None else np.resize(np.asarray(labels, np.int32), num)
+  if config.sample.label >= 0:
+    return jnp.full((batch_size,), config.sample.label, jnp.int32)
+  return jnp.arange(batch_size, dtype=jnp.int32) % config.model.num_classes
 
 
 def guided_output(cond_out, uncond_out, guidance_scale: float, var_type: str):
@@ -64,9 +49,9 @@ def guided_output(cond_out, uncond_out, guidance_scale: float, var_type: str):
   return guided if var_c is None else jnp.concatenate([guided, var_c], axis=-1)
 
 
-def chain_setup(experiment, chain: reverse_chains.Respaced, params, labels=None):
-  """(denoise_fn, keyword arguments of `reverse_chains.sample`) for running `chain` with
-  `config.sample` and the network's `params`.
+def chain_setup(experiment, params, labels=None):
+  """(chain, denoise_fn, keyword arguments of `reverse_chains.sample`) for running the chain of
+  `config.sample` (`chain_for`) with the network's `params`.
 
   With `labels` and guidance_scale w != 0, `denoise_fn` is the guided output of one network
   call on the doubled batch (conditional and null labels). A respaced chain passes
@@ -78,23 +63,21 @@ def chain_setup(experiment, chain: reverse_chains.Respaced, params, labels=None)
   model, w = experiment.model, float(s.guidance_scale)
 
   def denoise_fn(x, t):
-    if labels is None:
-      return model.apply({'params': params}, x, t, train=False)
-    if w == 0:
+    if labels is None or w == 0:
       return model.apply({'params': params}, x, t, labels, train=False)
     null = jnp.full_like(labels, cfg.model.num_classes)
     out = model.apply({'params': params}, jnp.concatenate([x, x]), jnp.concatenate([t, t]),
                       jnp.concatenate([labels, null]), train=False)
     return guided_output(*jnp.split(out, 2, axis=0), w, f.var_type)
 
-  mean_type, fn = f.mean_type, denoise_fn
+  chain, mean_type, fn = chain_for(experiment), f.mean_type, denoise_fn
   respaced = chain.schedule.num_timesteps != experiment.schedule.num_timesteps
   if respaced and mean_type == 'mu':
     fn = reverse_chains.as_x0_denoiser(experiment.schedule, denoise_fn, mean_type, f.var_type)
     mean_type = 'x0'
-  return fn, dict(sampler=s.sampler, eta=float(s.eta), var_type=f.var_type,
-                  mean_type=mean_type, clip_denoised=s.clip_denoised,
-                  timesteps=chain.timesteps if respaced else None)
+  return chain, fn, dict(sampler=s.sampler, eta=float(s.eta), var_type=f.var_type,
+                         mean_type=mean_type, clip_denoised=s.clip_denoised,
+                         timesteps=chain.timesteps if respaced else None)
 
 
 def describe(config, num_timesteps: int) -> str:
@@ -120,20 +103,18 @@ def make_sample_fn(experiment, batch_size: int, save_at=None):
   out_sharding = (sharding.batch_sharding(mesh)
                   if batch_size % sharding.num_batch_shards(mesh) == 0
                   else sharding.replicated(mesh))
-  chain = chain_for(experiment)
   labels = sample_labels(experiment.config, batch_size)
 
   def sample(params, key):
     x_T = jax.random.normal(jax.random.fold_in(key, 0x7fffffff), shape)
     x_T = jax.lax.with_sharding_constraint(x_T, out_sharding)
-    denoise_fn, kwargs = chain_setup(experiment, chain, params, labels)
+    chain, denoise_fn, kwargs = chain_setup(experiment, params, labels)
     return reverse_chains.sample(schedule=chain.schedule, denoise_fn=denoise_fn, shape=shape,
                                  key=key, x_T=x_T, save_at=save_at, **kwargs)
 
   repl = sharding.replicated(mesh)
-  if save_at is not None:
-    return jax.jit(sample, in_shardings=(repl, repl))
-  return jax.jit(sample, in_shardings=(repl, repl), out_shardings=out_sharding)
+  return jax.jit(sample, in_shardings=(repl, repl),
+                 out_shardings=out_sharding if save_at is None else (out_sharding, repl))
 
 
 def generate(sample_fn, params, key, num: int, batch_size: int, progress: bool = True):

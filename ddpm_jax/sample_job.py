@@ -16,28 +16,25 @@ inpaint, colorize, edit: controllable generation (`ddpm_jax.editing_job`).
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
+import pathlib
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from ddpm_jax import (checkpointing, data, editing_inputs, editing_job, generation, image_files,
-                      reverse_chains)
+from ddpm_jax import data, editing_inputs, editing_job, generation, image_files, reverse_chains
 from ddpm_jax.checkpointing import Checkpointer
-from ddpm_jax.experiment import Experiment
-from ddpm_jax.interop import diffusers as hf_interop
+from ddpm_jax.experiment import Experiment, imported_params
 
 
 def _restore_params(config, workdir: str, experiment, init_from: str | None = None):
   """(params, step) of the newest checkpoint; with `init_from` and no checkpoint in the
   workdir, (that diffusers model's params, None)."""
-  if init_from and not checkpointing.has_checkpoint(workdir):
-    params, folder = hf_interop.load_for_experiment(init_from, experiment)
-    if jax.process_index() == 0:
-      print(f'No checkpoint in {workdir}: using --init_from={init_from} ({folder.unet_dir}).',
-            flush=True)
+  params = imported_params(experiment, workdir, init_from, 'sampling')
+  if params is not None:
     return params, None
   # Read-only: a writer's start-up clean-up would delete a running trainer's save in flight.
   checkpointer = Checkpointer(workdir, max_to_keep=None, async_save=False, read_only=True,
@@ -52,7 +49,8 @@ def _restore_params(config, workdir: str, experiment, init_from: str | None = No
 
 
 def _suffix(config, num_timesteps: int) -> str:
-  """'' for the default chain (ancestral, all steps, no guidance), else e.g. '_ddim50_eta0.0'."""
+  """'' for the default chain (ancestral, all steps, no guidance), else e.g. '_ddim50_eta0.0';
+  then what the editing modes take: '_t0500', '_center', '_resample10_jump10'."""
   s = config.sample
   sampler, steps = s.sampler, int(s.steps) or num_timesteps
   out = ''
@@ -60,6 +58,12 @@ def _suffix(config, num_timesteps: int) -> str:
     out += f'_{sampler}{steps}' + (f'_eta{s.eta}' if sampler == 'ddim' else '')
   if config.model.num_classes:
     out += f'_label{s.label}_w{s.guidance_scale}'
+  if s.mode == 'edit':
+    return out + f'_t0{s.t0}'
+  if s.mode == 'inpaint':
+    out += '_' + pathlib.Path(s.mask).stem  # A built-in shape or a file's name.
+  if s.mode in ('inpaint', 'colorize') and s.resample > 1:
+    out += f'_resample{s.resample}_jump{s.jump_length}'
   return out
 
 
@@ -80,16 +84,10 @@ def sample_from_workdir(config, workdir: str, experiment=None,
   stem = os.path.join(workdir, 'samples', f'{s.mode if s.mode != "grid" else "sample"}_{label}'
                       f'_n{s.num}{_suffix(config, num_timesteps)}')
   is_main = jax.process_index() == 0
-  if s.mode == 'grid':
-    paths = _grid(config, experiment, params, key, stem, is_main, step)
-  elif s.mode == 'progressive':
-    paths = _progressive(config, experiment, params, key, stem, is_main)
-  elif s.mode == 'interpolate':
-    paths = _interpolate(config, experiment, params, key, stem, is_main)
-  elif s.mode == 'reconstruct':
-    paths = _reconstruct(config, experiment, params, stem, is_main)
-  else:  # inpaint | colorize | edit (config_checks allows no other mode).
-    paths = editing_job.run(config, experiment, params, key, stem, is_main)
+  jobs = {'grid': functools.partial(_grid, step=step), 'progressive': _progressive,
+          'interpolate': _interpolate, 'reconstruct': _reconstruct}
+  # Else inpaint | colorize | edit (config_checks allows no other mode).
+  paths = jobs.get(s.mode, editing_job.run)(config, experiment, params, key, stem, is_main)
   if is_main:
     logging.info('Wrote %s', paths)
   return paths
@@ -102,7 +100,8 @@ def _grid(config, experiment, params, key, stem, is_main, step) -> dict:
   samples = generation.generate(sample_fn, params, key, s.num, batch_size)
   if not is_main:
     return {}
-  labels = generation.generated_labels(config, batch_size, len(samples))
+  labels = generation.sample_labels(config, batch_size)  # Those of each batch.
+  labels = None if labels is None else np.resize(np.asarray(labels, np.int32), len(samples))
   paths = {'png': image_files.save_grid(stem + '.png', samples[:256]),
            'npz': image_files.save_npz(stem + '.npz', samples, labels,
                                        **({} if step is None else {'step': step}))}
@@ -116,8 +115,7 @@ def progressive_steps(chain_length: int, frames: int) -> list[int]:
   """`frames` chain indices evenly spaced from the first step (n - 1) to the last (0),
   in the order the chain visits them."""
   frames = max(1, min(int(frames), chain_length))
-  return [int(i) for i in
-          np.unique(np.round(np.linspace(0, chain_length - 1, frames)).astype(int))[::-1]]
+  return np.unique(np.round(np.linspace(0, chain_length - 1, frames)).astype(int))[::-1].tolist()
 
 
 def _progressive(config, experiment, params, key, stem, is_main) -> dict:
@@ -133,8 +131,8 @@ def _progressive(config, experiment, params, key, stem, is_main) -> dict:
            'pred_x0_png': image_files.save_png(stem + '_pred_x0.png',
                                                image_files.trajectory_grid(x0, fin))}
   b = xt.shape[1]
-  frames = [image_files.make_grid(np.concatenate([a, p]), ncols=b) for a, p in zip(xt, x0)]
-  frames.append(image_files.make_grid(np.concatenate([fin, fin]), ncols=b))
+  frames = [image_files.make_grid(np.concatenate([a, p]), ncols=b)
+            for a, p in zip([*xt, fin], [*x0, fin])]
   paths['gif'] = image_files.save_gif(stem + '.gif', frames, scale=2 if xt.shape[2] <= 64 else 1)
   kept = np.asarray(chain.timesteps)[save_at]
   print(f'Progressive generation at t = {", ".join(str(int(k) + 1) for k in kept)}: '
@@ -142,20 +140,14 @@ def _progressive(config, experiment, params, key, stem, is_main) -> dict:
   return paths
 
 
-def _data_images(config, num: int):
-  """The first `num` images of `config.sample.data_split`, float32 in [-1, 1]."""
-  return jnp.asarray(data.to_float(editing_inputs.split_images(config, num)))
-
-
 def _interpolate(config, experiment, params, key, stem, is_main) -> dict:
   s = config.sample
-  x = _data_images(config, 2 * s.num)
+  x = jnp.asarray(data.to_float(editing_inputs.split_images(config, 2 * s.num)))
   x_a, x_b = x[0::2], x[1::2]
-  chain = generation.chain_for(experiment)
+  chain, denoise_fn, kwargs = generation.chain_setup(experiment, params,
+                                                     generation.sample_labels(config, s.num))
   start = reverse_chains.chain_index(chain.timesteps, s.interp_t)
   lambdas = np.linspace(0.0, 1.0, s.interp_lambdas)
-  denoise_fn, kwargs = generation.chain_setup(experiment, chain, params,
-                                              generation.sample_labels(config, s.num))
   run = jax.jit(lambda a, b, k: reverse_chains.interpolate(
       chain.schedule, denoise_fn, a, b, lambdas, start, k, **kwargs))
   out = image_files.to_uint8(jax.device_get(run(x_a, x_b, key)))  # (L, B, H, W, C)
@@ -168,26 +160,23 @@ def _interpolate(config, experiment, params, key, stem, is_main) -> dict:
   return {'png': path}
 
 
-def _reconstruct(config, experiment, params, stem, is_main) -> dict:
-  x = _data_images(config, config.sample.num)
-  chain = generation.chain_for(experiment)
-  denoise_fn, kwargs = generation.chain_setup(experiment, chain, params,
-                                              generation.sample_labels(config, len(x)))
-  kwargs.update(clip_denoised=False, eta=0.0, sampler='ddim')
+def _reconstruct(config, experiment, params, key, stem, is_main) -> dict:
+  x = jnp.asarray(data.to_float(editing_inputs.split_images(config, config.sample.num)))
+  chain, denoise_fn, kwargs = generation.chain_setup(experiment, params,
+                                                     generation.sample_labels(config, len(x)))
+  # DDIM with eta = 0 and no clipping both ways, whatever config.sample says: invertible.
+  kwargs = {k: kwargs[k] for k in ('var_type', 'mean_type', 'timesteps')}
 
   def run(x):
-    x_T = reverse_chains.ddim_encode(chain.schedule, denoise_fn, x, var_type=kwargs['var_type'],
-                                     mean_type=kwargs['mean_type'], clip_denoised=False,
-                                     timesteps=kwargs['timesteps'])
-    return x_T, reverse_chains.sample(schedule=chain.schedule, denoise_fn=denoise_fn,
-                                      shape=x.shape, key=jax.random.PRNGKey(0), x_T=x_T, **kwargs)
+    x_T = reverse_chains.ddim_encode(chain.schedule, denoise_fn, x, **kwargs)
+    return x_T, reverse_chains.sample('ddim', chain.schedule, denoise_fn, x.shape, key, eta=0.0,
+                                      clip_denoised=False, x_T=x_T, **kwargs)
 
   x_T, rec = jax.device_get(jax.jit(run)(x))
   mse = float(np.mean((np.asarray(rec) - np.asarray(x)) ** 2))
   if not is_main:
     return {}
-  rows = np.stack([image_files.to_uint8(x), image_files.to_uint8(np.clip(x_T / 3, -1, 1)),
-                   image_files.to_uint8(rec)])
+  rows = image_files.to_uint8(np.stack([x, x_T / 3, rec]))  # Clipped to [-1, 1].
   path = image_files.save_png(stem + '.png', image_files.trajectory_grid(rows))
   print(f'DDIM reconstruction ({chain.schedule.num_timesteps} steps): MSE {mse:.2e} on '
         f'[-1, 1] images; {path} (columns: original, x_T / 3, reconstruction)')

@@ -63,6 +63,18 @@ def test_grey_image_for_a_colour_model(tmp_path):
   assert editing_inputs.read_image(path, 8, 1, allow_grey=False).shape == (8, 8, 1)
 
 
+def test_16_bit_images_and_masks_are_scaled_not_clipped(tmp_path):
+  # PIL's convert('L') clips 16-bit values to 255: a 16-bit input would come out white.
+  deep = tmp_path / 'deep.png'
+  Image.fromarray(np.full((8, 8), 257 * 77, np.uint16)).save(deep)
+  x = editing_inputs.read_image(str(deep), 8, 3, allow_grey=True)
+  assert x.shape == (8, 8, 3) and (x == 77).all()
+  mask = tmp_path / 'mask16.png'
+  Image.fromarray(np.tile(np.array([0, 65535], np.uint16), (8, 4))).save(mask)
+  m = editing_inputs.load_masks(str(mask), 8, 1)
+  np.testing.assert_array_equal(m[0, 0, :4, 0], [0, 1, 0, 1])
+
+
 def test_config_checks_of_the_editing_fields():
   c = fashion_mnist.get_config()
   c.sample.mode = 'edit'
