@@ -1,7 +1,9 @@
-"""Model outputs as image files: uint8 quantisation, grids, PNG, GIF and .npz files."""
+"""Model outputs as image files: uint8 quantisation, grids, PNG, GIF and .npz files, and the
+matplotlib figures of runs and sweeps."""
 
 from __future__ import annotations
 
+import contextlib
 import math
 import os
 
@@ -41,6 +43,16 @@ def _write_atomic(path: str, write, tmp_suffix: str = '.tmp') -> str:
   write(tmp)
   os.replace(tmp, path)
   return path
+
+
+@contextlib.contextmanager
+def figure(path: str, rows: int = 1, cols: int = 1, panel: tuple = (4.2, 3.6), dpi: int = 100):
+  """Yields a (rows, cols) array of matplotlib axes, each `panel` inches (width, height), and
+  writes the figure to `path` as PNG when the block ends, atomically (`_write_atomic`)."""
+  from matplotlib.figure import Figure  # pylint: disable=g-import-not-at-top  (only figures)
+  fig = Figure(figsize=(panel[0] * cols, panel[1] * rows), layout='constrained')
+  yield fig.subplots(rows, cols, squeeze=False)
+  _write_atomic(path, lambda tmp: fig.savefig(tmp, format='png', dpi=dpi))
 
 
 def _pil(image) -> Image.Image:
