@@ -157,14 +157,8 @@ def _gather(sweep_dir: str, last: int) -> tuple[dict, list[str], list[dict], lis
   if last < 1:
     raise ValueError(f'--last must be >= 1, got {last}')
   info, members = list_members(sweep_dir)
-  rows, curves = [], []
-  for member in members:
-    row, curve = member_row(member, last)
-    rows.append(row)
-    curves.append(curve)
-  keys = []
-  for member in members:
-    keys.extend(k for k in member['overrides'] if k not in keys)
+  rows, curves = zip(*(member_row(member, last) for member in members))
+  keys = list(dict.fromkeys(k for member in members for k in member['overrides']))
   columns = _columns(keys, rows)
   full = [{c: {**row, **member['overrides']}.get(c) for c in columns}
           for row, member in zip(rows, members)]
@@ -225,16 +219,10 @@ def to_markdown(rows: list[dict], columns: list[str], override_keys: list[str],
   for row in rows:
     lines.append('| ' + ' | '.join(esc(_cell(row[c], c, override_keys, 4)) for c in shown)
                  + ' |')
-  failed = [r for r in rows if r.get('error')]
-  if failed:
-    lines += ['', 'Errors:']
-    lines += [f'- `{r["name"]}`: {esc(_last_line(str(r["error"]))[:300])}' for r in failed]
+  failed = {r['name']: str(r['error']).strip().split('\n')[-1] for r in rows if r.get('error')}
+  if failed:  # The last line of each error: its exception.
+    lines += ['', 'Errors:'] + [f'- `{n}`: {esc(e[:300])}' for n, e in failed.items()]
   return '\n'.join(lines) + '\n'
-
-
-def _last_line(text: str) -> str:
-  lines = text.strip().splitlines()
-  return lines[-1] if lines else ''
 
 
 # Plots ----------------------------------------------------------------------------------------
