@@ -36,12 +36,8 @@ QUALITY_TITLES = {'fid': 'FID', 'fd_fmnist': 'FD-FMNIST'}
 
 def sample_grids(workdir: str) -> list[tuple[int, str]]:
   """(step, path) of the training-time sample grids of `workdir`, by step."""
-  found = []
-  for path in glob.glob(os.path.join(workdir, 'samples', 'train_step*.png')):
-    m = _GRID_NAME.search(path)
-    if m:
-      found.append((int(m.group(1)), path))
-  return sorted(found)
+  paths = glob.glob(os.path.join(workdir, 'samples', 'train_step*.png'))
+  return sorted((int(m.group(1)), p) for p in paths if (m := _GRID_NAME.search(p)))
 
 
 def spread(items: list, n: int) -> list:
