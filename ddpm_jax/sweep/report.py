@@ -64,8 +64,7 @@ def list_members(sweep_dir: str) -> tuple[dict, list[dict]]:
   if os.path.exists(sweep_path):
     info = _read_json(sweep_path)
     members = [{'name': str(m['name']), 'overrides': dict(m.get('overrides') or {}),
-                'dir': os.path.join(sweep_dir, m.get('workdir') or str(m['name']))}
-               for m in info.get('members', [])]
+                'dir': os.path.join(sweep_dir, str(m['name']))} for m in info.get('members', [])]
   else:
     info = {}
     names = sorted(n for n in os.listdir(sweep_dir)
