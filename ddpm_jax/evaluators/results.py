@@ -54,7 +54,7 @@ def evaluated_steps(workdir: str) -> set[int]:
   return {r['step'] for r in read_csv(os.path.join(workdir, CSV_NAME))}
 
 
-def save_bpd_terms(workdir: str, step: int, row: dict) -> tuple[str, str]:
+def save_bpd_terms(workdir: str, step: int, row: dict) -> None:
   """The per-term bits/dim of eq. 5 at `step` (`row['bpd_terms']`): `bpd_terms_stepN.npz`
   (`terms[t]` = L_t for t = 0 (the decoder L_0) .. T-1, and the prior L_T) and a plot of L_t
   against t, `bpd_terms_stepN.png`, showing where the bound's bits go."""
@@ -72,7 +72,6 @@ def save_bpd_terms(workdir: str, step: int, row: dict) -> tuple[str, str]:
                  f'+ decoder {row["decoder_bpd"]:.3g} + KL terms {row["kl_terms_bpd"]:.4g}',
                  fontsize='small')
     ax.grid(True, which='both', alpha=0.3)
-  return stem + '.npz', stem + '.png'
 
 
 def record(workdir: str, row: dict, writer=None) -> str:
