@@ -183,11 +183,9 @@ def _cell(value, column: str, override_keys: list[str], digits: int | None) -> s
 
 def write_csv(rows: list[dict], columns: list[str], override_keys: list[str], path: str) -> str:
   """Writes the rows as CSV (floats at full precision, empty cells for None); returns path."""
+  cells = [[_cell(row[c], c, override_keys, None) for c in columns] for row in rows]
   with open(path, 'w', newline='') as f:
-    writer = csv.writer(f)
-    writer.writerow(columns)
-    for row in rows:
-      writer.writerow([_cell(row[c], c, override_keys, None) for c in columns])
+    csv.writer(f).writerows([columns, *cells])
   return path
 
 
