@@ -60,8 +60,9 @@ def save_bpd_terms(workdir: str, step: int, row: dict) -> None:
   against t, `bpd_terms_stepN.png`, showing where the bound's bits go."""
   terms = np.asarray(row['bpd_terms'], np.float64)
   stem = os.path.join(workdir, f'bpd_terms_step{step:08d}')
-  np.savez(stem + '.npz', terms=terms, prior=row['prior_bpd'], total=row['bpd'],
-           examples=row['bpd_examples'])
+  arrays = {'terms': terms, 'prior': row['prior_bpd'], 'total': row['bpd'],
+            'examples': row['bpd_examples']}
+  image_files.write_atomic(stem + '.npz', lambda tmp: np.savez(tmp, **arrays))
   with image_files.figure(stem + '.png', panel=(7, 4)) as axes:
     ax = axes[0][0]
     ax.plot(np.arange(len(terms)), terms, linewidth=1.2)
