@@ -1,7 +1,9 @@
-"""Model outputs as image files: uint8 quantisation, grids, PNG, GIF and .npz files."""
+"""Model outputs as image files: uint8 quantisation, grids, PNG, GIF and .npz files, and the
+matplotlib figures of runs and sweeps."""
 
 from __future__ import annotations
 
+import contextlib
 import math
 import os
 
@@ -33,14 +35,25 @@ def make_grid(images: np.ndarray, ncols: int | None = None, padding: int = 2,
   return grid
 
 
-def _write_atomic(path: str, write, tmp_suffix: str = '.tmp') -> str:
+def write_atomic(path: str, write) -> str:
   """`write(tmp)` then a rename to `path`, creating the folder: a killed run leaves no
-  half-written file. Returns the path."""
+  half-written file. `tmp` keeps the extension (np.savez appends '.npz' to a name without it).
+  Returns the path."""
   os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-  tmp = path + tmp_suffix
+  tmp = f'{path}.tmp{os.path.splitext(path)[1]}'
   write(tmp)
   os.replace(tmp, path)
   return path
+
+
+@contextlib.contextmanager
+def figure(path: str, rows: int = 1, cols: int = 1, panel: tuple = (4.2, 3.6), dpi: int = 100):
+  """Yields a (rows, cols) array of matplotlib axes, each `panel` inches (width, height), and
+  writes the figure to `path` as PNG when the block ends, atomically (`write_atomic`)."""
+  from matplotlib.figure import Figure  # pylint: disable=g-import-not-at-top  (only figures)
+  fig = Figure(figsize=(panel[0] * cols, panel[1] * rows), layout='constrained')
+  yield fig.subplots(rows, cols, squeeze=False)
+  write_atomic(path, lambda tmp: fig.savefig(tmp, format='png', dpi=dpi))
 
 
 def _pil(image) -> Image.Image:
@@ -50,7 +63,7 @@ def _pil(image) -> Image.Image:
 
 def save_png(path: str, image: np.ndarray) -> str:
   """Writes a uint8 (H, W, 1 or 3) image as PNG, creating the folder; returns the path."""
-  return _write_atomic(path, lambda tmp: _pil(image).save(tmp, format='PNG'))
+  return write_atomic(path, lambda tmp: _pil(image).save(tmp, format='PNG'))
 
 
 def trajectory_grid(traj_uint8: np.ndarray, final_uint8: np.ndarray | None = None) -> np.ndarray:
@@ -67,7 +80,7 @@ def save_gif(path: str, frames_uint8, duration_ms: int = 300, scale: int = 1) ->
   """Animated GIF of uint8 (H, W, 1 or 3) frames (looping; the last frame held 4x longer)."""
   pics = [_pil(np.asarray(f).repeat(scale, axis=0).repeat(scale, axis=1)) for f in frames_uint8]
   durations = [duration_ms] * (len(pics) - 1) + [4 * duration_ms]
-  return _write_atomic(path, lambda tmp: pics[0].save(
+  return write_atomic(path, lambda tmp: pics[0].save(
       tmp, format='GIF', save_all=True, append_images=pics[1:], duration=durations, loop=0))
 
 
@@ -95,5 +108,4 @@ def save_npz(path: str, images_uint8: np.ndarray, labels=None, **extra) -> str:
     arrays['arr_1'] = np.asarray(labels)
     if arrays['arr_1'].shape != arrays['arr_0'].shape[:1]:
       raise ValueError(f'{len(arrays["arr_1"])} labels for {len(arrays["arr_0"])} images.')
-  # np.savez appends '.npz' to a name without it.
-  return _write_atomic(path, lambda tmp: np.savez(tmp, **arrays, **extra), '.tmp.npz')
+  return write_atomic(path, lambda tmp: np.savez(tmp, **arrays, **extra))

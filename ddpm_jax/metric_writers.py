@@ -10,15 +10,12 @@ METRICS_JSONL = 'metrics.jsonl'
 
 
 class MetricWriter:
-  """Writes scalars to `workdir/tensorboard/` (TensorBoard) and `workdir/metrics.jsonl`."""
+  """Writes scalars to `workdir/tensorboard/` (TensorBoard) and `workdir/metrics.jsonl` on
+  process 0; on the other processes it writes nothing."""
 
-  def __init__(self, workdir: str, enabled: bool | None = None):
-    if enabled is None:
-      import jax  # pylint: disable=g-import-not-at-top  (the readers below need no JAX)
-      enabled = jax.process_index() == 0
-    self.enabled = enabled
-    self._tb = None
-    self._jsonl = None
+  def __init__(self, workdir: str):
+    import jax  # pylint: disable=g-import-not-at-top  (the readers below need no JAX)
+    self.enabled = jax.process_index() == 0
     if self.enabled:
       from tensorboardX import SummaryWriter  # Imported lazily: only process 0 writes.
       os.makedirs(workdir, exist_ok=True)

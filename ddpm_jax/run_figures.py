@@ -15,31 +15,29 @@ Works on a run that is still going: it draws what has been written so far.
 from __future__ import annotations
 
 import glob
-import math
 import os
 import re
 
+import numpy as np
 from absl import flags
+from PIL import Image
 
-from ddpm_jax import cli
+from ddpm_jax import cli, image_files
 from ddpm_jax.errors import UserError
 from ddpm_jax.evaluators import results
 from ddpm_jax.metric_writers import METRICS_JSONL, read_metrics, series
-from ddpm_jax.sweep.plots import SMOOTH_WINDOW, moving_average
 
 CURVES_PNG = 'curves.png'
 GRIDS_PNG = 'samples_by_step.png'
 _GRID_NAME = re.compile(r'train_step(\d+)\.png$')
+SMOOTH_WINDOW = 10  # Logged points in the moving average of a loss curve.
+QUALITY_TITLES = {'fid': 'FID', 'fd_fmnist': 'FD-FMNIST'}
 
 
 def sample_grids(workdir: str) -> list[tuple[int, str]]:
   """(step, path) of the training-time sample grids of `workdir`, by step."""
-  found = []
-  for path in glob.glob(os.path.join(workdir, 'samples', 'train_step*.png')):
-    m = _GRID_NAME.search(path)
-    if m:
-      found.append((int(m.group(1)), path))
-  return sorted(found)
+  paths = glob.glob(os.path.join(workdir, 'samples', 'train_step*.png'))
+  return sorted((int(m.group(1)), p) for p in paths if (m := _GRID_NAME.search(p)))
 
 
 def spread(items: list, n: int) -> list:
@@ -54,15 +52,33 @@ def spread(items: list, n: int) -> list:
 
 def quality_metric(eval_rows: list[dict]) -> str | None:
   """The sample-quality column the evaluations filled: fid, else fd_fmnist."""
-  for key in ('fid', 'fd_fmnist'):
+  for key in QUALITY_TITLES:
     if any(r.get(key) is not None for r in eval_rows):
       return key
   return None
 
 
+def moving_average(values, window: int = SMOOTH_WINDOW) -> np.ndarray:
+  """Trailing moving average: point i is the mean of points max(0, i-window+1)..i."""
+  total = np.cumsum(np.concatenate([[0.0], values]))
+  end = np.arange(1, len(values) + 1)
+  start = np.maximum(0, end - window)
+  return (total[end] - total[start]) / (end - start)
+
+
+def plot_loss(ax, curve: list[tuple[int, float]], label: str | None = None) -> None:
+  """A loss curve (step, value) on a log axis: the values faint, and their geometric moving
+  average over SMOOTH_WINDOW logged points, so that the first large losses do not hold the
+  smoothed curve up."""
+  steps, values = zip(*curve)
+  smooth = np.exp(moving_average(np.log(np.maximum(values, 1e-12))))
+  line, = ax.plot(steps, smooth, label=label, linewidth=1.5)
+  ax.plot(steps, values, color=line.get_color(), alpha=0.25, linewidth=0.8)
+  ax.set_yscale('log')
+
+
 def plot_curves(workdir: str, path: str, floor: float | None = None) -> str:
-  """Loss, bits/dim and sample quality against the step; returns `path`."""
-  from matplotlib.figure import Figure  # Imported lazily: only the plots need it.
+  """Loss, bits/dim and sample quality against the step, one panel each; returns `path`."""
   records = read_metrics(os.path.join(workdir, METRICS_JSONL))
   eval_rows = results.read_csv(os.path.join(workdir, results.CSV_NAME))
   loss = series(records, 'train/loss') or series(records, 'loss')
@@ -70,54 +86,44 @@ def plot_curves(workdir: str, path: str, floor: float | None = None) -> str:
     raise UserError(f'{workdir} holds no {METRICS_JSONL} losses and no '
                     f'{results.CSV_NAME}: nothing to plot (is it a training workdir?)')
   quality = quality_metric(eval_rows)
-  panels = [('train loss (L_simple)', loss, True), ('bits/dim', series(eval_rows, 'bpd'), False)]
-  if quality:
-    panels.append(({'fid': 'FID', 'fd_fmnist': 'FD-FMNIST'}[quality],
-                   series(eval_rows, quality), False))
-  fig = Figure(figsize=(4.2 * len(panels), 3.6), layout='constrained')
-  axes = fig.subplots(1, len(panels))
-  for i, (ax, (title, curve, smooth)) in enumerate(zip(axes, panels)):
-    steps = [s for s, _ in curve]
-    values = [v for _, v in curve]
-    if smooth and values:
-      ax.plot(steps, values, color='tab:blue', alpha=0.25, linewidth=0.8)
-      # A geometric mean: on the log axis, the first large losses do not hold the curve up.
-      smooth = [math.exp(v) for v in moving_average([math.log(max(v, 1e-12)) for v in values])]
-      ax.plot(steps, smooth, color='tab:blue', linewidth=1.5,
-              label=f'geometric moving average of {SMOOTH_WINDOW}')
-      ax.set_yscale('log')
-    elif values:
-      ax.plot(steps, values, 'o-', color='tab:orange', linewidth=1.5)
+  panels = [('bits/dim', 'bpd')] + ([(QUALITY_TITLES[quality], quality)] if quality else [])
+  with image_files.figure(path, cols=1 + len(panels), dpi=110) as axes:
+    loss_ax, *eval_axes = axes[0]
+    if loss:
+      plot_loss(loss_ax, loss)
+    loss_ax.set_title('train loss (L_simple)')
+    loss_ax.set_ylabel(f'geometric moving average of {SMOOTH_WINDOW}')
+    for ax, (title, column) in zip(eval_axes, panels):
+      curve = series(eval_rows, column)
+      if curve:
+        ax.plot(*zip(*curve), 'o-', color='tab:orange', linewidth=1.5)
       for s, v in curve:
         ax.annotate(f'{v:.3g}', (s, v), textcoords='offset points', xytext=(0, 6),
                     ha='center', fontsize='small')
-    if floor is not None and i == len(panels) - 1 and quality:
+      ax.set_title(title)
+    if floor is not None and quality:
+      ax = eval_axes[-1]
       ax.axhline(floor, color='gray', linestyle='--', linewidth=1.2)
       ax.annotate(f'real data: {floor:.3g}', (0.02, floor), xycoords=('axes fraction', 'data'),
                   xytext=(0, 4), textcoords='offset points', fontsize='small', color='gray')
       ax.set_ylim(bottom=0)
-    ax.set_title(title)
-    ax.set_xlabel('step')
-    ax.grid(True, which='both', alpha=0.3)
-  fig.savefig(path, dpi=110)
+    for ax in axes[0]:
+      ax.set_xlabel('step')
+      ax.grid(True, which='both', alpha=0.3)
   return path
 
 
 def plot_grids(workdir: str, path: str, n: int = 5) -> str:
   """Up to `n` training-time sample grids side by side, titled by step; returns `path`."""
-  from matplotlib.figure import Figure
-  from PIL import Image
   grids = spread(sample_grids(workdir), n)
   if not grids:
     raise UserError(f'{workdir}/samples holds no train_step*.png grids: nothing to show')
-  fig = Figure(figsize=(3.2 * len(grids), 3.5), layout='constrained')
-  axes = fig.subplots(1, len(grids), squeeze=False)[0]
-  for ax, (step, grid_path) in zip(axes, grids):
-    with Image.open(grid_path) as im:
-      ax.imshow(im.convert('RGB'), interpolation='nearest')
-    ax.set_title(f'step {step:,}')
-    ax.axis('off')
-  fig.savefig(path, dpi=110)
+  with image_files.figure(path, cols=len(grids), panel=(3.2, 3.5), dpi=110) as axes:
+    for ax, (step, grid_path) in zip(axes[0], grids):
+      with Image.open(grid_path) as im:
+        ax.imshow(im.convert('RGB'), interpolation='nearest')
+      ax.set_title(f'step {step:,}')
+      ax.axis('off')
   return path
 
 

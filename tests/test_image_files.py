@@ -1,4 +1,6 @@
-"""Grids as people see them: nearest-neighbour upscaling of small grids."""
+"""Grids as people see them: nearest-neighbour upscaling of small grids; figures written whole."""
+
+import os
 
 import numpy as np
 from PIL import Image
@@ -24,3 +26,13 @@ def test_save_grid_writes_the_upscaled_grid(tmp_path):
     got = np.asarray(im)
   assert got.shape == (2 * 274, 2 * 274)  # 8 x 8 tiles of 34 px + 2: 274 -> factor 2.
   np.testing.assert_array_equal(got[::2, ::2], image_files.make_grid(x)[..., 0])
+
+
+def test_figure_is_written_when_the_block_ends(tmp_path):
+  path = str(tmp_path / 'sub' / 'f.png')
+  with image_files.figure(path, rows=2, cols=3, panel=(2, 1), dpi=50) as axes:
+    assert axes.shape == (2, 3)
+    assert not os.path.exists(path)
+  with Image.open(path) as im:
+    assert im.format == 'PNG' and im.size == (300, 100)  # 3 x 2 in by 2 x 1 in, at 50 dpi.
+  assert os.listdir(tmp_path / 'sub') == ['f.png']  # No temporary file left.

@@ -69,3 +69,9 @@ def test_empty_workdir_is_one_line(tmp_path):
     run_figures.plot_curves(str(tmp_path), str(tmp_path / 'c.png'))
   with pytest.raises(UserError, match='no train_step'):
     run_figures.plot_grids(str(tmp_path), str(tmp_path / 'g.png'))
+
+
+def test_moving_average_is_trailing_over_partial_windows():
+  np.testing.assert_allclose(run_figures.moving_average([1.0, 2.0, 3.0, 4.0, 6.0], window=3),
+                             [1.0, 1.5, 2.0, 3.0, 13 / 3])
+  np.testing.assert_allclose(run_figures.moving_average([5.0, 7.0]), [5.0, 6.0])  # Window 10.

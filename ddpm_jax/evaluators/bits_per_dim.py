@@ -23,8 +23,7 @@ class BitsPerDim:
   def __init__(self, name: str, spec, ctx: Context, num: int):
     self.name, self.spec, self.num = name, spec, num
     self.experiment, self.progress = ctx.experiment, ctx.progress
-    self._images = None
-    self._fn = None
+    self._images = self._fn = None  # Loaded and compiled by the first `run`.
 
   @staticmethod
   def applies(spec, config) -> bool:

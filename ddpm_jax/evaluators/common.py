@@ -11,7 +11,7 @@ from typing import Callable
 import jax
 import numpy as np
 
-from ddpm_jax import data, generation
+from ddpm_jax import data, generation, image_files
 from ddpm_jax.experiment import Experiment
 from ddpm_jax.metrics import fid_is_kid
 
@@ -50,9 +50,8 @@ def cached(path: str, compute: Callable[[], dict]) -> dict:
     with np.load(path) as f:
       return {k: f[k] for k in f.files}
   arrays = compute()
-  if jax.process_index() == 0:
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    np.savez(path, **arrays)
+  if jax.process_index() == 0:  # Written whole or not at all: a killed job leaves no bad cache.
+    image_files.write_atomic(path, lambda tmp: np.savez(tmp, **arrays))
   return arrays
 
 

@@ -12,6 +12,8 @@ import os
 
 import numpy as np
 
+from ddpm_jax import image_files
+
 CSV_NAME = 'eval_results.csv'
 CSV_FIELDS = ('step', 'bpd', 'prior_bpd', 'decoder_bpd', 'kl_terms_bpd', 'bpd_examples',
               'fd_fmnist', 'fid', 'is', 'kid', 'num_samples', 'sampler', 'sample_steps',
@@ -52,27 +54,25 @@ def evaluated_steps(workdir: str) -> set[int]:
   return {r['step'] for r in read_csv(os.path.join(workdir, CSV_NAME))}
 
 
-def save_bpd_terms(workdir: str, step: int, row: dict) -> tuple[str, str]:
+def save_bpd_terms(workdir: str, step: int, row: dict) -> None:
   """The per-term bits/dim of eq. 5 at `step` (`row['bpd_terms']`): `bpd_terms_stepN.npz`
   (`terms[t]` = L_t for t = 0 (the decoder L_0) .. T-1, and the prior L_T) and a plot of L_t
   against t, `bpd_terms_stepN.png`, showing where the bound's bits go."""
-  from matplotlib.figure import Figure  # pylint: disable=g-import-not-at-top  (only plots need it)
   terms = np.asarray(row['bpd_terms'], np.float64)
   stem = os.path.join(workdir, f'bpd_terms_step{step:08d}')
-  np.savez(stem + '.npz', terms=terms, prior=row['prior_bpd'], total=row['bpd'],
-           examples=row['bpd_examples'])
-  fig = Figure(figsize=(7, 4), layout='constrained')
-  ax = fig.add_subplot()
-  ax.plot(np.arange(len(terms)), terms, linewidth=1.2)
-  ax.set_yscale('log')
-  ax.set_xlabel('t (0 = decoder L_0)')
-  ax.set_ylabel('bits/dim of L_t')
-  ax.set_title(f'step {step}: total {row["bpd"]:.4g} bits/dim = prior {row["prior_bpd"]:.2g} + '
-               f'decoder {row["decoder_bpd"]:.3g} + KL terms {row["kl_terms_bpd"]:.4g}',
-               fontsize='small')
-  ax.grid(True, which='both', alpha=0.3)
-  fig.savefig(stem + '.png', dpi=100)
-  return stem + '.npz', stem + '.png'
+  arrays = {'terms': terms, 'prior': row['prior_bpd'], 'total': row['bpd'],
+            'examples': row['bpd_examples']}
+  image_files.write_atomic(stem + '.npz', lambda tmp: np.savez(tmp, **arrays))
+  with image_files.figure(stem + '.png', panel=(7, 4)) as axes:
+    ax = axes[0][0]
+    ax.plot(np.arange(len(terms)), terms, linewidth=1.2)
+    ax.set_yscale('log')
+    ax.set_xlabel('t (0 = decoder L_0)')
+    ax.set_ylabel('bits/dim of L_t')
+    ax.set_title(f'step {step}: total {row["bpd"]:.4g} bits/dim = prior {row["prior_bpd"]:.2g} '
+                 f'+ decoder {row["decoder_bpd"]:.3g} + KL terms {row["kl_terms_bpd"]:.4g}',
+                 fontsize='small')
+    ax.grid(True, which='both', alpha=0.3)
 
 
 def record(workdir: str, row: dict, writer=None) -> str:

@@ -1,2 +1,2 @@
 """Ablation sweeps: their declaration as data (`spec`), the runner (`run`, and
-`python -m ddpm_jax.sweep`) and the report (`report`, `plots`; `python -m ddpm_jax.sweep.report`)."""
+`python -m ddpm_jax.sweep`) and the report (`report`, `python -m ddpm_jax.sweep.report`)."""

@@ -13,6 +13,7 @@ Each printed command runs this module for one member (`--member=NAME`), so statu
 evaluation and skip/resume work the same way there.
 """
 
+import collections
 import sys
 
 from absl import app, flags
@@ -48,7 +49,7 @@ def main(argv):
   runtime.setup()
   statuses = run.run_sweep(FLAGS.config, FLAGS.sweep, FLAGS.workdir, FLAGS.member,
                            FLAGS.final_eval, config_path=config_path)
-  counts = {s: list(statuses.values()).count(s) for s in dict.fromkeys(statuses.values())}
+  counts = collections.Counter(statuses.values())
   print('[sweep] ' + ', '.join(f'{n} {s}' for s, n in counts.items())
         + f'; report: python -m ddpm_jax.sweep.report {FLAGS.workdir}', flush=True)
 

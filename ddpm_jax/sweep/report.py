@@ -1,9 +1,13 @@
 """Report of an ablation sweep: one row per member as Markdown, CSV and PNG plots.
 
 Usage: `python -m ddpm_jax.sweep.report runs/table2 [--out=DIR] [--last=N]`, after (or during)
-`python -m ddpm_jax.sweep`. Writes `report.csv` (floats at full precision), `report.md` (floats
-to 4 significant digits) and the plots of `plots` into DIR (default: the sweep directory), and
-prints the Markdown table and the paths written.
+`python -m ddpm_jax.sweep`. Writes into DIR (default: the sweep directory) `report.csv` (floats
+at full precision), `report.md` (floats to 4 significant digits) and two plots, and prints the
+Markdown table and the paths written:
+- `loss_curves.png`: train/loss against step, one line per member (`run_figures.plot_loss`);
+- `metric_per_axis.png`: for each override key taking >= 2 values and each of final_loss,
+  final_bpd, final_fd_fmnist, the metric of every member against the key's values (points, with
+  a line at their mean); left out when nothing varies.
 
 A sweep directory holds `sweep.json` (the config, the sweep file, the members' names and
 overrides) and one training workdir per member with `sweep_member.json` (status, seconds,
@@ -16,6 +20,7 @@ metrics (`eval_summary`), steps_per_sec, seconds, and error when a member failed
 from __future__ import annotations
 
 import argparse
+import collections
 import csv
 import json
 import math
@@ -23,11 +28,11 @@ import os
 import statistics
 import sys
 
+from ddpm_jax import image_files
 from ddpm_jax.evaluators import results
 from ddpm_jax.evaluators.results import METRICS
 from ddpm_jax.metric_writers import METRICS_JSONL, read_metrics, series
-from ddpm_jax.sweep import plots
-from ddpm_jax.sweep.plots import format_override
+from ddpm_jax.run_figures import SMOOTH_WINDOW, plot_loss
 
 SWEEP_JSON = 'sweep.json'
 MEMBER_JSON = 'sweep_member.json'
@@ -38,6 +43,7 @@ AXIS_PNG = 'metric_per_axis.png'
 
 HIGHER_IS_BETTER = frozenset({'is'})
 DEFAULT_LAST = 10
+AXIS_METRICS = ('final_loss', 'final_bpd', 'final_fd_fmnist')
 
 
 # Reading --------------------------------------------------------------------------------------
@@ -58,8 +64,7 @@ def list_members(sweep_dir: str) -> tuple[dict, list[dict]]:
   if os.path.exists(sweep_path):
     info = _read_json(sweep_path)
     members = [{'name': str(m['name']), 'overrides': dict(m.get('overrides') or {}),
-                'dir': os.path.join(sweep_dir, m.get('workdir') or str(m['name']))}
-               for m in info.get('members', [])]
+                'dir': os.path.join(sweep_dir, str(m['name']))} for m in info.get('members', [])]
   else:
     info = {}
     names = sorted(n for n in os.listdir(sweep_dir)
@@ -77,11 +82,9 @@ def list_members(sweep_dir: str) -> tuple[dict, list[dict]]:
 
 def best(values: list[float], higher_is_better: bool = False) -> float | None:
   """The best finite value (max or min); NaN when all are NaN, None when there are none."""
-  if not values:
-    return None
   finite = [v for v in values if math.isfinite(v)]
   if not finite:
-    return float('nan')
+    return float('nan') if values else None
   return max(finite) if higher_is_better else min(finite)
 
 
@@ -153,14 +156,8 @@ def _gather(sweep_dir: str, last: int) -> tuple[dict, list[str], list[dict], lis
   if last < 1:
     raise ValueError(f'--last must be >= 1, got {last}')
   info, members = list_members(sweep_dir)
-  rows, curves = [], []
-  for member in members:
-    row, curve = member_row(member, last)
-    rows.append(row)
-    curves.append(curve)
-  keys = []
-  for member in members:
-    keys.extend(k for k in member['overrides'] if k not in keys)
+  rows, curves = zip(*(member_row(member, last) for member in members))
+  keys = list(dict.fromkeys(k for member in members for k in member['overrides']))
   columns = _columns(keys, rows)
   full = [{c: {**row, **member['overrides']}.get(c) for c in columns}
           for row, member in zip(rows, members)]
@@ -186,11 +183,9 @@ def _cell(value, column: str, override_keys: list[str], digits: int | None) -> s
 
 def write_csv(rows: list[dict], columns: list[str], override_keys: list[str], path: str) -> str:
   """Writes the rows as CSV (floats at full precision, empty cells for None); returns path."""
+  cells = [[_cell(row[c], c, override_keys, None) for c in columns] for row in rows]
   with open(path, 'w', newline='') as f:
-    writer = csv.writer(f)
-    writer.writerow(columns)
-    for row in rows:
-      writer.writerow([_cell(row[c], c, override_keys, None) for c in columns])
+    csv.writer(f).writerows([columns, *cells])
   return path
 
 
@@ -204,9 +199,7 @@ def to_markdown(rows: list[dict], columns: list[str], override_keys: list[str],
   if info.get('config') or info.get('sweep'):
     title += f' (config `{info.get("config", "?")}`, sweep `{info.get("sweep", "?")}`)'
   lines = [title, '']
-  counts = {}
-  for r in rows:
-    counts[r['status']] = counts.get(r['status'], 0) + 1
+  counts = collections.Counter(r['status'] for r in rows)
   lines += [f'{len(rows)} members: ' + ', '.join(f'{n} {s}' for s, n in counts.items()) + '.',
             '']
   present = [m for m in METRICS if f'final_{m}' in columns]
@@ -223,16 +216,73 @@ def to_markdown(rows: list[dict], columns: list[str], override_keys: list[str],
   for row in rows:
     lines.append('| ' + ' | '.join(esc(_cell(row[c], c, override_keys, 4)) for c in shown)
                  + ' |')
-  failed = [r for r in rows if r.get('error')]
-  if failed:
-    lines += ['', 'Errors:']
-    lines += [f'- `{r["name"]}`: {esc(_last_line(str(r["error"]))[:300])}' for r in failed]
+  failed = {r['name']: str(r['error']).strip().split('\n')[-1] for r in rows if r.get('error')}
+  if failed:  # The last line of each error: its exception.
+    lines += ['', 'Errors:'] + [f'- `{n}`: {esc(e[:300])}' for n, e in failed.items()]
   return '\n'.join(lines) + '\n'
 
 
-def _last_line(text: str) -> str:
-  lines = text.strip().splitlines()
-  return lines[-1] if lines else ''
+# Plots ----------------------------------------------------------------------------------------
+
+def format_override(value) -> str:
+  """An override value, compactly: strings as they are, containers as compact JSON."""
+  if isinstance(value, str):
+    return value
+  if isinstance(value, (list, tuple, dict)):
+    return json.dumps(value, separators=(',', ':'))
+  return repr(value) if isinstance(value, float) else str(value)
+
+
+def _distinct(rows: list[dict], key: str) -> list[str]:
+  """The rendered values of `key` over the rows, in first-seen order."""
+  return list(dict.fromkeys(format_override(r[key]) for r in rows if r.get(key) is not None))
+
+
+def _finite(value) -> bool:
+  return isinstance(value, (int, float)) and math.isfinite(value)
+
+
+def plot_loss_curves(rows: list[dict], curves: list[list], path: str) -> str | None:
+  """train/loss against step, one line per member labelled with its name (the overrides that
+  vary); None when no member logged a loss."""
+  drawn = [(row['name'], curve) for row, curve in zip(rows, curves) if curve]
+  if not drawn:
+    return None
+  with image_files.figure(path, panel=(8, 5)) as axes:
+    ax = axes[0][0]
+    for name, curve in drawn:
+      plot_loss(ax, curve, name)
+    ax.set_xlabel('step')
+    ax.set_ylabel(f'train/loss (geometric moving average of {SMOOTH_WINDOW} logged points)')
+    ax.grid(True, which='both', alpha=0.3)
+    ax.legend(fontsize='small', loc='upper right')
+  return path
+
+
+def plot_metric_per_axis(rows: list[dict], override_keys: list[str], path: str) -> str | None:
+  """One subplot per (override key with >= 2 values, final metric present): every member's
+  value against the key's values, with a line at their mean. None when nothing to plot."""
+  keys = [k for k in override_keys if len(_distinct(rows, k)) >= 2]
+  metrics = [m for m in AXIS_METRICS if any(_finite(r.get(m)) for r in rows)]
+  if not keys or not metrics:
+    return None
+  with image_files.figure(path, len(keys), len(metrics), panel=(3.5, 2.8)) as grid:
+    for i, key in enumerate(keys):
+      values = _distinct(rows, key)
+      for j, metric in enumerate(metrics):
+        ax = grid[i][j]
+        for x, value in enumerate(values):
+          ys = [r[metric] for r in rows if r.get(key) is not None
+                and format_override(r[key]) == value and _finite(r[metric])]
+          if ys:
+            ax.hlines(sum(ys) / len(ys), x - 0.3, x + 0.3, color='C1', linewidth=2)
+            ax.plot([x] * len(ys), ys, 'o', color='C0', markersize=4, alpha=0.7)
+        ax.set_xticks(range(len(values)), values, fontsize='small')
+        ax.set_xlim(-0.5, len(values) - 0.5)
+        ax.set_xlabel(key, fontsize='small')
+        ax.set_ylabel(metric, fontsize='small')
+        ax.grid(True, axis='y', alpha=0.3)
+  return path
 
 
 # Entry points ---------------------------------------------------------------------------------
@@ -250,9 +300,8 @@ def write_report(sweep_dir: str, out_dir: str | None = None,
   with open(paths['md'], 'w') as f:
     f.write(to_markdown(rows, columns, keys, sweep_dir, info, last))
   figures = {
-      'loss_curves': plots.plot_loss_curves(curves, plots.member_labels(rows, keys),
-                                            os.path.join(out_dir, LOSS_PNG)),
-      'metric_per_axis': plots.plot_metric_per_axis(rows, keys, os.path.join(out_dir, AXIS_PNG)),
+      'loss_curves': plot_loss_curves(rows, curves, os.path.join(out_dir, LOSS_PNG)),
+      'metric_per_axis': plot_metric_per_axis(rows, keys, os.path.join(out_dir, AXIS_PNG)),
   }
   paths.update({k: p for k, p in figures.items() if p})
   return paths

@@ -61,15 +61,10 @@ def select(members, wanted) -> list:
   if not wanted:
     return list(members)
   names = [m[0] for m in members]
-  out = []
   for w in wanted:
-    if w in names:
-      out.append(members[names.index(w)])
-    elif w.isdigit() and int(w) < len(members):
-      out.append(members[int(w)])
-    else:
+    if w not in names and not (w.isdigit() and int(w) < len(members)):
       raise spec.SweepError(f'No member {w!r}; the members are: {", ".join(names)}.')
-  return out
+  return [members[names.index(w) if w in names else int(w)] for w in wanted]
 
 
 class Interrupted(Exception):
@@ -191,19 +186,17 @@ def commands(launcher: str, names, config_path: str, sweep_path: str, sweep_dir:
              base_args=()) -> list[str]:
   """One shell command per member that runs it with `launcher` (print | slurm | tpu);
   `base_args` are the `--config.*` overrides of the base config, passed on."""
+  if launcher not in ('print', 'slurm', 'tpu'):
+    raise spec.SweepError(f'Unknown launcher {launcher!r}.')
   lines = []
   for name in names:
-    args = [f'--sweep={sweep_path}', f'--member={name}'] + list(base_args)
     if launcher == 'print':
-      cmd = (['python', '-m', 'ddpm_jax.sweep',
-              f'--config={config_path}', f'--workdir={sweep_dir}'] + args)
+      cmd = ['python', '-m', 'ddpm_jax.sweep', f'--config={config_path}', f'--workdir={sweep_dir}']
     elif launcher == 'slurm':
-      cmd = (['DDPM_MODULE=ddpm_jax.sweep', 'sbatch', f'--job-name=sweep-{name}'[:64],
-              'launch/slurm_gpu.sbatch', config_path, sweep_dir] + args)
-    elif launcher == 'tpu':
-      cmd = ['DDPM_MODULE=ddpm_jax.sweep', 'bash', 'launch/tpu_pod.sh', 'train', config_path,
-             sweep_dir] + args
+      cmd = ['sbatch', f'--job-name=sweep-{name}'[:64], 'launch/slurm_gpu.sbatch', config_path,
+             sweep_dir]
     else:
-      raise spec.SweepError(f'Unknown launcher {launcher!r}.')
-    lines.append(' '.join(c if c.startswith('DDPM_MODULE=') else shlex.quote(c) for c in cmd))
+      cmd = ['bash', 'launch/tpu_pod.sh', 'train', config_path, sweep_dir]
+    env = '' if launcher == 'print' else 'DDPM_MODULE=ddpm_jax.sweep '
+    lines.append(env + shlex.join([*cmd, f'--sweep={sweep_path}', f'--member={name}', *base_args]))
   return lines
