@@ -29,6 +29,7 @@ from huggingface_hub import errors as hub_errors
 from safetensors.numpy import load_file
 from safetensors.numpy import save as safetensors_bytes
 
+from ddpm_jax import image_files
 from ddpm_jax.interop import InteropError, diffusers_config, unet_names
 from ddpm_jax.metrics import torch_pickle
 
@@ -173,12 +174,9 @@ def write_folder(params, config, out_dir: str, overwrite: bool = False) -> list[
   state_dict = unet_names.to_diffusers(flat, len(config.model.ch_mult))
   unet_json, sched_json = ((json.dumps(c, indent=2) + '\n').encode() for c in configs)
   contents = (unet_json, safetensors_bytes(state_dict, metadata={'format': 'pt'}), sched_json)
-  os.makedirs(out_dir, exist_ok=True)
-  paths = [os.path.join(out_dir, n) for n in names]
-  for path, content in zip(paths, contents):  # Through a temporary file: none half-written.
-    pathlib.Path(path + '.tmp').write_bytes(content)
-    os.replace(path + '.tmp', path)
-  return paths
+  return [image_files.write_atomic(os.path.join(out_dir, name),
+                                   lambda tmp, c=content: pathlib.Path(tmp).write_bytes(c))
+          for name, content in zip(names, contents)]
 
 
 def load_for_experiment(source: str, experiment) -> tuple[object, Folder]:

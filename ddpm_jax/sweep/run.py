@@ -17,13 +17,14 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import pathlib
 import shlex
 import signal
 import time
 
 import jax
 
-from ddpm_jax import config_checks, sharding, train, workdir_lock
+from ddpm_jax import config_checks, image_files, sharding, train, workdir_lock
 from ddpm_jax.checkpointing import Checkpointer
 from ddpm_jax.evaluators import results
 from ddpm_jax.evaluators.suite import Suite
@@ -33,13 +34,9 @@ from ddpm_jax.sweep.report import MEMBER_JSON, SWEEP_JSON, member_state
 
 
 def _write_json(path: str, obj) -> None:
-  if jax.process_index() != 0:
-    return
-  os.makedirs(os.path.dirname(path), exist_ok=True)
-  tmp = path + '.tmp'
-  with open(tmp, 'w') as f:
-    json.dump(obj, f, indent=1, default=str)
-  os.replace(tmp, path)
+  if jax.process_index() == 0:
+    text = json.dumps(obj, indent=1, default=str)
+    image_files.write_atomic(path, lambda tmp: pathlib.Path(tmp).write_text(text))
 
 
 def plan(config, sweep_path: str) -> list[tuple[str, dict, object]]:
