@@ -215,12 +215,11 @@ def acquire(workdir: str, name: str = WRITER, what: str = 'training') -> Workdir
   raise WorkdirLockedError(f'Could not take the lock {path}: other processes keep taking it.')
 
 
-def acquire_for_run(workdir: str, name: str = WRITER, what: str = 'training'
-                    ) -> WorkdirLock | None:
+def acquire_for_run(workdir: str, name: str = WRITER, what: str = 'training') -> WorkdirLock:
   """`acquire` for a job of one or several JAX processes: process 0 takes the lock (the
-  others get None) and every process learns whether it could, so that all of them stop
-  together when another run holds it."""
-  lock, error = None, None
+  others get a handle that releases nothing) and every process learns whether it could, so
+  that all of them stop together when another run holds it."""
+  lock, error = WorkdirLock(lock_path(workdir, name), False, {}), None
   if jax.process_index() == 0:
     try:
       lock = acquire(workdir, name, what)
