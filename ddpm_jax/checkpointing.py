@@ -101,8 +101,8 @@ def _quiet_orbax():
 def _manager(directory: str, max_to_keep: int | None, async_save: bool, read_only: bool):
   options = ocp.CheckpointManagerOptions(
       max_to_keep=None if read_only else max_to_keep, create=not read_only,
-      enable_async_checkpointing=async_save, cleanup_tmp_directories=not read_only,
-      read_only=read_only, save_interval_steps=0 if read_only else 1)
+      enable_async_checkpointing=async_save and not read_only, read_only=read_only,
+      cleanup_tmp_directories=not read_only, save_interval_steps=0 if read_only else 1)
   with _quiet_orbax():
     return ocp.CheckpointManager(directory, options=options,
                                  item_handlers={'state': ocp.StandardCheckpointHandler()})
@@ -176,8 +176,9 @@ class Checkpointer:
   def __init__(self, workdir: str, max_to_keep: int | None = 3, async_save: bool = True,
                read_only: bool = False, config=None):
     """`read_only`: for jobs that only restore (sampling, evaluation next to a running
-    trainer; see the module docstring). `config`, when given, lets a `CheckpointMismatchError`
-    name the config fields that differ from `WORKDIR/config.json`."""
+    trainer; see the module docstring), which ignore `max_to_keep` and `async_save`.
+    `config`, when given, lets a `CheckpointMismatchError` name the config fields that differ
+    from `WORKDIR/config.json`."""
     if not read_only and jax.process_index() == 0:
       workdir_lock.check_not_held_by_other(workdir)
     self.workdir = workdir
@@ -315,7 +316,7 @@ def has_checkpoint(workdir: str) -> bool:
   nothing, and asks orbax only when a checkpoint folder exists."""
   if not any(epath.Path(_join(workdir, d)).exists() for d in (PERMANENT_DIR, PREEMPTION_DIR)):
     return False
-  checkpointer = Checkpointer(workdir, max_to_keep=None, async_save=False, read_only=True)
+  checkpointer = Checkpointer(workdir, read_only=True)
   try:
     return checkpointer.latest_step() is not None
   finally:

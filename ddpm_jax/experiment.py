@@ -9,14 +9,12 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import logging
 
 import jax
 import jax.numpy as jnp
 import optax
 
 from ddpm_jax import config_checks, kernels, sharding
-from ddpm_jax.checkpointing import Checkpointer
 from ddpm_jax.errors import ConfigError
 from ddpm_jax.models import count_params, create_model
 from ddpm_jax.optim import make_optimizer
@@ -75,16 +73,6 @@ class Experiment:
     init = jax.jit(lambda rng, p: self._init_fn()(rng, params=p),
                    out_shardings=self.state_sharding())
     return init(self._rng(), params)
-
-  def restore_or_init(self, checkpointer: Checkpointer) -> tuple[TrainState, bool]:
-    """The newest readable checkpoint in the workdir (corrupt newer ones are set aside, see
-    `Checkpointer.restore_latest_valid`), or a fresh state. Returns (state, resumed)."""
-    state, step = checkpointer.restore_latest_valid(self.abstract_state(),
-                                                    set_aside_corrupt=True)
-    if state is None:
-      return self.init_state(), False
-    logging.info('Restored checkpoint %d from %s', step, checkpointer.directory)
-    return state, True
 
   def _train_step(self):
     """`train_step` (not jitted), with the mesh that `config.train.exact_reduction` sums over

@@ -45,12 +45,12 @@ class NonFiniteLossError(UserError, FloatingPointError):
 
 
 @contextlib.contextmanager
-def handling_signals(handler, signals=(signal.SIGTERM, signal.SIGINT)):
-  """Runs the block with `handler(signum, frame)` for `signals` (main thread only; elsewhere
-  the handlers stay), then restores the previous handlers."""
+def handling_signals(handler):
+  """Runs the block with `handler(signum, frame)` for SIGTERM and SIGINT (main thread only;
+  elsewhere the handlers stay), then restores the previous handlers."""
   previous = {}
   try:
-    for s in signals:
+    for s in (signal.SIGTERM, signal.SIGINT):
       try:
         previous[s] = signal.signal(s, handler)
       except ValueError:  # Not the main thread: leave the default handlers.
@@ -171,8 +171,11 @@ def _train(config, workdir: str, experiment: Experiment, source, sample_experime
     layout = experiment.abstract_state().params
     state, resumed = experiment.init_state(hf_interop.place(imported[0], layout)), False
     checkpointer.save(0, state)
-  else:
-    state, resumed = experiment.restore_or_init(checkpointer)
+  else:  # The newest readable checkpoint (corrupt newer ones are set aside), or a fresh state.
+    state, _ = checkpointer.restore_latest_valid(experiment.abstract_state(),
+                                                 set_aside_corrupt=True)
+    resumed = state is not None
+    state = state if resumed else experiment.init_state()
   start_step = int(state.step)
   if is_main:
     saved_config.save(config, workdir)
@@ -199,10 +202,8 @@ def _train(config, workdir: str, experiment: Experiment, source, sample_experime
   k_dispatch = int(tcfg.steps_per_dispatch)
   multi_step = experiment.jitted_train_step(k_dispatch) if k_dispatch > 1 else None
   check_fn = experiment.jitted_state_check()
-  grid_fn = None
-  if tcfg.sample_every > 0:
-    grid_fn = generation.make_sample_fn(sample_experiment, tcfg.num_sample_grid)
-  preemption_every = tcfg.preemption_every
+  grid_fn = (generation.make_sample_fn(sample_experiment, tcfg.num_sample_grid)
+             if tcfg.sample_every > 0 else None)
   agreement = distributed.StopAgreement(mesh)
 
   writer = MetricWriter(workdir)
@@ -289,7 +290,7 @@ def _train(config, workdir: str, experiment: Experiment, source, sample_experime
         saved = False
         if crossed(tcfg.checkpoint_every, n) or step == tcfg.num_steps:
           saved = checked(checkpointer.save)
-        elif crossed(preemption_every, n):
+        elif crossed(tcfg.preemption_every, n):
           saved = checked(checkpointer.save_preemption)
         if grid_fn is not None and (crossed(tcfg.sample_every, n) or step == tcfg.num_steps):
           path = _sample_grid(sample_experiment, grid_fn, state, step, workdir, writer)

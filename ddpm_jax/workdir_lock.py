@@ -234,11 +234,11 @@ def acquire_for_run(workdir: str, name: str = WRITER, what: str = 'training') ->
   return lock
 
 
-def check_not_held_by_other(workdir: str, name: str = WRITER) -> None:
-  """Raises `WorkdirLockedError` if another live process holds `workdir`'s lock `name` (a
+def check_not_held_by_other(workdir: str) -> None:
+  """Raises `WorkdirLockedError` if another live process holds `workdir`'s writer lock (a
   guard for code about to write there without the lock, e.g. a checkpoint manager that
   would clean up the owner's saves in flight)."""
-  path = lock_path(workdir, name)
+  path = lock_path(workdir)
   try:
     current, age = _read(path)
   except (FileNotFoundError, NotADirectoryError):
