@@ -36,10 +36,7 @@ def initialize(distributed: bool = False, coordinator_address: str | None = None
   # Gloo is JAX's default for CPU collectives; set it explicitly so that a CPU run across
   # processes never falls back to "no collectives". Harmless on GPU and TPU.
   jax.config.update('jax_cpu_collectives_implementation', 'gloo')
-  kwargs = {k: v for k, v in dict(coordinator_address=coordinator_address,
-                                  num_processes=num_processes, process_id=process_id).items()
-            if v is not None}
-  jax.distributed.initialize(**kwargs)
+  jax.distributed.initialize(coordinator_address, num_processes, process_id)  # None: detected.
   logging.info('jax.distributed initialised: process %d of %d, %d local / %d global devices.',
                jax.process_index(), jax.process_count(), jax.local_device_count(),
                jax.device_count())
