@@ -99,10 +99,9 @@ class Experiment:
 
   def jitted_state_check(self):
     """`(state, batch) -> (finite, loss)`: whether every float array of the train state is
-    finite, and the loss that the next train step would compute from it on `batch`. The
-    trainer runs it before every save, so that no checkpoint holds a diverged state: an
-    update can leave finite parameters whose loss is already NaN. Only the forward pass
-    runs (XLA drops the unused gradient and update); the state is not donated."""
+    finite, and the loss that the next train step would compute from it on `batch` (an update
+    can leave finite parameters whose loss is already NaN). Only the forward pass runs (XLA
+    drops the unused gradient and update); the state is not donated."""
     step_fn = self._train_step()
 
     def check(state, batch):

@@ -59,10 +59,6 @@ def make_mesh(devices=None, mesh_shape: Sequence[int] | None = (-1, 1)) -> jax.s
                        devices=devices)
 
 
-def fsdp_size(mesh) -> int:
-  return mesh.shape['fsdp']
-
-
 def num_batch_shards(mesh) -> int:
   """How many ways a batch is split: the number of devices of the mesh."""
   return mesh.size
@@ -96,7 +92,7 @@ def fsdp_spec(shape: Sequence[int], fsdp: int) -> P:
 
 def state_sharding(abstract_tree, mesh):
   """The sharding of every leaf of a (shape-only) train state on `mesh` (see module doc)."""
-  fsdp = fsdp_size(mesh)
+  fsdp = mesh.shape['fsdp']
   return jax.tree.map(lambda x: NamedSharding(mesh, fsdp_spec(x.shape, fsdp)), abstract_tree)
 
 

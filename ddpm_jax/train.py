@@ -83,7 +83,7 @@ def _check_state(check_fn, state, batch, step: int, checkpointer) -> None:
 def _sampling_experiment(experiment: Experiment) -> Experiment:
   """The experiment to sample grids with: a pure data-parallel mesh over the same devices, on
   which the parameters are replicated (sampling needs every parameter on every device)."""
-  if sharding.fsdp_size(experiment.mesh) == 1:
+  if experiment.mesh.shape['fsdp'] == 1:
     return experiment
   return dataclasses.replace(experiment,
                              mesh=sharding.make_mesh(experiment.mesh.devices.flatten()))
