@@ -73,11 +73,9 @@ def _check_state(check_fn, state, batch, step: int, checkpointer) -> None:
   """Raises `NonFiniteLossError` unless the updated `state` is finite with a finite loss on the
   step's `batch` (run before any save: no checkpoint is a diverged state)."""
   finite, loss = jax.device_get(check_fn(state, batch))
-  if not bool(finite):
-    raise _diverged(f'The update of step {step} left non-finite parameters', checkpointer)
-  if not math.isfinite(float(loss)):
-    raise _diverged(f'The update of step {step} diverged (a loss of {float(loss)} after it)',
-                    checkpointer)
+  if not (bool(finite) and math.isfinite(float(loss))):
+    what = 'non-finite parameters' if not bool(finite) else f'a loss of {float(loss)}'
+    raise _diverged(f'The update of step {step} diverged ({what} after it)', checkpointer)
 
 
 def _sampling_experiment(experiment: Experiment) -> Experiment:
