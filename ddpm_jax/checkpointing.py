@@ -101,8 +101,8 @@ def _quiet_orbax():
 def _manager(directory: str, max_to_keep: int | None, async_save: bool, read_only: bool):
   options = ocp.CheckpointManagerOptions(
       max_to_keep=None if read_only else max_to_keep, create=not read_only,
-      enable_async_checkpointing=async_save, cleanup_tmp_directories=not read_only,
-      read_only=read_only, save_interval_steps=0 if read_only else 1)
+      enable_async_checkpointing=async_save and not read_only, read_only=read_only,
+      cleanup_tmp_directories=not read_only, save_interval_steps=0 if read_only else 1)
   with _quiet_orbax():
     return ocp.CheckpointManager(directory, options=options,
                                  item_handlers={'state': ocp.StandardCheckpointHandler()})
@@ -138,18 +138,10 @@ def shape_differences(saved: dict, target: dict) -> list[str]:
   return out
 
 
-def _mismatch_message(step: int, directory, diffs: list[str], fields: list[str]) -> str:
-  listed = '; '.join(diffs[:_MAX_LISTED]) + (
-      f' (and {len(diffs) - _MAX_LISTED} more arrays)' if len(diffs) > _MAX_LISTED else '')
-  why = ('; the config differs from the one that wrote it in ' + '; '.join(fields)
-         if fields else '')
-  return (f'Checkpoint {step} in {directory} was written with another model/optimizer config: '
-          f'{listed}{why}. Resume with the config that wrote it, or train in a new --workdir.')
-
-
-def _restore(manager, step: int, target, explain=lambda: []):
-  """Restores `step` shaped like `target`: `CheckpointMismatchError` if its arrays do not fit,
-  `CheckpointError` if it cannot be read."""
+def _restore(manager, step: int, target, config=None, workdir: str = ''):
+  """Restores `step` shaped like `target`: `CheckpointMismatchError` if its arrays do not fit
+  (naming the fields in which `config` differs from `WORKDIR/config.json`), `CheckpointError`
+  if it cannot be read."""
   with _quiet_orbax():
     try:
       diffs = shape_differences(_flat_shapes(manager.item_metadata(step)['state']),
@@ -160,7 +152,13 @@ def _restore(manager, step: int, target, explain=lambda: []):
     except Exception as e:  # pylint: disable=broad-except  (orbax raises many types)
       raise CheckpointError(
           f'Checkpoint {step} in {manager.directory} is corrupt: {_cause(e)}') from e
-  raise CheckpointMismatchError(_mismatch_message(step, manager.directory, diffs, explain()))
+  listed = '; '.join(diffs[:_MAX_LISTED]) + (
+      f' (and {len(diffs) - _MAX_LISTED} more arrays)' if len(diffs) > _MAX_LISTED else '')
+  fields = saved_config.state_field_differences(config, workdir) if config is not None else []
+  why = '; the config differs from the one that wrote it in ' + '; '.join(fields) if fields else ''
+  raise CheckpointMismatchError(
+      f'Checkpoint {step} in {manager.directory} was written with another model/optimizer '
+      f'config: {listed}{why}. Resume with the config that wrote it, or train in a new --workdir.')
 
 
 def _agree_on_step(step: int) -> int:
@@ -178,8 +176,9 @@ class Checkpointer:
   def __init__(self, workdir: str, max_to_keep: int | None = 3, async_save: bool = True,
                read_only: bool = False, config=None):
     """`read_only`: for jobs that only restore (sampling, evaluation next to a running
-    trainer; see the module docstring). `config`, when given, lets a `CheckpointMismatchError`
-    name the config fields that differ from `WORKDIR/config.json`."""
+    trainer; see the module docstring), which ignore `max_to_keep` and `async_save`.
+    `config`, when given, lets a `CheckpointMismatchError` name the config fields that differ
+    from `WORKDIR/config.json`."""
     if not read_only and jax.process_index() == 0:
       workdir_lock.check_not_held_by_other(workdir)
     self.workdir = workdir
@@ -189,11 +188,6 @@ class Checkpointer:
     self.preemption_directory = _join(workdir, PREEMPTION_DIR)
     self._manager = _manager(self.directory, max_to_keep, async_save, read_only)
     self._preempt = _manager(self.preemption_directory, 1, async_save, read_only)
-
-  def _explain(self) -> list[str]:
-    if self._config is None:
-      return []
-    return saved_config.state_field_differences(self._config, self.workdir)
 
   def all_steps(self) -> list[int]:
     """Steps of the permanent checkpoints."""
@@ -242,7 +236,7 @@ class Checkpointer:
     step = self.latest_step() if step is None else step
     if step is None:
       raise CheckpointError(f'No checkpoint in {self.directory} or {self.preemption_directory}.')
-    return _restore(self._stream_of(step), step, target, self._explain)
+    return _restore(self._stream_of(step), step, target, self._config, self.workdir)
 
   def _set_aside(self, directory, step: int) -> str:
     """Moves the corrupt checkpoint `directory/step` to `WORKDIR/corrupt_checkpoints/`."""
@@ -274,7 +268,7 @@ class Checkpointer:
     failed, state, step = [], None, None
     for step, _, manager in candidates:
       try:
-        state = _restore(manager, step, target, self._explain)
+        state = _restore(manager, step, target, self._config, self.workdir)
         break
       except CheckpointMismatchError:
         raise
@@ -292,7 +286,7 @@ class Checkpointer:
       failed.append((CheckpointError(f'Checkpoint {step} is corrupt on another process.'),
                      self._stream_of(step).directory, step))
       step = agreed
-      state = _restore(self._stream_of(step), step, target, self._explain)
+      state = _restore(self._stream_of(step), step, target, self._config, self.workdir)
     for e, directory, corrupt_step in failed:
       if set_aside_corrupt and not self.read_only:
         dest = self._set_aside(directory, corrupt_step)
@@ -322,7 +316,7 @@ def has_checkpoint(workdir: str) -> bool:
   nothing, and asks orbax only when a checkpoint folder exists."""
   if not any(epath.Path(_join(workdir, d)).exists() for d in (PERMANENT_DIR, PREEMPTION_DIR)):
     return False
-  checkpointer = Checkpointer(workdir, max_to_keep=None, async_save=False, read_only=True)
+  checkpointer = Checkpointer(workdir, read_only=True)
   try:
     return checkpointer.latest_step() is not None
   finally:

@@ -29,8 +29,9 @@ USAGE_EXIT = 2  # Malformed command line (flags, config file, config overrides).
 ERROR_EXIT = 1  # A user error found while running.
 
 
-def show_tracebacks() -> bool:
-  return os.environ.get(TRACEBACK_ENV, '').strip().lower() in ('1', 'true', 'yes', 'on')
+def env_flag(name: str) -> bool:
+  """Whether the environment variable `name` says yes (1, true, yes or on)."""
+  return os.environ.get(name, '').strip().lower() in ('1', 'true', 'yes', 'on')
 
 
 def one_line(message: str) -> str:
@@ -120,7 +121,7 @@ def parse_flags(argv):
   try:
     rest = flag_values(argv)
   except Exception as e:  # pylint: disable=broad-except  (absl, ml_collections, config code)
-    if show_tracebacks():
+    if env_flag(TRACEBACK_ENV):
       raise
     where = _frame_in(e.__traceback__, next(iter(_config_paths(argv, names)), ''))
     if where and not isinstance(e, SyntaxError):  # Raised by the config file's own code.
@@ -130,7 +131,7 @@ def parse_flags(argv):
     try:
       hasattr(flag_values[name].value, 'keys')
     except OSError as e:
-      if show_tracebacks():
+      if env_flag(TRACEBACK_ENV):
         raise
       path = flag_values[name].config_filename.split(':', 1)[0]
       if path and not os.path.exists(path):
@@ -151,7 +152,7 @@ def guarded(main):
     try:
       return main(argv)
     except (KeyboardInterrupt, Exception) as e:  # pylint: disable=broad-except
-      if show_tracebacks():
+      if env_flag(TRACEBACK_ENV):
         raise
       if isinstance(e, app.UsageError):
         fail(f'{e} (--helpshort lists the flags)', USAGE_EXIT)

@@ -124,7 +124,8 @@ def _validate_objective_and_sampler(config) -> None:
   _require(gamma == 0 or f.mean_type in ('eps', 'x0', 'v'), 'diffusion.min_snr_gamma', gamma,
            "0 for mean_type 'mu' (min-SNR weighting is defined for eps, x0 and v targets)")
   _require(not f.importance_sampling or f.loss == 'kl', 'diffusion.importance_sampling',
-           f.importance_sampling, "False unless config.diffusion.loss='kl' (it samples t for L_vlb)")
+           f.importance_sampling,
+           "False unless config.diffusion.loss='kl' (it samples t for L_vlb)")
   _require(0.0 <= t.label_dropout < 1.0, 'train.label_dropout', t.label_dropout,
            'a rate in [0, 1)')
   _choice(config, 'sample.sampler', reverse_chains.SAMPLERS)

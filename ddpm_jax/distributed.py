@@ -9,19 +9,13 @@ On CPU, cross-process collectives use gloo.
 from __future__ import annotations
 
 import logging
-import os
 
 import jax
 import numpy as np
 
-from ddpm_jax import sharding
+from ddpm_jax import cli, sharding
 
 ENV_VAR = 'DDPM_DISTRIBUTED'
-_TRUE = ('1', 'true', 'yes', 'on')
-
-
-def requested_by_env() -> bool:
-  return os.environ.get(ENV_VAR, '').strip().lower() in _TRUE
 
 
 def initialize(distributed: bool = False, coordinator_address: str | None = None,
@@ -35,17 +29,14 @@ def initialize(distributed: bool = False, coordinator_address: str | None = None
   metadata on a pod slice, SLURM's variables under `srun` (one process per GPU), Open MPI,
   Kubernetes. Returns whether the runtime was started. Calling it twice is harmless.
   """
-  if not (distributed or requested_by_env() or coordinator_address):
+  if not (distributed or cli.env_flag(ENV_VAR) or coordinator_address):
     return False
   if jax.distributed.is_initialized():
     return True  # Already initialised (e.g. by a caller of train_and_evaluate).
   # Gloo is JAX's default for CPU collectives; set it explicitly so that a CPU run across
   # processes never falls back to "no collectives". Harmless on GPU and TPU.
   jax.config.update('jax_cpu_collectives_implementation', 'gloo')
-  kwargs = {k: v for k, v in dict(coordinator_address=coordinator_address,
-                                  num_processes=num_processes, process_id=process_id).items()
-            if v is not None}
-  jax.distributed.initialize(**kwargs)
+  jax.distributed.initialize(coordinator_address, num_processes, process_id)  # None: detected.
   logging.info('jax.distributed initialised: process %d of %d, %d local / %d global devices.',
                jax.process_index(), jax.process_count(), jax.local_device_count(),
                jax.device_count())

@@ -9,14 +9,13 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import logging
 
 import jax
 import jax.numpy as jnp
 import optax
 
 from ddpm_jax import config_checks, kernels, sharding
-from ddpm_jax.checkpointing import Checkpointer, has_checkpoint
+from ddpm_jax.checkpointing import has_checkpoint
 from ddpm_jax.errors import ConfigError
 from ddpm_jax.interop import diffusers as hf_interop
 from ddpm_jax.models import count_params, create_model
@@ -73,67 +72,38 @@ class Experiment:
   def init_state(self, params=None) -> TrainState:
     """A fresh train state created directly on the devices with its final sharding; with
     `params` (laid out as `abstract_state().params`), one that starts from them."""
-    shardings = self.state_sharding()
-    if params is not None:
-      init = jax.jit(lambda rng, p: self._init_fn()(rng, params=p),
-                     in_shardings=(None, shardings.params), out_shardings=shardings)
-      return init(self._rng(), params)
-    init = jax.jit(self._init_fn(), out_shardings=shardings)
-    return init(self._rng())
-
-  def restore_or_init(self, checkpointer: Checkpointer) -> tuple[TrainState, bool]:
-    """The newest readable checkpoint in the workdir (corrupt newer ones are set aside, see
-    `Checkpointer.restore_latest_valid`), or a fresh state. Returns (state, resumed)."""
-    state, step = checkpointer.restore_latest_valid(self.abstract_state(),
-                                                    set_aside_corrupt=True)
-    if state is None:
-      return self.init_state(), False
-    logging.info('Restored checkpoint %d from %s', step, checkpointer.directory)
-    return state, True
+    init = jax.jit(lambda rng, p: self._init_fn()(rng, params=p),
+                   out_shardings=self.state_sharding())
+    return init(self._rng(), params)
 
   def _train_step(self):
-    """`train_step` (not jitted), with the mesh that `config.train.exact_reduction` needs
-    (which must not split parameters over `fsdp` then: the config's mesh_shape is checked,
-    this is the mesh given)."""
-    mesh = None
-    if self.config.train.exact_reduction:
-      if sharding.fsdp_size(self.mesh) > 1:
-        raise ValueError('config.train.exact_reduction=True needs replicated parameters: this '
-                         "mesh splits them over an 'fsdp' axis.")
-      mesh = self.mesh
+    """`train_step` (not jitted), with the mesh that `config.train.exact_reduction` sums over
+    (config_checks has made sure that its mesh_shape splits no parameters over `fsdp`)."""
+    mesh = self.mesh if self.config.train.exact_reduction else None
     return make_train_step(self.model, self.tx, self.schedule, self.config, mesh)
 
-  def jitted_train_step(self):
-    """`train_step` jitted over the mesh: batch split over the devices, state laid out as
-    `state_sharding()` (replicated, or split over `fsdp`) and donated."""
+  def jitted_train_step(self, num_steps: int = 1):
+    """`train_step(state, batch) -> (state, metrics)` jitted over the mesh: batch split over the
+    devices, state laid out as `state_sharding()` (replicated, or split over `fsdp`) and donated.
+
+    With `num_steps` > 1, that many steps in one dispatch (a `lax.scan`; `config.train.
+    steps_per_dispatch`): every leaf of the batches and metrics has a leading axis of
+    `num_steps`. Saves the host's per-step launch and sync costs, which matter for small
+    models on fast accelerators."""
+    step_fn, batch_sharding = self._train_step(), sharding.batch_sharding(self.mesh)
+    if num_steps > 1:
+      one_step, batch_sharding = step_fn, sharding.stacked_batch_sharding(self.mesh)
+      step_fn = lambda state, batches: jax.lax.scan(one_step, state, batches, length=num_steps)
     state_sharding = self.state_sharding()
-    return jax.jit(self._train_step(),
-                   in_shardings=(state_sharding, sharding.batch_sharding(self.mesh)),
-                   out_shardings=(state_sharding, sharding.replicated(self.mesh)),
-                   donate_argnums=(0,))
-
-  def jitted_train_steps(self, num_steps: int):
-    """`num_steps` train steps in one dispatch: `(state, batches) -> (state, metrics)` where
-    every leaf of `batches` and `metrics` has a leading axis of `num_steps` (a `lax.scan` of
-    `train_step`; `config.train.steps_per_dispatch`). Saves the host's per-step launch and
-    sync costs, which matter for small models on fast accelerators."""
-    one_step = self._train_step()
-
-    def steps(state, batches):
-      return jax.lax.scan(one_step, state, batches, length=num_steps)
-
-    state_sharding = self.state_sharding()
-    return jax.jit(steps,
-                   in_shardings=(state_sharding, sharding.stacked_batch_sharding(self.mesh)),
+    return jax.jit(step_fn, in_shardings=(state_sharding, batch_sharding),
                    out_shardings=(state_sharding, sharding.replicated(self.mesh)),
                    donate_argnums=(0,))
 
   def jitted_state_check(self):
     """`(state, batch) -> (finite, loss)`: whether every float array of the train state is
-    finite, and the loss that the next train step would compute from it on `batch`. The
-    trainer runs it before every save, so that no checkpoint holds a diverged state: an
-    update can leave finite parameters whose loss is already NaN. Only the forward pass
-    runs (XLA drops the unused gradient and update); the state is not donated."""
+    finite, and the loss that the next train step would compute from it on `batch` (an update
+    can leave finite parameters whose loss is already NaN). Only the forward pass runs (XLA
+    drops the unused gradient and update); the state is not donated."""
     step_fn = self._train_step()
 
     def check(state, batch):

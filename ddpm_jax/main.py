@@ -38,18 +38,14 @@ def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f'Unexpected arguments: {" ".join(argv[1:])}')
   runtime.setup('train' if FLAGS.mode == 'train' else 'inference')
-  _run(FLAGS.mode, FLAGS.config, FLAGS.workdir, FLAGS.init_from)
-
-
-def _run(mode: str, config, workdir: str, init_from: str | None) -> None:
-  if mode == 'train':
-    train.train_and_evaluate(config, workdir, init_from=init_from)
+  if FLAGS.mode == 'train':
+    train.train_and_evaluate(FLAGS.config, FLAGS.workdir, init_from=FLAGS.init_from)
     return
   # Evaluation and sampling replicate the parameters, whatever config.train.mesh_shape
   # trained them with.
-  experiment = Experiment.from_config(config, mesh=sharding.make_mesh())
-  job = evaluate.eval_job if mode == 'eval' else sample_job.sample_from_workdir
-  job(config, workdir, experiment=experiment, init_from=init_from)
+  experiment = Experiment.from_config(FLAGS.config, mesh=sharding.make_mesh())
+  job = evaluate.eval_job if FLAGS.mode == 'eval' else sample_job.sample_from_workdir
+  job(FLAGS.config, FLAGS.workdir, experiment=experiment, init_from=FLAGS.init_from)
 
 
 def run():
@@ -58,4 +54,4 @@ def run():
 
 
 if __name__ == '__main__':
-  cli.run(main)
+  run()

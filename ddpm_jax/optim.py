@@ -34,7 +34,7 @@ def clip_by_global_norm(max_norm: float) -> optax.GradientTransformation:
 def make_optimizer(optim_config) -> optax.GradientTransformation:
   """Global-norm gradient clipping followed by Adam with the warm-up schedule."""
   parts = []
-  if optim_config.grad_clip and optim_config.grad_clip > 0:
+  if optim_config.grad_clip > 0:
     parts.append(clip_by_global_norm(optim_config.grad_clip))
   parts.append(
       optax.adam(learning_rate_schedule(optim_config), b1=optim_config.adam_b1,

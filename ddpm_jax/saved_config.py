@@ -4,6 +4,7 @@ what it says when a checkpoint does not fit the current config (which fields cha
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping
 
 from etils import epath
 
@@ -25,15 +26,15 @@ def save(config, workdir: str) -> str:
   return str(path)
 
 
-def flatten(tree, prefix: str = '') -> dict:
-  """{'model': {'ch': 32}} -> {'model.ch': 32}; tuples become lists (as JSON stores them)."""
+def flatten(tree: Mapping, prefix: str = '') -> dict:
+  """{'model': {'ch': 32}, 'train.seed': 1} -> {'model.ch': 32, 'train.seed': 1}: the dotted
+  keys of a config dict, a saved config or a sweep's overrides (an empty group has none)."""
   out = {}
   for key, value in tree.items():
-    name = f'{prefix}{key}'
-    if isinstance(value, dict):
-      out.update(flatten(value, name + '.'))
+    if isinstance(value, Mapping):
+      out.update(flatten(value, f'{prefix}{key}.'))
     else:
-      out[name] = list(value) if isinstance(value, tuple) else value
+      out[f'{prefix}{key}'] = value
   return out
 
 
@@ -51,7 +52,7 @@ def state_field_differences(config, workdir: str) -> list[str]:
     saved = flatten(json.loads(path.read_text()))
   except (OSError, ValueError, AttributeError):
     return []
-  now = flatten(config.to_dict())
+  now = flatten(json.loads(config.to_json_best_effort()))  # Tuples as JSON lists, as saved.
   # A key only one side has (a field added or removed since the workdir's run) shows as unset.
   return [f'config.{k}: {saved.get(k, "unset")!r} in {path}, {now.get(k, "unset")!r} '
           'now' for k in sorted(set(saved) | set(now))

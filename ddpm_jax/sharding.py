@@ -59,10 +59,6 @@ def make_mesh(devices=None, mesh_shape: Sequence[int] | None = (-1, 1)) -> jax.s
                        devices=devices)
 
 
-def fsdp_size(mesh) -> int:
-  return mesh.shape['fsdp']
-
-
 def num_batch_shards(mesh) -> int:
   """How many ways a batch is split: the number of devices of the mesh."""
   return mesh.size
@@ -96,26 +92,21 @@ def fsdp_spec(shape: Sequence[int], fsdp: int) -> P:
 
 def state_sharding(abstract_tree, mesh):
   """The sharding of every leaf of a (shape-only) train state on `mesh` (see module doc)."""
-  fsdp = fsdp_size(mesh)
+  fsdp = mesh.shape['fsdp']
   return jax.tree.map(lambda x: NamedSharding(mesh, fsdp_spec(x.shape, fsdp)), abstract_tree)
 
 
-def check_divisible(global_batch: int, mesh, what: str = 'config.train.batch_size',
-                    grad_accum_steps: int = 1) -> None:
-  """A global batch (and each micro-batch) must split evenly over the devices and processes."""
-  n_dev = num_batch_shards(mesh)
-  if global_batch % n_dev:
-    raise ConfigError(
-        f'{what}={global_batch} does not divide across the {n_dev} devices of the mesh; '
-        f'use a multiple of {n_dev}.')
-  n_proc = jax.process_count()
+def check_divisible(global_batch: int, mesh, grad_accum_steps: int = 1) -> None:
+  """`config.train.batch_size` must split evenly over the processes, and each of its
+  `grad_accum_steps` micro-batches over the devices of the mesh."""
+  n_dev, n_proc, unit = num_batch_shards(mesh), jax.process_count(), grad_accum_steps
+  what = f'config.train.batch_size={global_batch}'
+  if global_batch % (unit * n_dev):
+    micro = (f' in config.train.grad_accum_steps={unit} micro-batches' if unit > 1 else '')
+    raise ConfigError(f'{what} does not divide across the {n_dev} devices of the mesh{micro}; '
+                      f'use a multiple of {unit * n_dev}.')
   if global_batch % n_proc:
-    raise ConfigError(f'{what}={global_batch} does not divide across {n_proc} processes.')
-  if grad_accum_steps > 1 and global_batch % (grad_accum_steps * n_dev):
-    raise ConfigError(
-        f'{what}={global_batch} with config.train.grad_accum_steps={grad_accum_steps} gives '
-        f'micro-batches that do not divide across the {n_dev} devices of the mesh; use a '
-        f'batch size that is a multiple of {grad_accum_steps * n_dev}.')
+    raise ConfigError(f'{what} does not divide across {n_proc} processes.')
 
 
 def global_batch_from_local(local, mesh, stacked: bool = False):

@@ -45,12 +45,12 @@ class NonFiniteLossError(UserError, FloatingPointError):
 
 
 @contextlib.contextmanager
-def handling_signals(handler, signals=(signal.SIGTERM, signal.SIGINT)):
-  """Runs the block with `handler(signum, frame)` for `signals` (main thread only; elsewhere
-  the handlers stay), then restores the previous handlers."""
+def handling_signals(handler):
+  """Runs the block with `handler(signum, frame)` for SIGTERM and SIGINT (main thread only;
+  elsewhere the handlers stay), then restores the previous handlers."""
   previous = {}
   try:
-    for s in signals:
+    for s in (signal.SIGTERM, signal.SIGINT):
       try:
         previous[s] = signal.signal(s, handler)
       except ValueError:  # Not the main thread: leave the default handlers.
@@ -61,34 +61,27 @@ def handling_signals(handler, signals=(signal.SIGTERM, signal.SIGINT)):
       signal.signal(s, signal.SIG_DFL if h is None else h)  # None: a handler set outside Python.
 
 
-@contextlib.contextmanager
-def stop_on_signals(signals=(signal.SIGTERM, signal.SIGINT)):
-  """Yields a dict whose 'signal' entry is set when one of `signals` arrives (main thread only).
-
-  The loop checks it between steps, checkpoints and returns, instead of dying mid-step.
-  """
-  received = {'signal': None}
-  with handling_signals(lambda signum, _: received.update(signal=signum), signals):
-    yield received
+def _diverged(what: str, checkpointer) -> NonFiniteLossError:
+  return NonFiniteLossError(
+      f'{what}; training stopped and saved nothing of it. The newest checkpoint '
+      f'({checkpointer.latest_step()}) in {checkpointer.directory} is untouched: lower '
+      'config.optim.lr (or raise config.optim.warmup_steps), or check the data, and rerun to '
+      'resume from it.')
 
 
 def _check_state(check_fn, state, batch, step: int, checkpointer) -> None:
   """Raises `NonFiniteLossError` unless the updated `state` is finite with a finite loss on the
   step's `batch` (run before any save: no checkpoint is a diverged state)."""
   finite, loss = jax.device_get(check_fn(state, batch))
-  if bool(finite) and math.isfinite(float(loss)):
-    return
-  what = 'non-finite parameters' if not bool(finite) else f'a loss of {float(loss)}'
-  raise NonFiniteLossError(
-      f'The update of step {step} diverged ({what} after it); it was not saved. The newest '
-      f'checkpoint ({checkpointer.latest_step()}) in {checkpointer.directory} is untouched. '
-      'Lower config.optim.lr (or raise optim.warmup_steps) and rerun to resume from it.')
+  if not (bool(finite) and math.isfinite(float(loss))):
+    what = 'non-finite parameters' if not bool(finite) else f'a loss of {float(loss)}'
+    raise _diverged(f'The update of step {step} diverged ({what} after it)', checkpointer)
 
 
 def _sampling_experiment(experiment: Experiment) -> Experiment:
   """The experiment to sample grids with: a pure data-parallel mesh over the same devices, on
   which the parameters are replicated (sampling needs every parameter on every device)."""
-  if sharding.fsdp_size(experiment.mesh) == 1:
+  if experiment.mesh.shape['fsdp'] == 1:
     return experiment
   return dataclasses.replace(experiment,
                              mesh=sharding.make_mesh(experiment.mesh.devices.flatten()))
@@ -158,13 +151,9 @@ def train_and_evaluate(config, workdir: str, experiment: Experiment | None = Non
   suite.check_inputs()
 
   # The workdir: one trainer at a time.
-  lock = workdir_lock.acquire_for_run(workdir, what='training')
-  try:
+  with workdir_lock.acquire_for_run(workdir, what='training'):
     return _train(config, workdir, experiment, source, sample_experiment, suite, progress,
                   imported, init_from)
-  finally:
-    if lock is not None:
-      lock.release()
 
 
 def _train(config, workdir: str, experiment: Experiment, source, sample_experiment, suite: Suite,
@@ -180,8 +169,11 @@ def _train(config, workdir: str, experiment: Experiment, source, sample_experime
     layout = experiment.abstract_state().params
     state, resumed = experiment.init_state(hf_interop.place(imported[0], layout)), False
     checkpointer.save(0, state)
-  else:
-    state, resumed = experiment.restore_or_init(checkpointer)
+  else:  # The newest readable checkpoint (corrupt newer ones are set aside), or a fresh state.
+    state, _ = checkpointer.restore_latest_valid(experiment.abstract_state(),
+                                                 set_aside_corrupt=True)
+    resumed = state is not None
+    state = state if resumed else experiment.init_state()
   start_step = int(state.step)
   if is_main:
     saved_config.save(config, workdir)
@@ -206,12 +198,10 @@ def _train(config, workdir: str, experiment: Experiment, source, sample_experime
   # Update.
   train_step = experiment.jitted_train_step()
   k_dispatch = int(tcfg.steps_per_dispatch)
-  multi_step = experiment.jitted_train_steps(k_dispatch) if k_dispatch > 1 else None
+  multi_step = experiment.jitted_train_step(k_dispatch) if k_dispatch > 1 else None
   check_fn = experiment.jitted_state_check()
-  grid_fn = None
-  if tcfg.sample_every > 0:
-    grid_fn = generation.make_sample_fn(sample_experiment, tcfg.num_sample_grid)
-  preemption_every = tcfg.preemption_every
+  grid_fn = (generation.make_sample_fn(sample_experiment, tcfg.num_sample_grid)
+             if tcfg.sample_every > 0 else None)
   agreement = distributed.StopAgreement(mesh)
 
   writer = MetricWriter(workdir)
@@ -222,14 +212,11 @@ def _train(config, workdir: str, experiment: Experiment, source, sample_experime
   last_metrics = {}
 
   def consume(step_done: int, metrics) -> None:
+    """The metrics of one step: the loss checked, TensorBoard every `log_every` steps."""
     nonlocal window_start, steps_in_window, last_metrics
-    metrics = jax.device_get(metrics)
     loss = float(metrics['loss'])
     if not math.isfinite(loss):
-      raise NonFiniteLossError(
-          f'Loss is {loss} at step {step_done}. Training stopped; the newest checkpoint '
-          f'({checkpointer.latest_step()}) in {checkpointer.directory} is untouched. Lower '
-          f'config.optim.lr or check the data.')
+      raise _diverged(f'Loss is {loss} at step {step_done}', checkpointer)
     window_losses.append(loss)
     last_metrics = {k: float(v) for k, v in metrics.items()}
     if step_done % tcfg.log_every == 0 or step_done == tcfg.num_steps:
@@ -254,12 +241,9 @@ def _train(config, workdir: str, experiment: Experiment, source, sample_experime
 
   def consume_dispatch(first: int, metrics, n: int) -> None:
     """Metrics of one dispatch of `n` steps from step `first`, fetched late (stacked if n > 1)."""
-    if n == 1:
-      consume(first, metrics)
-    else:
-      metrics = jax.device_get(metrics)
-      for i in range(n):
-        consume(first + i, {k: v[i] for k, v in metrics.items()})
+    metrics = jax.device_get(metrics)
+    for i in range(n):
+      consume(first + i, metrics if n == 1 else {k: v[i] for k, v in metrics.items()})
 
   def checked(save_fn) -> bool:
     """Saves the updated state once it, and the loss before its update, proved finite."""
@@ -267,7 +251,7 @@ def _train(config, workdir: str, experiment: Experiment, source, sample_experime
     if pending is not None:
       consume_dispatch(*pending)
       pending = None
-    last = batch if n == 1 else sharding.global_batch_from_local(last_local, mesh)
+    last = batch if n == 1 else sharding.global_batch_from_local(local[-1], mesh)
     _check_state(check_fn, state, last, step, checkpointer)
     return save_fn(step, state)
 
@@ -276,17 +260,18 @@ def _train(config, workdir: str, experiment: Experiment, source, sample_experime
     return bool(every) and step // every > (step - n) // every
 
   try:
-    with stop_on_signals() as stop:
+    # Set by SIGTERM / SIGINT (main thread only): the loop checkpoints and returns between steps
+    # instead of dying mid-step.
+    stop = {'signal': None}
+    with handling_signals(lambda signum, _: stop.update(signal=signum)):
       while step < tcfg.num_steps:
         # k steps per dispatch (lax.scan) while k whole steps remain, else one at a time.
         n = k_dispatch if (k_dispatch > 1 and step + k_dispatch <= tcfg.num_steps) else 1
+        local = [next(batches) for _ in range(n)]
         if n == 1:
-          last_local = next(batches)
-          batch = sharding.global_batch_from_local(last_local, mesh)
+          batch = sharding.global_batch_from_local(local[0], mesh)
           state, metrics = train_step(state, batch)
         else:
-          local = [next(batches) for _ in range(n)]
-          last_local = local[-1]
           stacked = jax.tree.map(lambda *xs: np.stack(xs), *local)
           batch = sharding.global_batch_from_local(stacked, mesh, stacked=True)
           state, metrics = multi_step(state, batch)
@@ -303,7 +288,7 @@ def _train(config, workdir: str, experiment: Experiment, source, sample_experime
         saved = False
         if crossed(tcfg.checkpoint_every, n) or step == tcfg.num_steps:
           saved = checked(checkpointer.save)
-        elif crossed(preemption_every, n):
+        elif crossed(tcfg.preemption_every, n):
           saved = checked(checkpointer.save_preemption)
         if grid_fn is not None and (crossed(tcfg.sample_every, n) or step == tcfg.num_steps):
           path = _sample_grid(sample_experiment, grid_fn, state, step, workdir, writer)

@@ -215,12 +215,11 @@ def acquire(workdir: str, name: str = WRITER, what: str = 'training') -> Workdir
   raise WorkdirLockedError(f'Could not take the lock {path}: other processes keep taking it.')
 
 
-def acquire_for_run(workdir: str, name: str = WRITER, what: str = 'training'
-                    ) -> WorkdirLock | None:
+def acquire_for_run(workdir: str, name: str = WRITER, what: str = 'training') -> WorkdirLock:
   """`acquire` for a job of one or several JAX processes: process 0 takes the lock (the
-  others get None) and every process learns whether it could, so that all of them stop
-  together when another run holds it."""
-  lock, error = None, None
+  others get a handle that releases nothing) and every process learns whether it could, so
+  that all of them stop together when another run holds it."""
+  lock, error = WorkdirLock(lock_path(workdir, name), False, {}), None
   if jax.process_index() == 0:
     try:
       lock = acquire(workdir, name, what)
@@ -235,11 +234,11 @@ def acquire_for_run(workdir: str, name: str = WRITER, what: str = 'training'
   return lock
 
 
-def check_not_held_by_other(workdir: str, name: str = WRITER) -> None:
-  """Raises `WorkdirLockedError` if another live process holds `workdir`'s lock `name` (a
+def check_not_held_by_other(workdir: str) -> None:
+  """Raises `WorkdirLockedError` if another live process holds `workdir`'s writer lock (a
   guard for code about to write there without the lock, e.g. a checkpoint manager that
   would clean up the owner's saves in flight)."""
-  path = lock_path(workdir, name)
+  path = lock_path(workdir)
   try:
     current, age = _read(path)
   except (FileNotFoundError, NotADirectoryError):

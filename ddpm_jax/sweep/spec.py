@@ -39,20 +39,7 @@ class SweepError(UserError, ValueError):
   """A sweep file or one of its runs is malformed; the message says which and why."""
 
 
-def flatten(overrides: Mapping[str, Any], prefix: str = '') -> Overrides:
-  """`{'model': {'ch': 64}, 'train.seed': 1}` -> `{'model.ch': 64, 'train.seed': 1}`."""
-  out = {}
-  for key, value in overrides.items():
-    if not isinstance(key, str) or not key:
-      raise SweepError(f'Sweep keys are non-empty strings, got {key!r}.')
-    full = prefix + key
-    if isinstance(value, Mapping):
-      if not value:
-        raise SweepError(f'Empty group {full!r} in a sweep run.')
-      out.update(flatten(value, full + '.'))
-    else:
-      out[full] = value
-  return out
+flatten = saved_config.flatten  # {'model': {'ch': 64}} -> {'model.ch': 64}.
 
 
 def _runs(axes: Axes) -> list[Overrides]:
