@@ -36,17 +36,13 @@ def eval_job(config, workdir: str, experiment: Experiment | None = None,
   experiment = experiment or Experiment.from_config(config, mesh=sharding.make_mesh())
   suite = Suite(config, experiment, workdir, job=True, progress=progress)
   suite.check_inputs()
-  lock = workdir_lock.acquire_for_run(workdir, workdir_lock.EVAL, what='evaluation')
-  try:
+  with workdir_lock.acquire_for_run(workdir, workdir_lock.EVAL, what='evaluation'):
     if jax.process_index() == 0:
       print(suite.protocol(), flush=True)
     params = imported_params(experiment, workdir, init_from, 'evaluating')
     if params is not None:
       return [_evaluate(suite, params, 0)]
     return _follow_checkpoints(config, workdir, experiment, suite)
-  finally:
-    if lock is not None:
-      lock.release()
 
 
 def _evaluate(suite: Suite, params, step: int) -> dict:
@@ -64,8 +60,7 @@ def _follow_checkpoints(config, workdir, experiment, suite) -> list[dict]:
   last_new = time.monotonic()
   while True:
     # Read-only: never clean up (or race with) the trainer's saves in flight.
-    checkpointer = Checkpointer(workdir, max_to_keep=None, async_save=False, read_only=True,
-                                config=config)
+    checkpointer = Checkpointer(workdir, read_only=True, config=config)
     for step in [s for s in checkpointer.all_steps() if s not in done]:
       try:
         state = checkpointer.restore(experiment.abstract_state(), step)

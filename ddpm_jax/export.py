@@ -51,8 +51,7 @@ def export(config, workdir: str, out: str, step: int | None = None, params: str 
   experiment = Experiment.from_config(config, mesh=sharding.make_mesh())  # Validates config.
   diffusers_config.unet_config(config)  # What diffusers cannot express fails here, first.
   diffusers_config.scheduler_config(config)
-  checkpointer = Checkpointer(workdir, max_to_keep=None, async_save=False, read_only=True,
-                              config=config)
+  checkpointer = Checkpointer(workdir, read_only=True, config=config)
   try:
     step = checkpointer.latest_step() if step is None else step
     if step is None:

@@ -37,8 +37,7 @@ def _restore_params(config, workdir: str, experiment, init_from: str | None = No
   if params is not None:
     return params, None
   # Read-only: a writer's start-up clean-up would delete a running trainer's save in flight.
-  checkpointer = Checkpointer(workdir, max_to_keep=None, async_save=False, read_only=True,
-                              config=config)
+  checkpointer = Checkpointer(workdir, read_only=True, config=config)
   if checkpointer.latest_step() is None:
     raise FileNotFoundError(
         f'No checkpoint in {checkpointer.directory}: train first with --mode=train '

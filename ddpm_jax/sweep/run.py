@@ -88,7 +88,7 @@ def final_evaluation(suite: Suite, member_dir: str) -> dict | None:
   `eval_results.csv`; None if that step was evaluated already or no evaluator has a size."""
   if not suite.evaluators:
     return None
-  checkpointer = Checkpointer(member_dir, max_to_keep=None, async_save=False, read_only=True)
+  checkpointer = Checkpointer(member_dir, read_only=True)
   try:
     step = checkpointer.latest_step()
     if step is None or step in results.evaluated_steps(member_dir):
@@ -117,12 +117,8 @@ def run_member(name: str, overrides: dict, config, sweep_dir: str, final_eval: b
     experiment = Experiment.from_config(config, mesh=sharding.make_mesh())
     suite = Suite(config, experiment, member_dir, job=False, progress=progress)
     suite.check_inputs()
-  lock = workdir_lock.acquire_for_run(member_dir, what=f'sweep member {name}')
-  try:
+  with workdir_lock.acquire_for_run(member_dir, what=f'sweep member {name}'):
     return _run_member(name, overrides, config, member_dir, record, suite, progress)
-  finally:
-    if lock is not None:
-      lock.release()
 
 
 def _run_member(name, overrides, config, member_dir, record, suite, progress) -> str:
