@@ -2,9 +2,8 @@
 L_simple (eq. 14) for every parameterisation, the true bound L_vlb, L_hybrid, min-SNR
 weighting, and importance sampling of t for L_vlb.
 
-References: "the paper" = Ho, Jain & Abbeel (2020); "N&D" = Nichol & Dhariwal (2021), Improved
-DDPM; "S&H" = Salimans & Ho (2022), Progressive Distillation; "Hang et al." = Efficient
-Diffusion Training via Min-SNR Weighting (2023).
+References as in `ddpm_jax.diffusion`, and "Hang et al." = Efficient Diffusion Training via
+Min-SNR Weighting (2023).
 """
 
 from __future__ import annotations

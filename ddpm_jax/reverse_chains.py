@@ -113,14 +113,13 @@ def as_x0_denoiser(base_schedule: Schedule, denoise_fn: DenoiseFn, mean_type: st
 
 
 def p_sample(schedule: Schedule, denoise_fn: DenoiseFn, xt, t, noise, *, var_type: str,
-             mean_type: str = 'eps', clip_denoised: bool = True, model_t=None):
+             mean_type: str, clip_denoised: bool, model_t):
   """One step of Algorithm 2: x_{t-1} = mu_theta(x_t, t) + sigma_t z, with z = 0 at t = 1.
 
   `t` is a (B,) int array indexing `schedule` (index 0 is the paper's t = 1); the network is
-  called with `model_t` (default `t`; the original timestep in a respaced chain). `noise` has
+  called with `model_t` (`t`, or the original timestep in a respaced chain). `noise` has
   the shape of x_t. Returns (x_{t-1}, predicted x_0).
   """
-  model_t = t if model_t is None else model_t
   out = diffusion.p_mean_variance(schedule, denoise_fn(xt, model_t), xt, t, var_type=var_type,
                                   clip=clip_denoised, mean_type=mean_type)
   nonzero = (t != 0).astype(xt.dtype).reshape((-1,) + (1,) * (xt.ndim - 1))
@@ -166,9 +165,10 @@ def ddim_reverse_step(schedule: Schedule, pred_x0, eps, t):
   return jnp.sqrt(abar_next) * pred_x0 + jnp.sqrt(1.0 - abar_next) * eps
 
 
-def _model_t(timesteps, i, batch):
-  t = i if timesteps is None else timesteps[i]
-  return jnp.full((batch,), t, jnp.int32)
+def _timesteps(timesteps, i, batch: int):
+  """(t, model_t), (B,) int32: chain index `i`, and the timestep the network sees there."""
+  t = jnp.full((batch,), i, jnp.int32)
+  return t, t if timesteps is None else jnp.full((batch,), timesteps[i], jnp.int32)
 
 
 def reverse_step(sampler: str, schedule: Schedule, denoise_fn: DenoiseFn, x, i, noise, *,
@@ -177,9 +177,7 @@ def reverse_step(sampler: str, schedule: Schedule, denoise_fn: DenoiseFn, x, i, 
   """One step of `sampler` from chain index `i` (a scalar) to i - 1: `p_sample` (ancestral)
   or `ddim_step` (ddim, stochasticity `eta`; a learned variance output is ignored). The
   network sees `timesteps[i]` in a respaced chain. Returns (x_{i-1}, predicted x_0)."""
-  batch = x.shape[0]
-  t = jnp.full((batch,), i, jnp.int32)
-  model_t = _model_t(timesteps, i, batch)
+  t, model_t = _timesteps(timesteps, i, x.shape[0])
   if sampler == 'ancestral':
     return p_sample(schedule, denoise_fn, x, t, noise, var_type=var_type, mean_type=mean_type,
                     clip_denoised=clip_denoised, model_t=model_t)
@@ -271,12 +269,11 @@ def ddim_encode(schedule: Schedule, denoise_fn: DenoiseFn, x0, *, var_type: str 
   check_chain('ddim', mean_type, timesteps)
   n = schedule.num_timesteps
   end = n - 1 if end_index is None else int(end_index)
-  batch = x0.shape[0]
 
   def step(x, i):
-    t = jnp.full((batch,), i, jnp.int32)
-    px0, eps = predict_x0_eps(schedule, denoise_fn(x, _model_t(timesteps, i, batch)), x, t,
-                              mean_type=mean_type, var_type=var_type, clip=clip_denoised)
+    t, model_t = _timesteps(timesteps, i, x.shape[0])
+    px0, eps = predict_x0_eps(schedule, denoise_fn(x, model_t), x, t, mean_type=mean_type,
+                              var_type=var_type, clip=clip_denoised)
     return ddim_reverse_step(schedule, px0, eps, t), None
 
   x, _ = jax.lax.scan(step, x0.astype(jnp.float32), jnp.arange(0, end, dtype=jnp.int32))

@@ -109,11 +109,9 @@ def _fashion_mnist(data_dir: str, split: str) -> ArraySource:
     except DatasetError as e:
       log.warning('Not using the TFDS copy of Fashion-MNIST in %s: %s', data_dir, e)
   directory = fashion_mnist.find_dir(data_dir)
-  parts = [fashion_mnist.load(directory, s.strip()) for s in split.split('+') if s.strip()]
-  if len(parts) == 1:
-    return ArraySource(*parts[0], fashion_mnist.CLASSES)
-  return ArraySource(np.concatenate([p[0] for p in parts]),
-                     np.concatenate([p[1] for p in parts]), fashion_mnist.CLASSES)
+  images, labels = zip(*(fashion_mnist.load(directory, s.strip())
+                         for s in split.split('+') if s.strip()))
+  return ArraySource(np.concatenate(images), np.concatenate(labels), fashion_mnist.CLASSES)
 
 
 def open_source(data_config, split: str | None = None):

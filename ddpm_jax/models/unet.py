@@ -23,16 +23,14 @@ Parameter names follow the TF code (`temb_dense0`, `conv_in`, `down_0_block_1`,
 `up_1_upsample`, `norm_out`, `conv_out`, ...).
 """
 
-from typing import Any, Sequence
+from typing import Sequence
 
 import flax.linen as nn
 import jax.numpy as jnp
 
-from ddpm_jax.models.layers import (AttnBlock, Downsample, Normalize, ResnetBlock, Upsample,
-                                    conv3x3, dense, timestep_embedding)
+from ddpm_jax.models.layers import (AttnBlock, Downsample, Dtype, Normalize, ResnetBlock,
+                                    Upsample, conv3x3, dense, timestep_embedding)
 from ddpm_jax.models.ops import XLA, Ops
-
-Dtype = Any
 
 _DTYPES = {'float32': jnp.float32, 'bfloat16': jnp.bfloat16}
 
