@@ -260,15 +260,12 @@ def sample(sampler: str, schedule: Schedule, denoise_fn: DenoiseFn, shape, key, 
 
 
 def ddim_encode(schedule: Schedule, denoise_fn: DenoiseFn, x0, *, var_type: str = 'fixedlarge',
-                mean_type: str = 'eps', clip_denoised: bool = False, timesteps=None,
-                end_index: Optional[int] = None):
+                mean_type: str = 'eps', clip_denoised: bool = False, timesteps=None):
   """DDIM inversion: the image `x0` is taken as the chain's state at index 0 and carried by
-  `ddim_reverse_step` up to index `end_index` (default n - 1, the chain's x_T), where
+  `ddim_reverse_step` up to the chain's x_T (index n - 1), where
   `sample('ddim', ..., eta=0, x_T=result)` decodes it back. Clipping is off by default: it
   would make the map non-invertible."""
   check_chain('ddim', mean_type, timesteps)
-  n = schedule.num_timesteps
-  end = n - 1 if end_index is None else int(end_index)
 
   def step(x, i):
     t, model_t = _timesteps(timesteps, i, x.shape[0])
@@ -276,7 +273,7 @@ def ddim_encode(schedule: Schedule, denoise_fn: DenoiseFn, x0, *, var_type: str 
                               var_type=var_type, clip=clip_denoised)
     return ddim_reverse_step(schedule, px0, eps, t), None
 
-  x, _ = jax.lax.scan(step, x0.astype(jnp.float32), jnp.arange(0, end, dtype=jnp.int32))
+  x, _ = jax.lax.scan(step, x0.astype(jnp.float32), jnp.arange(schedule.num_timesteps - 1, dtype=jnp.int32))
   return x
 
 

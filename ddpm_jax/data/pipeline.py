@@ -94,8 +94,6 @@ def _read_batch(source, image_size: int, channels: int, num_classes: int, prepro
     images[flips] = images[flips][:, :, ::-1]
   if not num_classes:
     return images
-  if any(label is None for label in labels):
-    raise DatasetError(_NO_LABELS)
   labels = np.asarray(labels, np.int64)
   bad = (labels < 0) | (labels >= num_classes)
   if bad.any():
@@ -134,7 +132,7 @@ class TrainIterator:
       raise DatasetError('The dataset is empty.')
     check_labels(source, int(num_classes))
     local_batch_size = int(global_batch_size) // int(process_count)
-    self._step = int(start_step)
+    self.step = int(start_step)  # The step whose batch `next()` returns next.
     in_memory = isinstance(source, ArraySource) and not needs_resize(
         *source.images.shape[1:3], int(image_size))
     if in_memory:  # Preprocessed once; batches are fancy-indexed.
@@ -152,11 +150,6 @@ class TrainIterator:
       num_threads = 1 if in_memory else min(8, os.cpu_count() or 1)
     self._num_threads, self._worker_processes = int(num_threads), int(worker_processes)
     self._iter = None
-
-  @property
-  def step(self) -> int:
-    """The step whose batch `next()` returns next."""
-    return self._step
 
   def example_indices(self, step: int) -> np.ndarray:
     """Dataset indices of this process's examples in batch `step`."""
@@ -184,14 +177,14 @@ class TrainIterator:
         if not flags.FLAGS.is_parsed():  # grain's workers read its absl flags (defaults here).
           flags.FLAGS.mark_as_parsed()
         # Workers send uint8 batches (a quarter of float32's bytes); floats are made here.
-        ds = self._uint8[self._step:].to_iter_dataset(options).mp_prefetch(
+        ds = self._uint8[self.step:].to_iter_dataset(options).mp_prefetch(
             grain.MultiprocessingOptions(num_workers=self._worker_processes,
                                          per_worker_buffer_size=2)).map(_model_input)
       else:
-        ds = self._batches[self._step:].to_iter_dataset(options)
+        ds = self._batches[self.step:].to_iter_dataset(options)
       self._iter = iter(ds)
     batch = next(self._iter)
-    self._step += 1
+    self.step += 1
     return batch
 
   def close(self) -> None:
