@@ -233,10 +233,8 @@ def sample(sampler: str, schedule: Schedule, denoise_fn: DenoiseFn, shape, key, 
            eta: float = 0.0, var_type: str = 'fixedlarge', mean_type: str = 'eps',
            clip_denoised: bool = True, x_T=None, timesteps=None,
            start_index: Optional[int] = None, save_at=None):
-  """x_T ~ N(0, I), then `reverse_step` of `sampler` (config.sample.sampler) down to x_0:
-
-  ancestral: Algorithm 2 of Ho et al. (2020), `p_sample` at every step;
-  ddim:      DDIM (Song et al. 2021), `ddim_step`; eta = 0 is deterministic given x_T.
+  """x_T ~ N(0, I), then `reverse_step` of `sampler` (config.sample.sampler) down to x_0; DDIM
+  with eta = 0 is deterministic given x_T.
 
   `schedule` is the base schedule, or with `timesteps` (`respace(...).timesteps`) the respaced
   one. `start_index` starts from `x_T` at that chain index instead of the last (used to

@@ -11,9 +11,8 @@ flips only those examples. Every transform is keyed by the step, so
 * the processes' local batches put together are the one-process global batch, flips included;
 * a process reads (decodes, resizes) only its own examples.
 
-Batches are prepared ahead by grain's thread pool (`ReadOptions`), or by `worker_processes`
-worker processes (`mp_prefetch`) when decoding is the bottleneck. In-memory sources that need
-no resizing are preprocessed once as a whole and batched by fancy indexing.
+In-memory sources that need no resizing are preprocessed once as a whole and batched by fancy
+indexing; other sources are read ahead by threads or worker processes (`TrainIterator`).
 """
 
 from __future__ import annotations
@@ -115,7 +114,6 @@ class TrainIterator:
 
   `next()` yields the batches of steps start_step, start_step + 1, ...; `get_batch(step)`
   computes any step's batch directly (the array `next()` gives for that step).
-  `example_indices(step)` and `flips(step)` say which examples it holds and which are flipped.
   `num_threads` threads prepare batches ahead in this process (default: one for an in-memory
   source, else one per core up to 8); with `worker_processes > 0` that many processes prepare
   them instead, each with `num_threads` threads.
