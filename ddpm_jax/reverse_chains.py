@@ -81,13 +81,9 @@ def respaced_betas(base_betas, timesteps) -> np.ndarray:
   return 1.0 - new_alphas
 
 
-def respace(base, timesteps) -> Respaced:
-  """The respaced chain over `timesteps` (kept original indices, increasing).
-
-  `base` is the base schedule's float64 betas (`schedules.make_betas`), or a `Schedule`, whose
-  float32 betas are then used (respacing is then exact only up to float32 rounding).
-  """
-  base_betas = base.betas if isinstance(base, Schedule) else base
+def respace(base_betas, timesteps) -> Respaced:
+  """The respaced chain over `timesteps` (kept original indices, increasing) of the base
+  schedule's float64 betas (`schedules.make_betas`)."""
   kept = np.asarray(timesteps, np.int64)
   return Respaced(schedules.schedule_from_betas(respaced_betas(base_betas, kept)),
                   jnp.asarray(kept, jnp.int32))

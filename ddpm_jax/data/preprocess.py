@@ -90,31 +90,27 @@ def needs_resize(height: int, width: int, size: int) -> bool:
   return s != size and not _pads(s, size)
 
 
-def _square_to_size(image: np.ndarray, size: int) -> np.ndarray:
-  s = image.shape[-2]
-  if s == size:
-    return image
-  if _pads(s, size):  # A black border of (size - s) / 2 pixels on each side.
-    p = (size - s) // 2
-    return np.pad(image, [(0, 0)] * (image.ndim - 3) + [(p, p), (p, p), (0, 0)])
-  if image.ndim == 3:
-    return resize(image, size)
-  return np.stack([resize(im, size) for im in image]) if len(image) else np.zeros(
-      (0, size, size, image.shape[-1]), np.uint8)
-
-
 def preprocess_image(image: np.ndarray, image_size: int, channels: int) -> np.ndarray:
   """One uint8 image (H, W[, C]) -> uint8 (image_size, image_size, channels): channels, crop,
   then pad or resize (module docstring)."""
-  image = convert_channels(as_hwc(image), channels)
-  return np.ascontiguousarray(_square_to_size(center_crop(image), image_size))
+  image = center_crop(convert_channels(as_hwc(image), channels))
+  if needs_resize(*image.shape[:2], image_size):  # Without the batch path's copy.
+    return resize(image, image_size)
+  return preprocess_images(image[None], image_size, channels)[0]
 
 
 def preprocess_images(images: np.ndarray, image_size: int, channels: int) -> np.ndarray:
   """`preprocess_image` over a uint8 array (N, H, W[, C]) of same-sized images, vectorised
   where possible (channels, crop and pad are whole-array operations)."""
-  images = convert_channels(as_nhwc(images), channels)
-  return np.ascontiguousarray(_square_to_size(center_crop(images), image_size))
+  images = center_crop(convert_channels(as_nhwc(images), channels))
+  s = images.shape[1]
+  if _pads(s, image_size):  # A black border of (image_size - s) / 2 pixels on each side.
+    p = (image_size - s) // 2
+    images = np.pad(images, [(0, 0), (p, p), (p, p), (0, 0)])
+  elif s != image_size:
+    images = np.stack([resize(im, image_size) for im in images]) if len(images) else np.zeros(
+        (0, image_size, image_size, images.shape[-1]), np.uint8)
+  return np.ascontiguousarray(images)
 
 
 def to_float(images: np.ndarray) -> np.ndarray:

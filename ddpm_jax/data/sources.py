@@ -88,8 +88,7 @@ def resolve_dataset(dataset: str, image_size: int) -> tuple[str, str | None]:
   if name == 'celeb_a_hq':
     res = next((r for r in _CELEBA_HQ_RESOLUTIONS if r >= image_size), 1024)
     return 'tfds', f'celeb_a_hq/{res}'
-  if name.startswith('celeb_a_hq/') and name.split('/', 1)[1] in map(str,
-                                                                     _CELEBA_HQ_RESOLUTIONS):
+  if name in {f'celeb_a_hq/{r}' for r in _CELEBA_HQ_RESOLUTIONS}:
     return 'tfds', name
   if name.startswith('lsun/') and len(name) > len('lsun/'):
     return 'tfds', name
