@@ -108,15 +108,13 @@ def as_x0_denoiser(base_schedule: Schedule, denoise_fn: DenoiseFn, mean_type: st
 # One step of each chain (pure).
 
 
-def p_sample(schedule: Schedule, denoise_fn: DenoiseFn, xt, t, noise, *, var_type: str,
-             mean_type: str, clip_denoised: bool, model_t):
+def p_sample(schedule: Schedule, model_output, xt, t, noise, *, var_type: str, mean_type: str,
+             clip_denoised: bool):
   """One step of Algorithm 2: x_{t-1} = mu_theta(x_t, t) + sigma_t z, with z = 0 at t = 1.
 
-  `t` is a (B,) int array indexing `schedule` (index 0 is the paper's t = 1); the network is
-  called with `model_t` (`t`, or the original timestep in a respaced chain). `noise` has
-  the shape of x_t. Returns (x_{t-1}, predicted x_0).
-  """
-  out = diffusion.p_mean_variance(schedule, denoise_fn(xt, model_t), xt, t, var_type=var_type,
+  `t` is a (B,) int array indexing `schedule` (index 0 is the paper's t = 1); `noise` has the
+  shape of x_t. Returns (x_{t-1}, predicted x_0)."""
+  out = diffusion.p_mean_variance(schedule, model_output, xt, t, var_type=var_type,
                                   clip=clip_denoised, mean_type=mean_type)
   nonzero = (t != 0).astype(xt.dtype).reshape((-1,) + (1,) * (xt.ndim - 1))
   return out.mean + nonzero * jnp.exp(0.5 * out.log_variance) * noise, out.pred_x0
@@ -174,11 +172,12 @@ def reverse_step(sampler: str, schedule: Schedule, denoise_fn: DenoiseFn, x, i, 
   or `ddim_step` (ddim, stochasticity `eta`; a learned variance output is ignored). The
   network sees `timesteps[i]` in a respaced chain. Returns (x_{i-1}, predicted x_0)."""
   t, model_t = _timesteps(timesteps, i, x.shape[0])
+  model_output = denoise_fn(x, model_t)
   if sampler == 'ancestral':
-    return p_sample(schedule, denoise_fn, x, t, noise, var_type=var_type, mean_type=mean_type,
-                    clip_denoised=clip_denoised, model_t=model_t)
-  x0, eps = predict_x0_eps(schedule, denoise_fn(x, model_t), x, t, mean_type=mean_type,
-                           var_type=var_type, clip=clip_denoised)
+    return p_sample(schedule, model_output, x, t, noise, var_type=var_type, mean_type=mean_type,
+                    clip_denoised=clip_denoised)
+  x0, eps = predict_x0_eps(schedule, model_output, x, t, mean_type=mean_type, var_type=var_type,
+                           clip=clip_denoised)
   return ddim_step(schedule, x0, eps, t, eta, noise), x0
 
 

@@ -88,11 +88,6 @@ def _idx_file(directory: pathlib.Path, stem: str) -> pathlib.Path | None:
   return None
 
 
-def _complete(directory: pathlib.Path) -> bool:
-  return all(_idx_file(directory, stem) is not None
-             for pair in SPLITS.values() for stem in pair)
-
-
 def _md5(path: pathlib.Path) -> str:
   with open(path, 'rb') as f:
     return hashlib.file_digest(f, 'md5').hexdigest()
@@ -134,7 +129,7 @@ def find_dir(data_dir: str = '') -> pathlib.Path:
   candidates = [pathlib.Path(data_dir).expanduser()] if data_dir else []
   candidates += [pathlib.Path(SYSTEM_DIR), cache]
   for c in candidates:
-    if _complete(c):
+    if all(_idx_file(c, stem) for pair in SPLITS.values() for stem in pair):
       return c
   try:
     download(cache)
