@@ -34,9 +34,8 @@ def mean_target(schedule: Schedule, x0, xt, t, noise, mean_type: str):
 
 def simple_loss(schedule: Schedule, mean_out, x0, xt, t, noise, mean_type: str = 'eps'):
   """L_simple of eq. 14, per example: || eps - eps_theta(x_t, t) ||^2 averaged over pixels,
-  for every parameterisation: the squared error of the mean output against its
-  `mean_target` (x_0 for 'x0', the paper's Table 2 alternative; v; the posterior mean for
-  'mu'). Returns shape (B,)."""
+  for every parameterisation: the squared error of the mean output against its `mean_target`
+  (x_0 for 'x0' is the paper's Table 2 alternative). Returns shape (B,)."""
   target = mean_target(schedule, x0, xt, t, noise, mean_type)
   return mean_flat(jnp.square(mean_out.astype(jnp.float32) - target))
 

@@ -266,7 +266,8 @@ def ddim_encode(schedule: Schedule, denoise_fn: DenoiseFn, x0, *, var_type: str 
                               var_type=var_type, clip=clip_denoised)
     return ddim_reverse_step(schedule, px0, eps, t), None
 
-  x, _ = jax.lax.scan(step, x0.astype(jnp.float32), jnp.arange(schedule.num_timesteps - 1, dtype=jnp.int32))
+  indices = jnp.arange(schedule.num_timesteps - 1, dtype=jnp.int32)
+  x, _ = jax.lax.scan(step, x0.astype(jnp.float32), indices)
   return x
 
 

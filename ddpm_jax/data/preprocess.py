@@ -14,26 +14,19 @@ import numpy as np
 from PIL import Image
 
 
-def as_hwc(image) -> np.ndarray:
-  """A uint8 image (H, W) or (H, W, C) as (H, W, C); anything else is a ValueError."""
-  image = np.asarray(image)
-  if image.ndim == 2:
-    image = image[:, :, None]
-  if image.ndim != 3:
-    raise ValueError(f'Expected an image (H, W) or (H, W, C), got shape {image.shape}.')
-  if image.dtype != np.uint8:
-    raise ValueError(f'Expected a uint8 image, got {image.dtype}.')
-  return image
-
-
 def as_nhwc(images) -> np.ndarray:
   """uint8 images (N, H, W) or (N, H, W, C) as (N, H, W, C); anything else is a ValueError."""
   images = np.asarray(images)
   if images.ndim == 3:
     images = images[..., None]
   if images.ndim != 4 or images.dtype != np.uint8:
-    raise ValueError(f'Expected uint8 images (N, H, W, C), got {images.dtype} {images.shape}.')
+    raise ValueError(f'Expected uint8 images (N, H, W[, C]), got {images.dtype} {images.shape}.')
   return images
+
+
+def as_hwc(image) -> np.ndarray:
+  """A uint8 image (H, W) or (H, W, C) as (H, W, C); anything else is a ValueError."""
+  return as_nhwc(np.asarray(image)[None])[0]
 
 
 def convert_channels(image: np.ndarray, channels: int) -> np.ndarray:

@@ -121,10 +121,8 @@ def open_source(data_config, split: str | None = None):
   if kind == 'tfds':
     return TfdsSource(data_config.dataset, tfds_name, split, data_dir)
   if kind == 'folder':
-    root = pathlib.Path(data_dir).expanduser() if data_dir else None
-    if root is not None and (root / split).is_dir():
-      root = root / split
-    return FolderSource(str(root) if root else '', int(data_config.channels),
-                        int(data_config.image_size))
+    split_dir = pathlib.Path(data_dir).expanduser() / split
+    root = str(split_dir) if data_dir and split_dir.is_dir() else data_dir
+    return FolderSource(root, int(data_config.channels), int(data_config.image_size))
   return _fashion_mnist(data_dir, split)
 
