@@ -115,8 +115,7 @@ def download(directory: pathlib.Path) -> None:
       except Exception as e:  # pylint: disable=broad-except
         errors.append(f'{base + name}: {e}')
       finally:
-        if os.path.exists(tmp):
-          os.remove(tmp)
+        pathlib.Path(tmp).unlink(missing_ok=True)
     else:
       raise OSError('; '.join(errors))
   log.info('Downloaded Fashion-MNIST to %s', directory)

@@ -101,10 +101,8 @@ def _fashion_mnist(data_dir: str, split: str) -> ArraySource:
   if data_dir and (pathlib.Path(data_dir).expanduser() / 'fashion_mnist').is_dir():
     try:
       src = TfdsSource('fashion_mnist', 'fashion_mnist', split, data_dir)
-      examples = [src[i] for i in range(len(src))]
-      return ArraySource(np.stack([im for im, _ in examples]),
-                         np.array([lab for _, lab in examples], np.int64),
-                         fashion_mnist.CLASSES)
+      images, labels = zip(*(src[i] for i in range(len(src))))
+      return ArraySource(np.stack(images), np.array(labels, np.int64), fashion_mnist.CLASSES)
     except DatasetError as e:
       log.warning('Not using the TFDS copy of Fashion-MNIST in %s: %s', data_dir, e)
   directory = fashion_mnist.find_dir(data_dir)
