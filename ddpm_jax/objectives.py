@@ -78,21 +78,17 @@ def training_losses(schedule: Schedule, model_output, x0, xt, t, noise, *,
     mse = simple_loss(schedule, mean_out, x0, xt, t, noise, mean_type)
     if min_snr_gamma > 0:
       mse = mse * min_snr_weight(schedule, t, mean_type, min_snr_gamma)
-    out['mse'] = mse
+    out['mse'] = out['loss'] = mse
   if loss_type in ('kl', 'hybrid'):
     frozen = model_output.astype(jnp.float32)
     if loss_type == 'hybrid':
       frozen = jax.lax.stop_gradient(mean_out)
       if var_out is not None:
         frozen = jnp.concatenate([frozen, var_out], axis=-1)
-    out['vlb'] = diffusion.vlb_terms(schedule, frozen, x0, xt, t, mean_type=mean_type,
-                                     var_type=var_type, clip=False).vlb
-  if loss_type == 'mse':
-    out['loss'] = out['mse']
-  elif loss_type == 'kl':
-    out['loss'] = out['vlb']
-  else:
-    out['loss'] = out['mse'] + hybrid_lambda * schedule.num_timesteps * out['vlb']
+    vlb = diffusion.vlb_terms(schedule, frozen, x0, xt, t, mean_type=mean_type,
+                              var_type=var_type, clip=False).vlb
+    out['vlb'] = vlb
+    out['loss'] = vlb if loss_type == 'kl' else mse + hybrid_lambda * schedule.num_timesteps * vlb
   return out
 
 
