@@ -106,9 +106,9 @@ def _fashion_mnist(data_dir: str, split: str) -> ArraySource:
     except DatasetError as e:
       log.warning('Not using the TFDS copy of Fashion-MNIST in %s: %s', data_dir, e)
   directory = fashion_mnist.find_dir(data_dir)
-  images, labels = zip(*(fashion_mnist.load(directory, s.strip())
-                         for s in split.split('+') if s.strip()))
-  return ArraySource(np.concatenate(images), np.concatenate(labels), fashion_mnist.CLASSES)
+  parts = [fashion_mnist.load(directory, s.strip()) for s in split.split('+') if s.strip()]
+  images, labels = parts[0] if len(parts) == 1 else map(np.concatenate, zip(*parts))
+  return ArraySource(images, labels, fashion_mnist.CLASSES)  # One split: no copy.
 
 
 def open_source(data_config, split: str | None = None):
