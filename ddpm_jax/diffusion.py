@@ -6,10 +6,6 @@ Every function takes the precomputed `Schedule` (see `ddpm_jax.schedules`), imag
 paper's timestep t + 1). Nothing here knows about networks, parameters or randomness sources:
 noise is passed in.
 
-Sections: forward process; parameterisations of the network's output (eps, x0, mu, v) and of
-the reverse variance (fixed or learned); the variational bound (KL terms, the discretised
-decoder, the prior term, all in bits/dim).
-
 References: "the paper" = Ho, Jain & Abbeel (2020), Denoising Diffusion Probabilistic Models;
 "N&D" = Nichol & Dhariwal (2021), Improved DDPM; "S&H" = Salimans & Ho (2022), Progressive
 Distillation.
@@ -131,8 +127,7 @@ def split_model_output(model_output, var_type: str):
   the first C for the mean parameterisation, the last C for the variance."""
   check_choice(var_type, VAR_TYPES, 'var_type')
   if var_type in LEARNED_VAR_TYPES:
-    mean_out, var_out = jnp.split(model_output, 2, axis=-1)
-    return mean_out, var_out
+    return tuple(jnp.split(model_output, 2, axis=-1))
   return model_output, None
 
 
@@ -188,15 +183,11 @@ def p_mean_variance(schedule: Schedule, model_output, xt, t, var_type: str = 'fi
   then only affects the reported `pred_x0`, as in the paper's code). The variance comes from
   `model_variance` (the last C output channels for the learned types).
   """
-  check_choice(mean_type, MEAN_TYPES, 'mean_type')
   mean_out, var_out = split_model_output(model_output.astype(jnp.float32), var_type)
   pred_x0 = model_output_to_x0(schedule, mean_out, xt, t, mean_type)
   if clip:
     pred_x0 = jnp.clip(pred_x0, -1.0, 1.0)
-  if mean_type == 'mu':
-    mean = mean_out
-  else:
-    mean, _, _ = q_posterior_mean_variance(schedule, pred_x0, xt, t)
+  mean = mean_out if mean_type == 'mu' else q_posterior_mean_variance(schedule, pred_x0, xt, t)[0]
   variance, log_variance = model_variance(schedule, t, xt.ndim, var_type, var_out)
   return PMeanVariance(mean, variance, log_variance, pred_x0)
 

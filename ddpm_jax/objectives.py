@@ -2,9 +2,8 @@
 L_simple (eq. 14) for every parameterisation, the true bound L_vlb, L_hybrid, min-SNR
 weighting, and importance sampling of t for L_vlb.
 
-References: "the paper" = Ho, Jain & Abbeel (2020); "N&D" = Nichol & Dhariwal (2021), Improved
-DDPM; "S&H" = Salimans & Ho (2022), Progressive Distillation; "Hang et al." = Efficient
-Diffusion Training via Min-SNR Weighting (2023).
+References as in `ddpm_jax.diffusion`, and "Hang et al." = Efficient Diffusion Training via
+Min-SNR Weighting (2023).
 """
 
 from __future__ import annotations
@@ -35,9 +34,8 @@ def mean_target(schedule: Schedule, x0, xt, t, noise, mean_type: str):
 
 def simple_loss(schedule: Schedule, mean_out, x0, xt, t, noise, mean_type: str = 'eps'):
   """L_simple of eq. 14, per example: || eps - eps_theta(x_t, t) ||^2 averaged over pixels,
-  for every parameterisation: the squared error of the mean output against its
-  `mean_target` (x_0 for 'x0', the paper's Table 2 alternative; v; the posterior mean for
-  'mu'). Returns shape (B,)."""
+  for every parameterisation: the squared error of the mean output against its `mean_target`
+  (x_0 for 'x0' is the paper's Table 2 alternative). Returns shape (B,)."""
   target = mean_target(schedule, x0, xt, t, noise, mean_type)
   return mean_flat(jnp.square(mean_out.astype(jnp.float32) - target))
 
@@ -80,21 +78,17 @@ def training_losses(schedule: Schedule, model_output, x0, xt, t, noise, *,
     mse = simple_loss(schedule, mean_out, x0, xt, t, noise, mean_type)
     if min_snr_gamma > 0:
       mse = mse * min_snr_weight(schedule, t, mean_type, min_snr_gamma)
-    out['mse'] = mse
+    out['mse'] = out['loss'] = mse
   if loss_type in ('kl', 'hybrid'):
     frozen = model_output.astype(jnp.float32)
     if loss_type == 'hybrid':
       frozen = jax.lax.stop_gradient(mean_out)
       if var_out is not None:
         frozen = jnp.concatenate([frozen, var_out], axis=-1)
-    out['vlb'] = diffusion.vlb_terms(schedule, frozen, x0, xt, t, mean_type=mean_type,
-                                     var_type=var_type, clip=False).vlb
-  if loss_type == 'mse':
-    out['loss'] = out['mse']
-  elif loss_type == 'kl':
-    out['loss'] = out['vlb']
-  else:
-    out['loss'] = out['mse'] + hybrid_lambda * schedule.num_timesteps * out['vlb']
+    vlb = diffusion.vlb_terms(schedule, frozen, x0, xt, t, mean_type=mean_type,
+                              var_type=var_type, clip=False).vlb
+    out['vlb'] = vlb
+    out['loss'] = vlb if loss_type == 'kl' else mse + hybrid_lambda * schedule.num_timesteps * vlb
   return out
 
 

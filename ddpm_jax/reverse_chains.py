@@ -81,13 +81,9 @@ def respaced_betas(base_betas, timesteps) -> np.ndarray:
   return 1.0 - new_alphas
 
 
-def respace(base, timesteps) -> Respaced:
-  """The respaced chain over `timesteps` (kept original indices, increasing).
-
-  `base` is the base schedule's float64 betas (`schedules.make_betas`), or a `Schedule`, whose
-  float32 betas are then used (respacing is then exact only up to float32 rounding).
-  """
-  base_betas = base.betas if isinstance(base, Schedule) else base
+def respace(base_betas, timesteps) -> Respaced:
+  """The respaced chain over `timesteps` (kept original indices, increasing) of the base
+  schedule's float64 betas (`schedules.make_betas`)."""
   kept = np.asarray(timesteps, np.int64)
   return Respaced(schedules.schedule_from_betas(respaced_betas(base_betas, kept)),
                   jnp.asarray(kept, jnp.int32))
@@ -112,16 +108,13 @@ def as_x0_denoiser(base_schedule: Schedule, denoise_fn: DenoiseFn, mean_type: st
 # One step of each chain (pure).
 
 
-def p_sample(schedule: Schedule, denoise_fn: DenoiseFn, xt, t, noise, *, var_type: str,
-             mean_type: str = 'eps', clip_denoised: bool = True, model_t=None):
+def p_sample(schedule: Schedule, model_output, xt, t, noise, *, var_type: str, mean_type: str,
+             clip_denoised: bool):
   """One step of Algorithm 2: x_{t-1} = mu_theta(x_t, t) + sigma_t z, with z = 0 at t = 1.
 
-  `t` is a (B,) int array indexing `schedule` (index 0 is the paper's t = 1); the network is
-  called with `model_t` (default `t`; the original timestep in a respaced chain). `noise` has
-  the shape of x_t. Returns (x_{t-1}, predicted x_0).
-  """
-  model_t = t if model_t is None else model_t
-  out = diffusion.p_mean_variance(schedule, denoise_fn(xt, model_t), xt, t, var_type=var_type,
+  `t` is a (B,) int array indexing `schedule` (index 0 is the paper's t = 1); `noise` has the
+  shape of x_t. Returns (x_{t-1}, predicted x_0)."""
+  out = diffusion.p_mean_variance(schedule, model_output, xt, t, var_type=var_type,
                                   clip=clip_denoised, mean_type=mean_type)
   nonzero = (t != 0).astype(xt.dtype).reshape((-1,) + (1,) * (xt.ndim - 1))
   return out.mean + nonzero * jnp.exp(0.5 * out.log_variance) * noise, out.pred_x0
@@ -166,9 +159,10 @@ def ddim_reverse_step(schedule: Schedule, pred_x0, eps, t):
   return jnp.sqrt(abar_next) * pred_x0 + jnp.sqrt(1.0 - abar_next) * eps
 
 
-def _model_t(timesteps, i, batch):
-  t = i if timesteps is None else timesteps[i]
-  return jnp.full((batch,), t, jnp.int32)
+def _timesteps(timesteps, i, batch: int):
+  """(t, model_t), (B,) int32: chain index `i`, and the timestep the network sees there."""
+  t = jnp.full((batch,), i, jnp.int32)
+  return t, t if timesteps is None else jnp.full((batch,), timesteps[i], jnp.int32)
 
 
 def reverse_step(sampler: str, schedule: Schedule, denoise_fn: DenoiseFn, x, i, noise, *,
@@ -177,14 +171,13 @@ def reverse_step(sampler: str, schedule: Schedule, denoise_fn: DenoiseFn, x, i, 
   """One step of `sampler` from chain index `i` (a scalar) to i - 1: `p_sample` (ancestral)
   or `ddim_step` (ddim, stochasticity `eta`; a learned variance output is ignored). The
   network sees `timesteps[i]` in a respaced chain. Returns (x_{i-1}, predicted x_0)."""
-  batch = x.shape[0]
-  t = jnp.full((batch,), i, jnp.int32)
-  model_t = _model_t(timesteps, i, batch)
+  t, model_t = _timesteps(timesteps, i, x.shape[0])
+  model_output = denoise_fn(x, model_t)
   if sampler == 'ancestral':
-    return p_sample(schedule, denoise_fn, x, t, noise, var_type=var_type, mean_type=mean_type,
-                    clip_denoised=clip_denoised, model_t=model_t)
-  x0, eps = predict_x0_eps(schedule, denoise_fn(x, model_t), x, t, mean_type=mean_type,
-                           var_type=var_type, clip=clip_denoised)
+    return p_sample(schedule, model_output, x, t, noise, var_type=var_type, mean_type=mean_type,
+                    clip_denoised=clip_denoised)
+  x0, eps = predict_x0_eps(schedule, model_output, x, t, mean_type=mean_type, var_type=var_type,
+                           clip=clip_denoised)
   return ddim_step(schedule, x0, eps, t, eta, noise), x0
 
 
@@ -235,10 +228,8 @@ def sample(sampler: str, schedule: Schedule, denoise_fn: DenoiseFn, shape, key, 
            eta: float = 0.0, var_type: str = 'fixedlarge', mean_type: str = 'eps',
            clip_denoised: bool = True, x_T=None, timesteps=None,
            start_index: Optional[int] = None, save_at=None):
-  """x_T ~ N(0, I), then `reverse_step` of `sampler` (config.sample.sampler) down to x_0:
-
-  ancestral: Algorithm 2 of Ho et al. (2020), `p_sample` at every step;
-  ddim:      DDIM (Song et al. 2021), `ddim_step`; eta = 0 is deterministic given x_T.
+  """x_T ~ N(0, I), then `reverse_step` of `sampler` (config.sample.sampler) down to x_0; DDIM
+  with eta = 0 is deterministic given x_T.
 
   `schedule` is the base schedule, or with `timesteps` (`respace(...).timesteps`) the respaced
   one. `start_index` starts from `x_T` at that chain index instead of the last (used to
@@ -262,24 +253,21 @@ def sample(sampler: str, schedule: Schedule, denoise_fn: DenoiseFn, shape, key, 
 
 
 def ddim_encode(schedule: Schedule, denoise_fn: DenoiseFn, x0, *, var_type: str = 'fixedlarge',
-                mean_type: str = 'eps', clip_denoised: bool = False, timesteps=None,
-                end_index: Optional[int] = None):
+                mean_type: str = 'eps', clip_denoised: bool = False, timesteps=None):
   """DDIM inversion: the image `x0` is taken as the chain's state at index 0 and carried by
-  `ddim_reverse_step` up to index `end_index` (default n - 1, the chain's x_T), where
+  `ddim_reverse_step` up to the chain's x_T (index n - 1), where
   `sample('ddim', ..., eta=0, x_T=result)` decodes it back. Clipping is off by default: it
   would make the map non-invertible."""
   check_chain('ddim', mean_type, timesteps)
-  n = schedule.num_timesteps
-  end = n - 1 if end_index is None else int(end_index)
-  batch = x0.shape[0]
 
   def step(x, i):
-    t = jnp.full((batch,), i, jnp.int32)
-    px0, eps = predict_x0_eps(schedule, denoise_fn(x, _model_t(timesteps, i, batch)), x, t,
-                              mean_type=mean_type, var_type=var_type, clip=clip_denoised)
+    t, model_t = _timesteps(timesteps, i, x.shape[0])
+    px0, eps = predict_x0_eps(schedule, denoise_fn(x, model_t), x, t, mean_type=mean_type,
+                              var_type=var_type, clip=clip_denoised)
     return ddim_reverse_step(schedule, px0, eps, t), None
 
-  x, _ = jax.lax.scan(step, x0.astype(jnp.float32), jnp.arange(0, end, dtype=jnp.int32))
+  indices = jnp.arange(schedule.num_timesteps - 1, dtype=jnp.int32)
+  x, _ = jax.lax.scan(step, x0.astype(jnp.float32), indices)
   return x
 
 

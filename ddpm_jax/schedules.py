@@ -10,7 +10,6 @@ Names follow Ho et al. (2020), notation: alpha_t = 1 - beta_t, alphabar_t = prod
 from __future__ import annotations
 
 import inspect
-import math
 from typing import Callable
 
 import flax.struct
@@ -62,13 +61,9 @@ def cosine_betas(num_timesteps: int, s: float = 0.008, max_beta: float = 0.999):
 
   beta_t = 1 - alphabar(t) / alphabar(t - 1), clipped to `max_beta` near t = T.
   """
-
-  def alphabar(u):
-    return math.cos((u + s) / (1 + s) * math.pi / 2) ** 2
-
-  steps = np.arange(num_timesteps, dtype=np.float64)
-  betas = [1 - alphabar((i + 1) / num_timesteps) / alphabar(i / num_timesteps) for i in steps]
-  return np.minimum(np.asarray(betas, dtype=np.float64), max_beta)
+  u = np.arange(num_timesteps + 1, dtype=np.float64) / num_timesteps
+  alphabar = np.cos((u + s) / (1 + s) * np.pi / 2) ** 2
+  return np.minimum(1 - alphabar[1:] / alphabar[:-1], max_beta)
 
 
 def const_betas(num_timesteps: int, beta_end: float = 0.02):

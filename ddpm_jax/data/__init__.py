@@ -1,13 +1,5 @@
-"""Datasets, preprocessing and the deterministic, resumable training batches.
-
-* `open_source(config.data, split)`: a random-access source, `source[i] -> (uint8 (H, W, C)
-  image, label or None)`, with `source.classes` (sources: `tfds_source`, `folder`,
-  `fashion_mnist`; chosen in `sources`).
-* `create_train_iterator(...)`: the training batches on grain, a pure function of (seed, step)
-  whatever the number of processes (`pipeline`).
-* `load_split(config.data, split, max_examples)`: the first images of a split, preprocessed.
-* `preprocess_image`, `to_float`: what training does to an image (`preprocess`).
-"""
+"""Datasets (`sources`: `tfds_source`, `folder`, `fashion_mnist`), their preprocessing
+(`preprocess`) and the deterministic, resumable training batches on grain (`pipeline`)."""
 
 # pylint: disable=unused-import  (the package's interface)
 from ddpm_jax.data.folder import IMAGE_EXTENSIONS, FolderSource, list_images

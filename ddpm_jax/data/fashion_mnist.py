@@ -88,11 +88,6 @@ def _idx_file(directory: pathlib.Path, stem: str) -> pathlib.Path | None:
   return None
 
 
-def _complete(directory: pathlib.Path) -> bool:
-  return all(_idx_file(directory, stem) is not None
-             for pair in SPLITS.values() for stem in pair)
-
-
 def _md5(path: pathlib.Path) -> str:
   with open(path, 'rb') as f:
     return hashlib.file_digest(f, 'md5').hexdigest()
@@ -120,36 +115,37 @@ def download(directory: pathlib.Path) -> None:
       except Exception as e:  # pylint: disable=broad-except
         errors.append(f'{base + name}: {e}')
       finally:
-        if os.path.exists(tmp):
-          os.remove(tmp)
+        pathlib.Path(tmp).unlink(missing_ok=True)
     else:
       raise OSError('; '.join(errors))
   log.info('Downloaded Fashion-MNIST to %s', directory)
 
 
-def find_dir(data_dir: str = '', allow_download: bool = True) -> pathlib.Path:
+def find_dir(data_dir: str = '') -> pathlib.Path:
   """The first folder holding the four Fashion-MNIST IDX files: `data_dir`, Debian's
-  package folder, the user cache (downloading into it if `allow_download`)."""
-  candidates = [pathlib.Path(data_dir).expanduser()] if data_dir else []
-  candidates += [pathlib.Path(SYSTEM_DIR), pathlib.Path(CACHE_DIR).expanduser()]
-  for c in candidates:
-    if _complete(c):
-      return c
+  package folder, the user cache (downloading into it when none has them)."""
   cache = pathlib.Path(CACHE_DIR).expanduser()
-  reason = 'downloading is disabled'
-  if allow_download:
-    try:
-      download(cache)
-      return cache
-    except Exception as e:  # pylint: disable=broad-except
-      reason = f'the download into {cache} failed ({e})'
-  raise DatasetError(
-      'Fashion-MNIST not found: looked for its IDX files in '
-      f'{", ".join(str(c) for c in candidates)}, and {reason}. {_HELP}')
+  candidates = [pathlib.Path(data_dir).expanduser()] if data_dir else []
+  candidates += [pathlib.Path(SYSTEM_DIR), cache]
+  for c in candidates:
+    if all(_idx_file(c, stem) for pair in SPLITS.values() for stem in pair):
+      return c
+  try:
+    download(cache)
+    return cache
+  except Exception as e:  # pylint: disable=broad-except
+    raise DatasetError(
+        'Fashion-MNIST not found: looked for its IDX files in '
+        f'{", ".join(str(c) for c in candidates)}, and the download into {cache} failed '
+        f'({e}). {_HELP}') from None
 
 
 @functools.cache
-def _load(directory: str, split: str) -> tuple[np.ndarray, np.ndarray]:
+def load(directory, split: str) -> tuple[np.ndarray, np.ndarray]:
+  """uint8 images (N, 28, 28, 1) and int64 labels (N,) of 'train' or 'test' from the IDX files
+  in `directory`, read-only and kept in memory after the first call."""
+  if split not in SPLITS:
+    raise DatasetError(f"Fashion-MNIST has splits 'train' and 'test', not {split!r}.")
   directory = pathlib.Path(directory)
   img_stem, lab_stem = SPLITS[split]
   images = read_idx(_idx_file(directory, img_stem) or directory / (img_stem + '.gz'))
@@ -163,10 +159,3 @@ def _load(directory: str, split: str) -> tuple[np.ndarray, np.ndarray]:
   labels.setflags(write=False)
   return images, labels
 
-
-def load(directory, split: str) -> tuple[np.ndarray, np.ndarray]:
-  """uint8 images (N, 28, 28, 1) and int64 labels (N,) of 'train' or 'test' from the IDX files
-  in `directory`, read-only and kept in memory after the first call."""
-  if split not in SPLITS:
-    raise DatasetError(f"Fashion-MNIST has splits 'train' and 'test', not {split!r}.")
-  return _load(str(pathlib.Path(directory).resolve()), split)

@@ -81,12 +81,11 @@ def shape_warning(height: int, width: int, image_size: int | None = None
 
 class FolderSource:
   """`source[i] -> (uint8 (H, W, C) image, label or None)` over the images under `root`,
-  decoded to RGB, or to grey when `channels == 1`.
+  decoded to RGB, or to grey when `channels == 1`; `classes` as the module docstring says.
 
-  `classes`: the names of the top-level subfolders when every image lies in one (labels
-  index them), else None (no labels). The first image that preprocessing to `image_size` would
-  mostly crop away, and the first it would upscale more than 2x, are reported with a warning
-  (once each: a folder of them would flood the log)."""
+  The first image that preprocessing to `image_size` would mostly crop away, and the first it
+  would upscale more than 2x, are reported with a warning (once each: a folder of them would
+  flood the log)."""
 
   def __init__(self, root: str, channels: int = 3, image_size: int | None = None):
     if not root:

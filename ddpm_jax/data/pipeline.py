@@ -11,9 +11,8 @@ flips only those examples. Every transform is keyed by the step, so
 * the processes' local batches put together are the one-process global batch, flips included;
 * a process reads (decodes, resizes) only its own examples.
 
-Batches are prepared ahead by grain's thread pool (`ReadOptions`), or by `worker_processes`
-worker processes (`mp_prefetch`) when decoding is the bottleneck. In-memory sources that need
-no resizing are preprocessed once as a whole and batched by fancy indexing.
+In-memory sources that need no resizing are preprocessed once as a whole and batched by fancy
+indexing; other sources are read ahead by threads or worker processes (`TrainIterator`).
 """
 
 from __future__ import annotations
@@ -94,8 +93,6 @@ def _read_batch(source, image_size: int, channels: int, num_classes: int, prepro
     images[flips] = images[flips][:, :, ::-1]
   if not num_classes:
     return images
-  if any(label is None for label in labels):
-    raise DatasetError(_NO_LABELS)
   labels = np.asarray(labels, np.int64)
   bad = (labels < 0) | (labels >= num_classes)
   if bad.any():
@@ -117,7 +114,6 @@ class TrainIterator:
 
   `next()` yields the batches of steps start_step, start_step + 1, ...; `get_batch(step)`
   computes any step's batch directly (the array `next()` gives for that step).
-  `example_indices(step)` and `flips(step)` say which examples it holds and which are flipped.
   `num_threads` threads prepare batches ahead in this process (default: one for an in-memory
   source, else one per core up to 8); with `worker_processes > 0` that many processes prepare
   them instead, each with `num_threads` threads.
@@ -134,7 +130,7 @@ class TrainIterator:
       raise DatasetError('The dataset is empty.')
     check_labels(source, int(num_classes))
     local_batch_size = int(global_batch_size) // int(process_count)
-    self._step = int(start_step)
+    self.step = int(start_step)  # The step whose batch `next()` returns next.
     in_memory = isinstance(source, ArraySource) and not needs_resize(
         *source.images.shape[1:3], int(image_size))
     if in_memory:  # Preprocessed once; batches are fancy-indexed.
@@ -152,11 +148,6 @@ class TrainIterator:
       num_threads = 1 if in_memory else min(8, os.cpu_count() or 1)
     self._num_threads, self._worker_processes = int(num_threads), int(worker_processes)
     self._iter = None
-
-  @property
-  def step(self) -> int:
-    """The step whose batch `next()` returns next."""
-    return self._step
 
   def example_indices(self, step: int) -> np.ndarray:
     """Dataset indices of this process's examples in batch `step`."""
@@ -184,14 +175,14 @@ class TrainIterator:
         if not flags.FLAGS.is_parsed():  # grain's workers read its absl flags (defaults here).
           flags.FLAGS.mark_as_parsed()
         # Workers send uint8 batches (a quarter of float32's bytes); floats are made here.
-        ds = self._uint8[self._step:].to_iter_dataset(options).mp_prefetch(
+        ds = self._uint8[self.step:].to_iter_dataset(options).mp_prefetch(
             grain.MultiprocessingOptions(num_workers=self._worker_processes,
                                          per_worker_buffer_size=2)).map(_model_input)
       else:
-        ds = self._batches[self._step:].to_iter_dataset(options)
+        ds = self._batches[self.step:].to_iter_dataset(options)
       self._iter = iter(ds)
     batch = next(self._iter)
-    self._step += 1
+    self.step += 1
     return batch
 
   def close(self) -> None:

@@ -2,9 +2,9 @@
 
 An image becomes a training example in three steps (`preprocess_image`): channel conversion
 (`convert_channels`), centre crop to a square (`center_crop`), then to `image_size` by zero
-padding (`pad_to_size`) when the square is smaller by a small even margin (Fashion-MNIST
-28 -> 32 gets a 2-pixel black border instead of being blurred by upsampling), else by
-antialiased resizing (`resize`, PIL Lanczos). The pipeline then mirrors it left-right with
+padding when the square is smaller by a small even margin of at most image_size / 8
+(Fashion-MNIST 28 -> 32 gets a 2-pixel black border instead of being blurred by upsampling),
+else by antialiased resizing (`resize`, PIL Lanczos). The pipeline then mirrors it left-right with
 probability 1/2 and scales batches to [-1, 1] (`to_float`).
 """
 
@@ -14,26 +14,19 @@ import numpy as np
 from PIL import Image
 
 
-def as_hwc(image) -> np.ndarray:
-  """A uint8 image (H, W) or (H, W, C) as (H, W, C); anything else is a ValueError."""
-  image = np.asarray(image)
-  if image.ndim == 2:
-    image = image[:, :, None]
-  if image.ndim != 3:
-    raise ValueError(f'Expected an image (H, W) or (H, W, C), got shape {image.shape}.')
-  if image.dtype != np.uint8:
-    raise ValueError(f'Expected a uint8 image, got {image.dtype}.')
-  return image
-
-
 def as_nhwc(images) -> np.ndarray:
   """uint8 images (N, H, W) or (N, H, W, C) as (N, H, W, C); anything else is a ValueError."""
   images = np.asarray(images)
   if images.ndim == 3:
     images = images[..., None]
   if images.ndim != 4 or images.dtype != np.uint8:
-    raise ValueError(f'Expected uint8 images (N, H, W, C), got {images.dtype} {images.shape}.')
+    raise ValueError(f'Expected uint8 images (N, H, W[, C]), got {images.dtype} {images.shape}.')
   return images
+
+
+def as_hwc(image) -> np.ndarray:
+  """A uint8 image (H, W) or (H, W, C) as (H, W, C); anything else is a ValueError."""
+  return as_nhwc(np.asarray(image)[None])[0]
 
 
 def convert_channels(image: np.ndarray, channels: int) -> np.ndarray:
@@ -69,27 +62,10 @@ def center_crop(image: np.ndarray) -> np.ndarray:
   return image[..., top:top + s, left:left + s, :]
 
 
-def pad_to_size(image: np.ndarray, size: int) -> np.ndarray:
-  """Zero-pads a square (..., s, s, C) image centrally to (..., size, size, C); size - s must be
-  even and >= 0."""
-  s = image.shape[-2]
-  margin = size - s
-  if image.shape[-3] != s or margin < 0 or margin % 2:
-    raise ValueError(f'pad_to_size needs a square image at most {size} wide with an even '
-                     f'margin, got {image.shape}.')
-  p = margin // 2
-  pad = [(0, 0)] * (image.ndim - 3) + [(p, p), (p, p), (0, 0)]
-  return np.pad(image, pad, mode='constant', constant_values=0)
-
-
 def resize(image: np.ndarray, size: int) -> np.ndarray:
   """Resizes one uint8 (H, W, C) image to (size, size, C) with PIL's Lanczos filter, which
   widens its support when downsampling (antialiased)."""
-  h, w, c = image.shape
-  if (h, w) == (size, size):
-    return image
-  if c not in (1, 3):
-    raise ValueError(f'resize expects 1 or 3 channels, got {c}.')
+  c = image.shape[-1]
   pil = Image.fromarray(image[:, :, 0] if c == 1 else image, mode='L' if c == 1 else 'RGB')
   out = np.asarray(pil.resize((size, size), resample=Image.Resampling.LANCZOS))
   return out[:, :, None] if c == 1 else out
@@ -107,34 +83,27 @@ def needs_resize(height: int, width: int, size: int) -> bool:
   return s != size and not _pads(s, size)
 
 
-def _square_to_size(image: np.ndarray, size: int) -> np.ndarray:
-  s = image.shape[-2]
-  if s == size:
-    return image
-  if _pads(s, size):
-    return pad_to_size(image, size)
-  if image.ndim == 3:
-    return resize(image, size)
-  return np.stack([resize(im, size) for im in image]) if len(image) else np.zeros(
-      (0, size, size, image.shape[-1]), np.uint8)
-
-
 def preprocess_image(image: np.ndarray, image_size: int, channels: int) -> np.ndarray:
-  """One uint8 image (H, W[, C]) -> uint8 (image_size, image_size, channels).
-
-  Channel conversion, centre crop to a square, then zero padding when the square is smaller
-  than `image_size` by a small even margin (at most image_size / 8, e.g. Fashion-MNIST
-  28 -> 32), else Lanczos resizing.
-  """
-  image = convert_channels(as_hwc(image), channels)
-  return np.ascontiguousarray(_square_to_size(center_crop(image), image_size))
+  """One uint8 image (H, W[, C]) -> uint8 (image_size, image_size, channels): channels, crop,
+  then pad or resize (module docstring)."""
+  image = center_crop(convert_channels(as_hwc(image), channels))
+  if needs_resize(*image.shape[:2], image_size):  # Without the batch path's copy.
+    return resize(image, image_size)
+  return preprocess_images(image[None], image_size, channels)[0]
 
 
 def preprocess_images(images: np.ndarray, image_size: int, channels: int) -> np.ndarray:
   """`preprocess_image` over a uint8 array (N, H, W[, C]) of same-sized images, vectorised
   where possible (channels, crop and pad are whole-array operations)."""
-  images = convert_channels(as_nhwc(images), channels)
-  return np.ascontiguousarray(_square_to_size(center_crop(images), image_size))
+  images = center_crop(convert_channels(as_nhwc(images), channels))
+  s = images.shape[1]
+  if _pads(s, image_size):  # A black border of (image_size - s) / 2 pixels on each side.
+    p = (image_size - s) // 2
+    images = np.pad(images, [(0, 0), (p, p), (p, p), (0, 0)])
+  elif s != image_size:
+    images = np.stack([resize(im, image_size) for im in images]) if len(images) else np.zeros(
+        (0, image_size, image_size, images.shape[-1]), np.uint8)
+  return np.ascontiguousarray(images)
 
 
 def to_float(images: np.ndarray) -> np.ndarray:

@@ -88,8 +88,7 @@ def resolve_dataset(dataset: str, image_size: int) -> tuple[str, str | None]:
   if name == 'celeb_a_hq':
     res = next((r for r in _CELEBA_HQ_RESOLUTIONS if r >= image_size), 1024)
     return 'tfds', f'celeb_a_hq/{res}'
-  if name.startswith('celeb_a_hq/') and name.split('/', 1)[1] in map(str,
-                                                                     _CELEBA_HQ_RESOLUTIONS):
+  if name in {f'celeb_a_hq/{r}' for r in _CELEBA_HQ_RESOLUTIONS}:
     return 'tfds', name
   if name.startswith('lsun/') and len(name) > len('lsun/'):
     return 'tfds', name
@@ -102,18 +101,14 @@ def _fashion_mnist(data_dir: str, split: str) -> ArraySource:
   if data_dir and (pathlib.Path(data_dir).expanduser() / 'fashion_mnist').is_dir():
     try:
       src = TfdsSource('fashion_mnist', 'fashion_mnist', split, data_dir)
-      examples = [src[i] for i in range(len(src))]
-      return ArraySource(np.stack([im for im, _ in examples]),
-                         np.array([lab for _, lab in examples], np.int64),
-                         fashion_mnist.CLASSES)
+      images, labels = zip(*(src[i] for i in range(len(src))))
+      return ArraySource(np.stack(images), np.array(labels, np.int64), fashion_mnist.CLASSES)
     except DatasetError as e:
       log.warning('Not using the TFDS copy of Fashion-MNIST in %s: %s', data_dir, e)
   directory = fashion_mnist.find_dir(data_dir)
   parts = [fashion_mnist.load(directory, s.strip()) for s in split.split('+') if s.strip()]
-  if len(parts) == 1:
-    return ArraySource(*parts[0], fashion_mnist.CLASSES)
-  return ArraySource(np.concatenate([p[0] for p in parts]),
-                     np.concatenate([p[1] for p in parts]), fashion_mnist.CLASSES)
+  images, labels = parts[0] if len(parts) == 1 else map(np.concatenate, zip(*parts))
+  return ArraySource(images, labels, fashion_mnist.CLASSES)  # One split: no copy.
 
 
 def open_source(data_config, split: str | None = None):
@@ -124,10 +119,8 @@ def open_source(data_config, split: str | None = None):
   if kind == 'tfds':
     return TfdsSource(data_config.dataset, tfds_name, split, data_dir)
   if kind == 'folder':
-    root = pathlib.Path(data_dir).expanduser() if data_dir else None
-    if root is not None and (root / split).is_dir():
-      root = root / split
-    return FolderSource(str(root) if root else '', int(data_config.channels),
-                        int(data_config.image_size))
+    split_dir = pathlib.Path(data_dir).expanduser() / split
+    root = str(split_dir) if data_dir and split_dir.is_dir() else data_dir
+    return FolderSource(root, int(data_config.channels), int(data_config.image_size))
   return _fashion_mnist(data_dir, split)
 

@@ -79,14 +79,13 @@ class TfdsSource:
 
   def __init__(self, name: str, tfds_name: str, split: str, data_dir: str = ''):
     tfds = _tfds()
-    self.name, self.tfds_name, self.split, self.data_dir = name, tfds_name, split, data_dir
+    self.tfds_name, self.split, self.data_dir = tfds_name, split, data_dir
     try:
       self._ds = tfds.data_source(tfds_name, split=split, data_dir=data_dir or None,
                                   download=False)
       self._len = len(self._ds)
     except Exception as e:  # pylint: disable=broad-except
       raise DatasetError(prepare_message(name, tfds_name, split, data_dir, e)) from None
-    # The names of the 'label' feature's classes; None when the dataset has no labels.
     features = self._ds.dataset_info.features
     names = getattr(features['label'], 'names', None) if 'label' in features else None
     self.classes = tuple(names) if names else None

@@ -21,7 +21,8 @@ import jax.numpy as jnp
 import numpy as np
 from flax import traverse_util
 
-WEIGHTS_PATH = os.path.join(os.path.dirname(os.path.abspath(__file__)), 'fmnist_classifier.npz')
+WEIGHTS_PATH = os.path.join(os.path.dirname(os.path.abspath(__file__)),
+                            'fmnist_classifier.npz')
 IMAGE_SIZE = 32
 FEATURE_DIM = 128
 
@@ -73,12 +74,9 @@ def _apply(params, x):
 
 
 def features_and_logits(params, images_uint8, batch_size: int = 1000):
-  """(features (N, 128), logits (N, 10)) of uint8 images (N, 32, 32, 1), in batches."""
-  feats, logits = [], []
-  for i in range(0, len(images_uint8), batch_size):
-    f, l = _apply(params, to_input(images_uint8[i:i + batch_size]))
-    feats.append(np.asarray(f, np.float64))
-    logits.append(np.asarray(l, np.float64))
-  if not feats:
-    return np.zeros((0, FEATURE_DIM)), np.zeros((0, 10))
-  return np.concatenate(feats), np.concatenate(logits)
+  """float64 (features (N, 128), logits (N, 10)) of uint8 images (N, 32, 32, 1), in batches."""
+  outs = [jax.device_get(_apply(params, to_input(images_uint8[i:i + batch_size])))
+          for i in range(0, len(images_uint8), batch_size)]
+  feats = np.concatenate([f for f, _ in outs] or [np.zeros((0, FEATURE_DIM))])
+  logits = np.concatenate([l for _, l in outs] or [np.zeros((0, 10))])
+  return feats.astype(np.float64), logits.astype(np.float64)

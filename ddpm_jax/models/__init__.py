@@ -15,4 +15,4 @@ __all__ = ['UNet', 'create_model', 'count_params', 'timestep_embedding', 'Resnet
 
 def count_params(params) -> int:
   """Total number of scalars in a pytree of arrays (or `jax.ShapeDtypeStruct`s)."""
-  return int(sum(math.prod(leaf.shape) for leaf in jax.tree_util.tree_leaves(params)))
+  return int(sum(math.prod(leaf.shape) for leaf in jax.tree.leaves(params)))

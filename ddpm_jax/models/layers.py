@@ -4,9 +4,7 @@
 They follow the paper's TensorFlow code (`diffusion_tf/models/unet.py`, `diffusion_tf/nn.py`)
 and read side by side with score_sde's `models/ddpm.py`. Parameters are always float32;
 `dtype` is the compute dtype. GroupNorm and the attention softmax are always computed in
-float32. Every block takes `ops` (`ddpm_jax.models.ops`): the functions its convolutions,
-dense layers and GroupNorms compute with, stock JAX by default. Parameter names and shapes are
-`nn.Conv`'s, `nn.Dense`'s and `nn.GroupNorm`'s whatever `ops`.
+float32. Every block takes `ops`, the functions it computes with (`ddpm_jax.models.ops`).
 """
 
 import math

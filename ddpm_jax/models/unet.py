@@ -23,16 +23,14 @@ Parameter names follow the TF code (`temb_dense0`, `conv_in`, `down_0_block_1`,
 `up_1_upsample`, `norm_out`, `conv_out`, ...).
 """
 
-from typing import Any, Sequence
+from typing import Sequence
 
 import flax.linen as nn
 import jax.numpy as jnp
 
-from ddpm_jax.models.layers import (AttnBlock, Downsample, Normalize, ResnetBlock, Upsample,
-                                    conv3x3, dense, timestep_embedding)
+from ddpm_jax.models.layers import (AttnBlock, Downsample, Dtype, Normalize, ResnetBlock,
+                                    Upsample, conv3x3, dense, timestep_embedding)
 from ddpm_jax.models.ops import XLA, Ops
-
-Dtype = Any
 
 _DTYPES = {'float32': jnp.float32, 'bfloat16': jnp.bfloat16}
 
@@ -81,9 +79,7 @@ class UNet(nn.Module):
     if H % factor or W % factor:
       raise ValueError(f'UNet input of size {H}x{W} is not divisible by 2**(len(ch_mult)-1) '
                        f'= {factor}.')
-    t = jnp.asarray(t)
-    if t.ndim == 0:
-      t = jnp.broadcast_to(t, (B,))
+    t = jnp.broadcast_to(jnp.asarray(t), (B,))
     dtype, ops = self.dtype, self.ops
     block_kwargs = dict(num_groups=self.num_groups, dropout=self.dropout, dtype=dtype, ops=ops)
     # remat: keep only each block's inputs for the backward pass and recompute the rest.
@@ -96,8 +92,7 @@ class UNet(nn.Module):
     temb = dense(4 * self.ch, dtype, ops, 'temb_dense0')(temb)
     temb = dense(4 * self.ch, dtype, ops, 'temb_dense1')(nn.swish(temb))
     if self.num_classes > 0:
-      if label is None:
-        label = jnp.full((B,), self.num_classes, jnp.int32)
+      label = self.num_classes if label is None else label  # The null label.
       label = jnp.broadcast_to(jnp.asarray(label, jnp.int32), (B,))
       temb = temb + nn.Embed(self.num_classes + 1, 4 * self.ch, dtype=dtype,
                              param_dtype=jnp.float32, name='label_emb')(label)
@@ -144,9 +139,7 @@ class UNet(nn.Module):
 
 def create_model(config, ops: Ops = XLA) -> UNet:
   """Build the `UNet` described by `config.model` and `config.data` (a config validated by
-  `ddpm_jax.config_checks.validate`, which checks the shapes), computing with `ops` (stock JAX
-  by default; `ddpm_jax.kernels.from_config` picks a platform's backend from
-  `config.model.kernels`).
+  `ddpm_jax.config_checks.validate`, which checks the shapes), computing with `ops`.
 
   The output has 2 * channels channels when `config.diffusion.var_type` is learned (mean and
   variance outputs, see `ddpm_jax.diffusion.split_model_output`).
