@@ -157,25 +157,31 @@ def test_mismatches_name_our_field_and_both_values(tmp_path):
   c.data.image_size = 32
   c.model.attn_resolutions = (16,)
   msg = _mismatch(c)
-  assert ('config.model.ch_mult is (1, 2, 2, 2) here but (1, 2, 2) in the diffusers model '
-          '(block_out_channels [16, 32, 32])') in msg
-  assert 'config.data.image_size is 32 here but 16' in msg
+  assert ('the diffusers model has block_out_channels=[16, 32, 32], this config '
+          '[16, 32, 32, 32] (config.model.ch=16, config.model.ch_mult=(1, 2, 2, 2))') in msg
+  assert 'sample_size=16, this config 32 (config.data.image_size=32)' in msg
   c = pipeline_config()
   c.model.attn_resolutions = (16, 8)
   c.diffusion.update(num_timesteps=500, beta_end=0.03, var_type='fixedsmall')
   c.sample.clip_denoised = False
   msg = _mismatch(c)
-  assert 'config.model.attn_resolutions is (16, 8) here but (8,)' in msg
-  assert 'config.diffusion.num_timesteps is 500 here but 1000' in msg
-  assert "config.diffusion.var_type is 'fixedsmall' here but 'fixed_large'" in msg
-  assert 'config.sample.clip_denoised is True' not in msg and 'clip_sample' in msg
+  assert ("down_block_types=['DownBlock2D', 'AttnDownBlock2D', 'DownBlock2D'], this config "
+          "['AttnDownBlock2D', 'AttnDownBlock2D', 'DownBlock2D'] (config.model.attn_resolutions="
+          '(16, 8)') in msg
+  assert 'num_train_timesteps=1000, this config 500 (config.diffusion.num_timesteps=500)' in msg
+  assert ("variance_type='fixed_large', this config 'fixed_small' "
+          "(config.diffusion.var_type='fixedsmall')") in msg
+  assert 'clip_sample=True, this config False (config.sample.clip_denoised=False)' in msg
   c = pipeline_config()
   c.diffusion.beta_end = 0.03
-  assert "config.diffusion.schedule/beta_start/beta_end is ('linear', 0.0001, 0.03)" in _mismatch(c)
+  assert ('the diffusers model has linear betas from 0.0001 to 0.02, this config linear betas '
+          'from 0.0001 to 0.03 (config.diffusion.schedule, beta_start, beta_end)') in _mismatch(c)
   msg = _mismatch(pipeline_config(), COND)
-  assert 'config.model.num_classes is 0 here but 4 in the diffusers model' in msg
-  assert "config.diffusion.mean_type is 'eps' here but 'v_prediction'" in msg
-  assert "config.diffusion.var_type is 'fixedlarge' here but '2 output channels" in msg
+  assert 'num_class_embeds=5, this config None (config.model.num_classes=0)' in msg
+  assert ("prediction_type='v_prediction', this config 'epsilon' "
+          "(config.diffusion.mean_type='eps')") in msg
+  assert ("out_channels=2, this config 3 (config.data.channels=3, "
+          "config.diffusion.var_type='fixedlarge')") in msg
   # What is the paper's network itself, not a config field.
   folder = tmp_path / 'heads'
   shutil.copytree(os.path.join(PIPELINE, 'unet'), folder)
@@ -186,7 +192,8 @@ def test_mismatches_name_our_field_and_both_values(tmp_path):
   with open(folder / 'config.json', 'w') as f:
     json.dump(cfg, f)
   msg = _mismatch(pipeline_config(), str(folder))
-  assert "the diffusers model has norm_eps=1e-05, ddpm-jax's U-Net (the paper's) 1e-06" in msg
+  assert ("the diffusers model has norm_eps=1e-05, ddpm-jax always 1e-06 (the paper's model; "
+          'no config key sets it)') in msg
   assert 'attention_head_dim=8' in msg and 'freq_shift=0' in msg
 
 
@@ -217,6 +224,29 @@ def test_configs_of_the_released_models_match_ours():
     assert diffusers_config.check_unet_config(diffusers_config.unet_config(config), config) == []
     assert diffusers_config.check_scheduler_config(
         diffusers_config.scheduler_config(config), config) == []
+
+
+def test_other_spellings_of_our_network_match_and_the_rest_is_named():
+  config = pipeline_config()
+  unet = diffusers_config.unet_config(config)
+  same = dict(unet, sample_size=[16, 16], attention_head_dim=32, time_embedding_dim=64,
+              num_class_embeds=0, dropout=0.1)
+  assert diffusers_config.check_unet_config(same, config) == []
+  assert diffusers_config.check_unet_config(dict(unet, attention_head_dim=16), config) == [
+      "the diffusers model has attention_head_dim=16, ddpm-jax always None (the paper's model; "
+      'no config key sets it)']
+  assert diffusers_config.check_unet_config(dict(unet, _class_name='VQModel'), config) == [
+      'the diffusers model is a VQModel, not a UNet2DModel']
+  sched = diffusers_config.scheduler_config(config)
+  same = dict(sched, variance_type='fixed_large_log', beta_schedule='squaredcos_cap_v2',
+              trained_betas=list(np.linspace(1e-4, 0.02, 1000)))
+  assert diffusers_config.check_scheduler_config(same, config) == []
+  assert diffusers_config.check_scheduler_config(
+      dict(sched, beta_schedule='sigmoid', thresholding=True), config) == [
+          "the diffusers model has thresholding=True, ddpm-jax always False (the paper's model; "
+          'no config key sets it)',
+          'the diffusers model has sigmoid betas from 0.0001 to 0.02, this config linear betas '
+          'from 0.0001 to 0.02 (config.diffusion.schedule, beta_start, beta_end)']
 
 
 def test_what_diffusers_cannot_express_is_refused_before_writing(tmp_path):
@@ -287,11 +317,12 @@ def test_bad_sources_are_one_line_and_write_nothing(tmp_path):
   out = _run(f'--config={cfg}', f'--workdir={work}', '--mode=sample', f'--init_from={PIPELINE}')
   assert out.returncode == 1 and 'Traceback' not in out.stderr
   assert out.stderr.strip().splitlines()[-1].startswith(
-      f'error: --init_from={PIPELINE} does not match the config: config.data.image_size is 32 '
-      'here but 16')
+      f'error: --init_from={PIPELINE} does not match the config: the diffusers model has '
+      'block_out_channels=[16, 32, 32], this config [128, 256, 256, 256] (config.model.ch=128, ')
   out = _run(f'--config={cfg}', f'--workdir={work}', f'--init_from={PIPELINE}',
              '--config.train.num_steps=0')
-  assert out.returncode == 1 and 'config.model.ch is 128 here but 16' in out.stderr
+  assert out.returncode == 1 and 'sample_size=16, this config 32 (config.data.image_size=32)' \
+      in out.stderr
   assert not work.exists()
   # The Hub, offline (and an unreachable endpoint, should the offline switch be ignored).
   hub = dict(HF_HUB_OFFLINE='1', HF_HOME=str(tmp_path / 'hf'), HF_ENDPOINT='http://127.0.0.1:9')
