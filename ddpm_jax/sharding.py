@@ -27,31 +27,24 @@ from ddpm_jax.errors import ConfigError
 AXES = ('data', 'fsdp')
 
 
-def resolve_mesh_shape(mesh_shape: Sequence[int] | None, num_devices: int) -> tuple[int, int]:
-  """`(data, fsdp)` sizes for `num_devices` devices; one entry may be -1 ("the rest").
+def resolve_mesh_shape(mesh_shape: Sequence[int], num_devices: int) -> tuple[int, int]:
+  """`(data, fsdp)` sizes for `num_devices` devices from a `config.train.mesh_shape` that
+  `config_checks` has validated: `(n,)` means `(n, 1)`, and a -1 takes the remaining devices.
 
-  A 1-tuple `(n,)` means `(n, 1)`. Raises ValueError naming `config.train.mesh_shape` when the
-  sizes do not multiply to the device count.
+  Raises ConfigError naming `config.train.mesh_shape` when the devices do not fit it.
   """
-  shape = tuple(int(s) for s in (mesh_shape or (-1, 1)))
-  if len(shape) == 1:
-    shape = shape + (1,)
-  what = f'config.train.mesh_shape={tuple(mesh_shape or (-1, 1))!r}'
-  if len(shape) != 2 or any(s == 0 or s < -1 for s in shape) or shape.count(-1) > 1:
-    raise ConfigError(f'{what} is invalid: expected (data, fsdp) sizes, positive integers or one '
-                     f'-1 meaning "the remaining devices".')
-  if -1 in shape:
-    known = math.prod(s for s in shape if s != -1)
-    if num_devices % known:
-      raise ConfigError(f'{what} does not fit {num_devices} devices: {known} does not divide '
-                       f'{num_devices}.')
-    shape = tuple(num_devices // known if s == -1 else s for s in shape)
-  if math.prod(shape) != num_devices:
-    raise ConfigError(f'{what} needs {math.prod(shape)} devices but there are {num_devices}.')
-  return shape
+  shape = (tuple(mesh_shape) + (1,))[:2]
+  what = f'config.train.mesh_shape={tuple(mesh_shape)!r}'
+  known = math.prod(s for s in shape if s != -1)
+  if -1 not in shape and known != num_devices:
+    raise ConfigError(f'{what} needs {known} devices but there are {num_devices}.')
+  if num_devices % known:
+    raise ConfigError(f'{what} does not fit {num_devices} devices: {known} does not divide '
+                      f'{num_devices}.')
+  return tuple(num_devices // known if s == -1 else s for s in shape)
 
 
-def make_mesh(devices=None, mesh_shape: Sequence[int] | None = (-1, 1)) -> jax.sharding.Mesh:
+def make_mesh(devices=None, mesh_shape: Sequence[int] = (-1, 1)) -> jax.sharding.Mesh:
   """A `('data', 'fsdp')` mesh over all devices (of all processes) or the given ones."""
   devices = jax.devices() if devices is None else list(devices)
   shape = resolve_mesh_shape(mesh_shape, len(devices))
