@@ -24,6 +24,28 @@ def _int_tuple(value) -> bool:
   return isinstance(value, (tuple, list)) and all(isinstance(v, int) for v in value)
 
 
+def _at_least(key: str, value, minimum, note: str = '') -> None:
+  expect = f'>= {minimum}' if isinstance(value, float) else f'an integer >= {minimum}'
+  _require(value >= minimum, key, value, expect + (f' ({note})' if note else ''))
+
+
+# The smallest value of each numeric field, with what that value means where it is special.
+_MINIMA = {
+    'data.image_size': 4, 'data.worker_processes': 0, 'diffusion.num_timesteps': 1,
+    'diffusion.hybrid_lambda': 0, 'diffusion.min_snr_gamma': (0, '0 disables the weighting'),
+    'model.ch': (4, 'it is also the timestep-embedding width'), 'model.num_res_blocks': 1,
+    'model.num_groups': 1, 'model.num_classes': (0, '0 = none'), 'optim.warmup_steps': 0,
+    'optim.grad_clip': (0, '0 disables clipping'), 'train.batch_size': 1, 'train.num_steps': 0,
+    'train.log_every': 1, 'train.checkpoint_every': 1,
+    'train.keep_checkpoints': (1, 'the newest checkpoints kept'),
+    'train.sample_every': (0, '0 disables'), 'train.grad_accum_steps': 1,
+    'train.preemption_every': (0, '0 disables the preemption checkpoint stream'),
+    'sample.num': 1, 'sample.batch_size': 1, 'sample.eta': (0, '0 = deterministic DDIM'),
+    'sample.progressive_frames': 1, 'sample.interp_lambdas': 2,
+    'sample.resample': (1, '1 = no RePaint resampling'), 'sample.jump_length': 1,
+    'eval.poll_seconds': 0}
+
+
 def _choice(config, key: str, choices) -> None:
   value = config
   for part in key.split('.'):
@@ -38,10 +60,9 @@ def validate(config) -> None:
     data.resolve_dataset(d.dataset, d.image_size)
   except ValueError as e:
     raise ConfigError(str(e)) from None
-  _require(d.image_size >= 4, 'data.image_size', d.image_size, 'an integer >= 4')
+  for key, spec in _MINIMA.items():
+    _at_least(key, config[key], *(spec if isinstance(spec, tuple) else (spec,)))
   _require(d.channels in (1, 3), 'data.channels', d.channels, '1 or 3')
-  _require(d.worker_processes >= 0, 'data.worker_processes', d.worker_processes,
-           'an integer >= 0')
   _validate_model(config)
   _choice(config, 'diffusion.schedule', schedules.SCHEDULE_NAMES)
   _choice(config, 'diffusion.mean_type', diffusion.MEAN_TYPES)
@@ -53,30 +74,17 @@ def validate(config) -> None:
            'diffusion.loss', f.loss, f"'kl' or 'hybrid' with config.diffusion.var_type="
            f"{f.var_type!r} (L_simple does not train the variance), or a fixed var_type "
            "('fixedlarge' or 'fixedsmall') with 'mse'")
-  _require(f.num_timesteps >= 1, 'diffusion.num_timesteps', f.num_timesteps, 'an integer >= 1')
   _require(0.0 < f.beta_start <= f.beta_end < 1.0, 'diffusion.beta_start/beta_end',
            (f.beta_start, f.beta_end), '0 < beta_start <= beta_end < 1')
   _require(o.lr > 0, 'optim.lr', o.lr, 'a positive learning rate')
-  _require(o.warmup_steps >= 0, 'optim.warmup_steps', o.warmup_steps, 'an integer >= 0')
-  _require(o.grad_clip >= 0, 'optim.grad_clip', o.grad_clip, '>= 0 (0 disables clipping)')
   _require(0.0 <= o.ema_decay < 1.0, 'optim.ema_decay', o.ema_decay, 'a decay in [0, 1)')
   _require(isinstance(o.ema_warmup, bool), 'optim.ema_warmup', o.ema_warmup, 'True or False')
-  _require(t.batch_size >= 1, 'train.batch_size', t.batch_size, 'a positive integer')
-  _require(t.num_steps >= 0, 'train.num_steps', t.num_steps, 'an integer >= 0')
-  _require(t.log_every >= 1, 'train.log_every', t.log_every, 'an integer >= 1')
-  _require(t.checkpoint_every >= 1, 'train.checkpoint_every', t.checkpoint_every,
-           'an integer >= 1')
-  _require(t.keep_checkpoints >= 1, 'train.keep_checkpoints', t.keep_checkpoints,
-           'an integer >= 1 (the newest checkpoints kept)')
-  _require(t.sample_every >= 0, 'train.sample_every', t.sample_every, '>= 0 (0 disables)')
   _require(t.sample_every == 0 or t.num_sample_grid >= 1, 'train.num_sample_grid',
            t.num_sample_grid, f'a positive integer while config.train.sample_every='
            f'{t.sample_every} (or set that to 0 for no sample grids)')
   for key, seed in (('train.seed', t.seed), ('sample.seed', s.seed),
                     ('eval.seed', config.eval.seed)):
     _require(0 <= seed < SEED_RANGE, key, seed, 'an integer in [0, 2**32)')
-  _require(s.num >= 1, 'sample.num', s.num, 'a positive integer')
-  _require(s.batch_size >= 1, 'sample.batch_size', s.batch_size, 'a positive integer')
   _validate_objective_and_sampler(config)
   _validate_editing(config)
   _validate_parallelism(config)
@@ -86,14 +94,11 @@ def validate(config) -> None:
 def _validate_model(config) -> None:
   """The U-Net's fields, and its shapes against `config.data.image_size`."""
   m, size = config.model, config.data.image_size
-  _require(m.ch >= 4, 'model.ch', m.ch, 'an integer >= 4 (it is also the timestep-embedding width)')
   _require(_int_tuple(m.ch_mult) and len(m.ch_mult) >= 1 and all(c >= 1 for c in m.ch_mult),
            'model.ch_mult', m.ch_mult, 'a non-empty tuple of positive integers')
   _require(_int_tuple(m.attn_resolutions), 'model.attn_resolutions', m.attn_resolutions,
            'a tuple of resolutions, e.g. (16,)')
-  _require(m.num_res_blocks >= 1, 'model.num_res_blocks', m.num_res_blocks, 'an integer >= 1')
   _require(0.0 <= m.dropout < 1.0, 'model.dropout', m.dropout, 'a rate in [0, 1)')
-  _require(m.num_groups >= 1, 'model.num_groups', m.num_groups, 'a positive integer')
   factor = 2 ** (len(m.ch_mult) - 1)
   _require(size % factor == 0, 'data.image_size', size,
            f'a multiple of 2**(len(config.model.ch_mult)-1) = {factor} (each of the '
@@ -109,16 +114,13 @@ def _validate_model(config) -> None:
            f'len(config.model.ch_mult)={len(m.ch_mult)}); it never has {bad}')
   _choice(config, 'model.kernels', kernels.KERNELS)
   _require(isinstance(m.remat, bool), 'model.remat', m.remat, 'True or False')
-  _require(m.num_classes >= 0, 'model.num_classes', m.num_classes, 'an integer >= 0 (0 = none)')
 
 
 def _validate_objective_and_sampler(config) -> None:
   """Objectives, class conditioning and samplers."""
   f, s, t = config.diffusion, config.sample, config.train
   num_classes = config.model.num_classes
-  _require(f.hybrid_lambda >= 0, 'diffusion.hybrid_lambda', f.hybrid_lambda, '>= 0')
   gamma = f.min_snr_gamma
-  _require(gamma >= 0, 'diffusion.min_snr_gamma', gamma, '>= 0 (0 disables the weighting)')
   _require(gamma == 0 or f.loss in ('mse', 'hybrid'), 'diffusion.min_snr_gamma', gamma,
            "0 unless config.diffusion.loss is 'mse' or 'hybrid' (it weights the MSE term)")
   _require(gamma == 0 or f.mean_type in ('eps', 'x0', 'v'), 'diffusion.min_snr_gamma', gamma,
@@ -132,17 +134,13 @@ def _validate_objective_and_sampler(config) -> None:
   _choice(config, 'sample.mode', SAMPLE_MODES)
   _require(0 <= s.steps <= f.num_timesteps, 'sample.steps', s.steps,
            f'an integer in [0, config.diffusion.num_timesteps={f.num_timesteps}] (0 = all)')
-  _require(s.eta >= 0, 'sample.eta', s.eta, '>= 0 (0 = deterministic DDIM)')
   _require(s.guidance_scale == 0 or num_classes > 0, 'sample.guidance_scale', s.guidance_scale,
            '0 for an unconditional model (config.model.num_classes=0)')
   _require(-1 <= s.label < max(num_classes, 1), 'sample.label', s.label,
            f'-1 (every class in turn) or a class in [0, config.model.num_classes={num_classes})')
-  _require(s.progressive_frames >= 1, 'sample.progressive_frames', s.progressive_frames,
-           'a positive integer')
   if s.mode == 'interpolate':
     _require(0 <= s.interp_t < f.num_timesteps, 'sample.interp_t', s.interp_t,
              f'a timestep in [0, config.diffusion.num_timesteps={f.num_timesteps})')
-  _require(s.interp_lambdas >= 2, 'sample.interp_lambdas', s.interp_lambdas, 'an integer >= 2')
 
 
 SAMPLE_MODES = ('grid', 'progressive', 'interpolate', 'reconstruct', 'inpaint', 'colorize',
@@ -161,9 +159,6 @@ def _validate_editing(config) -> None:
     _require(config.data.channels == 3, 'sample.mode', mode,
              'a colour model (config.data.channels=3) for colorize: this model has '
              f'{config.data.channels} channel and no colours to generate')
-  _require(s.resample >= 1, 'sample.resample', s.resample,
-           'an integer >= 1 (1 = no RePaint resampling)')
-  _require(s.jump_length >= 1, 'sample.jump_length', s.jump_length, 'an integer >= 1')
   _require(mode != 'inpaint' or bool(str(s.mask).strip()), 'sample.mask', s.mask,
            'center, left, strokes, or a mask PNG or folder of them')
 
@@ -181,11 +176,8 @@ def _validate_parallelism(config) -> None:
            t.exact_reduction, "False unless config.train.mesh_shape=(-1, 1) (it sums replicated "
            "parameters' gradients; no 'fsdp' axis)")
   accum = t.grad_accum_steps
-  _require(accum >= 1, 'train.grad_accum_steps', accum, 'an integer >= 1')
   _require(t.batch_size % accum == 0, 'train.grad_accum_steps', accum,
            f'a divisor of config.train.batch_size={t.batch_size}')
-  _require(t.preemption_every >= 0, 'train.preemption_every', t.preemption_every,
-           '>= 0 (0 disables the preemption checkpoint stream)')
   k = t.steps_per_dispatch
   _require(isinstance(k, int) and k >= 1, 'train.steps_per_dispatch', k, 'an integer >= 1')
   # float16 would need loss scaling: the output convolution's gradients (~5e-6 at batch 128)
@@ -218,6 +210,4 @@ def _validate_evals(config) -> None:
     _require(fields == types[kind], key, sorted(fields),
              f'the fields of type {kind!r}: {", ".join(sorted(types[kind]))}')
     for field in sorted(fields & set(_EVALUATOR_MINIMA)):
-      _require(spec[field] >= _EVALUATOR_MINIMA[field], f'{key}.{field}', spec[field],
-               f'an integer >= {_EVALUATOR_MINIMA[field]}')
-  _require(config.eval.poll_seconds >= 0, 'eval.poll_seconds', config.eval.poll_seconds, '>= 0')
+      _at_least(f'{key}.{field}', spec[field], _EVALUATOR_MINIMA[field])

@@ -79,7 +79,7 @@ def test_a_string_for_a_tuple_names_the_key(key):
      r'channel count of the network \(config.model.ch and ch \* ch_mult: \[100, 200\]\)'),
     ({'model__ch': 64, 'model__ch_mult': (1, 2, 3), 'model__num_groups': 128},
      r'config.model.num_groups=128 is invalid.*\[64, 128, 192\]'),
-    ({'model__num_groups': 0}, r'config.model.num_groups=0 is invalid: expected a positive'),
+    ({'model__num_groups': 0}, r'config.model.num_groups=0 is invalid: expected an integer >= 1'),
     ({'model__attn_resolutions': (12,)}, r'config.model.attn_resolutions=\(12,\) is invalid: '
      r'expected resolutions the network has, \[32, 16, 8, 4\] .*it never has \[12\]'),
     ({'model__attn_resolutions': (16, 2)}, r'attn_resolutions=\(16, 2\).*never has \[2\]'),
