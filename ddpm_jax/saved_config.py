@@ -4,9 +4,9 @@ what it says when a checkpoint does not fit the current config (which fields cha
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping
 
 from etils import epath
+from flax import traverse_util
 
 CONFIG_NAME = 'config.json'
 
@@ -26,16 +26,10 @@ def save(config, workdir: str) -> str:
   return str(path)
 
 
-def flatten(tree: Mapping, prefix: str = '') -> dict:
+def flatten(tree: dict) -> dict:
   """{'model': {'ch': 32}, 'train.seed': 1} -> {'model.ch': 32, 'train.seed': 1}: the dotted
   keys of a config dict, a saved config or a sweep's overrides (an empty group has none)."""
-  out = {}
-  for key, value in tree.items():
-    if isinstance(value, Mapping):
-      out.update(flatten(value, f'{prefix}{key}.'))
-    else:
-      out[f'{prefix}{key}'] = value
-  return out
+  return traverse_util.flatten_dict(tree, sep='.')
 
 
 def _shapes_state(key: str) -> bool:
