@@ -316,8 +316,5 @@ def has_checkpoint(workdir: str) -> bool:
   nothing, and asks orbax only when a checkpoint folder exists."""
   if not any(epath.Path(_join(workdir, d)).exists() for d in (PERMANENT_DIR, PREEMPTION_DIR)):
     return False
-  checkpointer = Checkpointer(workdir, read_only=True)
-  try:
+  with contextlib.closing(Checkpointer(workdir, read_only=True)) as checkpointer:
     return checkpointer.latest_step() is not None
-  finally:
-    checkpointer.close()

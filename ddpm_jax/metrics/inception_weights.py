@@ -56,12 +56,9 @@ def _flax_shapes() -> dict[tuple[str, ...], tuple[int, ...]]:
 def expected_torch_shapes() -> dict[str, tuple[int, ...]]:
   """pytorch-fid state_dict name -> tensor shape (torch layout) for every weight the net uses
   (not the `num_batches_tracked` buffers: they do not affect inference)."""
-  def torch_shape(shape):
-    if len(shape) == 4:  # HWIO -> OIHW
-      return (shape[3], shape[2], shape[0], shape[1])
-    return tuple(reversed(shape))  # (in, out) -> (out, in); vectors unchanged
-
-  return {torch_name(path): torch_shape(shape) for path, shape in _flax_shapes().items()}
+  # HWIO -> OIHW, (in, out) -> (out, in), vectors unchanged.
+  return {torch_name(path): (s[3], s[2], s[0], s[1]) if len(s) == 4 else s[::-1]
+          for path, s in _flax_shapes().items()}
 
 
 def torch_state_dict_to_flax(state_dict: Mapping[str, np.ndarray]) -> dict[str, Any]:
@@ -101,7 +98,7 @@ def weights_help(path: str, key: str) -> str:
 def read_weights_file(path: str) -> dict[str, np.ndarray]:
   """A torch state_dict (.pth, zip or legacy layout) or an .npz as name -> array, told apart
   by content: an .npz is a zip without torch's `<prefix>/data.pkl` record."""
-  if zipfile.is_zipfile(path) and not torch_pickle.is_torch_zip(path):
+  if zipfile.is_zipfile(path) and torch_pickle.zip_prefix(path) is None:
     with np.load(path, allow_pickle=False) as npz:
       return {k: npz[k] for k in npz.files}
   return dict(torch_pickle.load_state_dict(path))

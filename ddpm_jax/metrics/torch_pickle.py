@@ -124,19 +124,14 @@ def _copy_tensors(obj):
   return obj
 
 
-def _zip_prefix(path: str) -> str | None:
+def zip_prefix(path: str) -> str | None:
   """The `<prefix>/` of the single `<prefix>/data.pkl` record of a torch zip checkpoint; None
-  when `path` is not one."""
+  when `path` is not one (a legacy torch file, or another zip such as an .npz)."""
   if not zipfile.is_zipfile(path):
     return None
   with zipfile.ZipFile(path) as zf:
     pkls = [n for n in zf.namelist() if n.endswith('/data.pkl') and n.count('/') == 1]
   return pkls[0][:-len('data.pkl')] if len(pkls) == 1 else None
-
-
-def is_torch_zip(path: str) -> bool:
-  """Whether `path` is a zip archive holding one torch `<prefix>/data.pkl` record."""
-  return _zip_prefix(path) is not None
 
 
 def _load_zip(path: str, prefix: str):
@@ -230,7 +225,7 @@ def load_state_dict(path: str) -> 'collections.OrderedDict[str, np.ndarray]':
   OrderedDict, ValueError when it is not a torch checkpoint of a known layout.
   """
   path = os.fspath(path)
-  prefix = _zip_prefix(path)
+  prefix = zip_prefix(path)
   obj = _copy_tensors(_load_legacy(path) if prefix is None else _load_zip(path, prefix))
   if not isinstance(obj, Mapping):
     raise ValueError(f'{path}: holds a {type(obj).__name__}, not a state_dict.')
