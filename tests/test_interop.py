@@ -237,6 +237,10 @@ def test_other_spellings_of_our_network_match_and_the_rest_is_named():
       'no config key sets it)']
   assert diffusers_config.check_unet_config(dict(unet, _class_name='VQModel'), config) == [
       'the diffusers model is a VQModel, not a UNet2DModel']
+  config.model.resamp_with_conv = False  # No UNet2DModel computes it: one error, not a list.
+  with pytest.raises(InteropError, match='resamp_with_conv=False'):
+    diffusers_config.check_unet_config(unet, config)
+  config.model.resamp_with_conv = True
   sched = diffusers_config.scheduler_config(config)
   same = dict(sched, variance_type='fixed_large_log', beta_schedule='squaredcos_cap_v2',
               trained_betas=list(np.linspace(1e-4, 0.02, 1000)))

@@ -180,7 +180,7 @@ def check_unet_config(dcfg: dict, config) -> list[str]:
     d['sample_size'] = ours['sample_size']
   widths, down = d['block_out_channels'], d['down_block_types']
   attn_widths = {w for w, b in zip(widths, down) if b == 'AttnDownBlock2D'} | set(widths[-1:])
-  if attn_widths == {d['attention_head_dim']}:
+  if all(w == d['attention_head_dim'] for w in attn_widths):
     d['attention_head_dim'] = None
   if d['time_embedding_dim'] == 4 * config.model.ch:
     d['time_embedding_dim'] = None
