@@ -48,7 +48,7 @@ def eval_job(config, workdir: str, experiment: Experiment | None = None,
 def _evaluate(suite: Suite, params, step: int) -> dict:
   row = suite.evaluate(params, step)
   if jax.process_index() == 0:
-    print(results.record(suite.ctx.workdir, row), flush=True)
+    print(results.record(suite.workdir, row), flush=True)
   return row
 
 

@@ -102,8 +102,8 @@ def _evaluate(suite: Suite, state, step: int, n: int, final: bool, writer) -> st
   due = suite.due(step, n, final)
   if not due:
     return None
-  row = suite.evaluate(_replicated_ema_params(suite.ctx.experiment, state), step, due)
-  return results.record(suite.ctx.workdir, row, writer) if jax.process_index() == 0 else None
+  row = suite.evaluate(_replicated_ema_params(suite.experiment, state), step, due)
+  return results.record(suite.workdir, row, writer) if jax.process_index() == 0 else None
 
 
 def _sample_grid(experiment, sample_fn, state, step: int, workdir: str, writer) -> str | None:

@@ -40,8 +40,8 @@ class Inception(SampleQuality):
   against the reference split; only when `spec.weights` is given."""
   cache_name = 'inception'
 
-  def __init__(self, name, spec, ctx, num):
-    super().__init__(name, spec, ctx, num)
+  def __init__(self, name, spec, suite, num):
+    super().__init__(name, spec, suite, num)
     self.is_splits = spec.is_splits
 
   @staticmethod

@@ -93,7 +93,7 @@ def final_evaluation(suite: Suite, member_dir: str) -> dict | None:
     step = checkpointer.latest_step()
     if step is None or step in results.evaluated_steps(member_dir):
       return None
-    state = checkpointer.restore(suite.ctx.experiment.abstract_state(), step)
+    state = checkpointer.restore(suite.experiment.abstract_state(), step)
   finally:
     checkpointer.close()
   row = suite.evaluate(state.ema_params, step)
