@@ -145,12 +145,15 @@ def parse_flags(argv):
 # The job.
 
 
-def guarded(main):
-  """`main` with user errors and Ctrl-C reported on one line (see the module docstring)."""
+def guarded(main, arguments: bool = True):
+  """`main(argv)` with user errors and Ctrl-C reported on one line (see the module docstring);
+  without `arguments`, `main()`, and positional arguments on the command line are refused."""
 
   def wrapped(argv):
     try:
-      return main(argv)
+      if not arguments and len(argv) > 1:
+        raise app.UsageError(f'Unexpected arguments: {" ".join(argv[1:])}')
+      return main(argv) if arguments else main()
     except (KeyboardInterrupt, Exception) as e:  # pylint: disable=broad-except
       if env_flag(TRACEBACK_ENV):
         raise
@@ -165,6 +168,7 @@ def guarded(main):
   return wrapped
 
 
-def run(main) -> None:
-  """`absl.app.run(main)` with one-line errors for bad input (see the module docstring)."""
-  app.run(guarded(main), flags_parser=parse_flags)
+def run(main, arguments: bool = True) -> None:
+  """`absl.app.run(main)` with one-line errors for bad input (see `guarded` and the module
+  docstring)."""
+  app.run(guarded(main, arguments), flags_parser=parse_flags)

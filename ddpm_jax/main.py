@@ -12,7 +12,7 @@ on every host with `--distributed` (or `DDPM_DISTRIBUTED=1`), or with explicit
 `--coordinator_address=HOST:PORT --num_processes=N --process_id=I`; see `launch/README.md`.
 """
 
-from absl import app, flags
+from absl import flags
 from ml_collections import config_flags
 
 from ddpm_jax import cli, evaluate, runtime, sample_job, sharding, train
@@ -34,9 +34,7 @@ flags.mark_flags_as_required(['config', 'workdir'])
 FLAGS = flags.FLAGS
 
 
-def main(argv):
-  if len(argv) > 1:
-    raise app.UsageError(f'Unexpected arguments: {" ".join(argv[1:])}')
+def main():
   runtime.setup('train' if FLAGS.mode == 'train' else 'inference')
   if FLAGS.mode == 'train':
     train.train_and_evaluate(FLAGS.config, FLAGS.workdir, init_from=FLAGS.init_from)
@@ -50,7 +48,7 @@ def main(argv):
 
 def run():
   """The `ddpm-jax` console script (pyproject.toml): `python -m ddpm_jax.main` by name."""
-  cli.run(main)
+  cli.run(main, arguments=False)
 
 
 if __name__ == '__main__':
