@@ -77,8 +77,8 @@ class SampleQuality:
   def run(self, params) -> dict:
     self.net = self.net or self.load_net()
     features, logits = self.net.extract(self.suite.samples(params, self.num))
-    path = os.path.join(self.suite.workdir, f'{self.cache_name}_ref_{self.spec.reference_split}.npz')
-    ref = cached(path, self._reference)
+    name = f'{self.cache_name}_ref_{self.spec.reference_split}.npz'
+    ref = cached(os.path.join(self.suite.workdir, name), self._reference)
     ref = ref['features'] if 'features' in ref else (ref['mu'], ref['sigma'])
     return quality(self.net, features, logits, ref, self.is_splits)
 

@@ -1,8 +1,8 @@
 """The evaluators a config chooses (`config.evals`), run together on one set of parameters.
 
-Training-time evaluation (`ddpm_jax.train`), the `--mode=eval` job (`ddpm_jax.evaluate`) and a
-sweep's final evaluation (`ddpm_jax.sweep.run`) all build a `Suite` and call `evaluate`, which
-returns the row that `results.record` writes.
+Training-time evaluation (`ddpm_jax.train`, also a sweep member's final evaluation) and the
+`--mode=eval` job (`ddpm_jax.evaluate`) both build a `Suite` and call `evaluate`, which returns
+the row that `results.record` writes.
 """
 
 from __future__ import annotations
@@ -19,6 +19,11 @@ from ddpm_jax.evaluators.inception import Inception
 from ddpm_jax.experiment import Experiment
 
 TYPES = {'bpd': BitsPerDim, 'inception': Inception, 'fd_fmnist': FdFmnist}
+
+
+def reached(every: int, step: int, n: int = 1) -> bool:
+  """Whether the last `n` steps, up to `step`, reached a multiple of `every` (never for 0)."""
+  return bool(every) and step // every > (step - n) // every
 
 
 class Suite:
@@ -63,8 +68,7 @@ class Suite:
   def due(self, step: int, n: int = 1, final: bool = False) -> list:
     """The evaluators whose `every` the last `n` steps, up to `step`, reached (all at the
     `final` step)."""
-    return [e for e in self.evaluators
-            if final or step // e.spec.every > (step - n) // e.spec.every]
+    return [e for e in self.evaluators if final or reached(e.spec.every, step, n)]
 
   def evaluate(self, params, step: int, evaluators=None) -> dict:
     """Every metric of `evaluators` (default: all) for `params`: a row for `results.record`.
