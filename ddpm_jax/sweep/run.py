@@ -77,41 +77,38 @@ def run_member(name: str, overrides: dict, config, sweep_dir: str, final_eval: b
     print(f'[sweep] {name}: done, skipped', flush=True)
     return 'skipped'
   with workdir_lock.acquire_for_run(member_dir, what=f'sweep member {name}'):
-    return _run_member(name, overrides, config, member_dir, record, final_eval, progress)
-
-
-def _run_member(name, overrides, config, member_dir, record, final_eval, progress) -> str:
-  record = {'name': name, 'overrides': overrides, 'status': 'running',
-            'seconds': float(record.get('seconds', 0.0)), 'attempts': record.get('attempts', 0) + 1}
-  _write_json(os.path.join(member_dir, MEMBER_JSON), record)
-  print(f'[sweep] {name}: training in {member_dir}', flush=True)
-  t0 = time.perf_counter()
-
-  def finish(status: str, **extra) -> str:
-    record.update(status=status, seconds=round(record['seconds'] + time.perf_counter() - t0, 2),
-                  **extra)
+    record = {'name': name, 'overrides': overrides, 'status': 'running',
+              'seconds': float(record.get('seconds', 0.0)),
+              'attempts': record.get('attempts', 0) + 1}
     _write_json(os.path.join(member_dir, MEMBER_JSON), record)
-    print(f'[sweep] {name}: {status}' + (f' ({extra["error"]})' if 'error' in extra else ''),
-          flush=True)
-    return status
+    print(f'[sweep] {name}: training in {member_dir}', flush=True)
+    t0 = time.perf_counter()
 
-  try:
-    # Signals outside the training loop (which saves and returns) interrupt the member, so that
-    # its status is not left at `running`.
-    with train.handling_signals(_raise_interrupted):
-      summary = train.train_and_evaluate(config, member_dir, progress=progress,
-                                         final_eval=final_eval)
-      if summary.get('stopped_by'):
-        return finish('interrupted', error=f'stopped by {summary["stopped_by"]}')
-  except Interrupted as e:
-    return finish('interrupted', error=f'stopped by {e} before the member finished; rerun to '
-                  'resume it')
-  except train.NonFiniteLossError as e:  # A diverged objective is a result, not a crash.
-    return finish('failed', error=f'diverged: {e}')
-  except Exception as e:  # pylint: disable=broad-except
-    finish('failed', error=f'{type(e).__name__}: {e}')
-    raise
-  return finish('done', final_step=summary.get('final_step'))
+    def finish(status: str, **extra) -> str:
+      record.update(status=status, seconds=round(record['seconds'] + time.perf_counter() - t0, 2),
+                    **extra)
+      _write_json(os.path.join(member_dir, MEMBER_JSON), record)
+      print(f'[sweep] {name}: {status}' + (f' ({extra["error"]})' if 'error' in extra else ''),
+            flush=True)
+      return status
+
+    try:
+      # Signals outside the training loop (which saves and returns) interrupt the member, so that
+      # its status is not left at `running`.
+      with train.handling_signals(_raise_interrupted):
+        summary = train.train_and_evaluate(config, member_dir, progress=progress,
+                                           final_eval=final_eval)
+        if summary.get('stopped_by'):
+          return finish('interrupted', error=f'stopped by {summary["stopped_by"]}')
+    except Interrupted as e:
+      return finish('interrupted', error=f'stopped by {e} before the member finished; rerun to '
+                    'resume it')
+    except train.NonFiniteLossError as e:  # A diverged objective is a result, not a crash.
+      return finish('failed', error=f'diverged: {e}')
+    except Exception as e:  # pylint: disable=broad-except
+      finish('failed', error=f'{type(e).__name__}: {e}')
+      raise
+    return finish('done', final_step=summary.get('final_step'))
 
 
 def run_sweep(config, sweep_path: str, sweep_dir: str, members=(), final_eval: bool = True,
