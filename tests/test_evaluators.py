@@ -81,6 +81,11 @@ def test_fid_is_kid_wiring_with_random_inception_weights(tmp_path):
   config.evals.inception.weights = str(tmp_path / 'missing.pth')
   with pytest.raises(FileNotFoundError, match='pytorch-fid'):
     _suite(config, tmp_path, samples).check_inputs()
+  (tmp_path / 'bad.pth').write_bytes(b'not weights')
+  config.evals.inception.weights = str(tmp_path / 'bad.pth')
+  with pytest.raises(ConfigError, match=r"config\.evals\.inception\.weights='.*bad\.pth' is not "
+                                        'the FID Inception weights: ValueError'):
+    _suite(config, tmp_path, samples).check_inputs()
 
 
 def test_each_evaluator_has_its_own_schedule_and_sizes(tmp_path):
