@@ -142,9 +142,8 @@ def train_and_evaluate(config, workdir: str, experiment: Experiment | None = Non
   weights start a fine-tune as params and EMA params, saved as checkpoint 0; ignored (with a
   message) when the workdir already holds a checkpoint, which is resumed.
 
-  The evaluators of `config.evals` with `every` > 0 run at their training-time sizes on their
-  schedule and at the final step, where `final_eval` (a sweep member's final evaluation) runs
-  every evaluator.
+  Evaluators with `every` > 0 run on their schedule and at the final step, where `final_eval`
+  (a sweep member's final evaluation) runs all of `config.evals`, at training-time sizes.
 
   Holds the workdir's writer lock while it runs (a caller that holds it already, such as a
   sweep member, keeps it)."""
