@@ -71,22 +71,15 @@ def _config_flag_names(flag_values) -> list[str]:
 
 def _frame_in(tb, path: str) -> str:
   """'file:line' of the innermost traceback frame in `path` (the config file), or ''."""
-  where = ''
-  real = os.path.realpath(path) if path else ''
-  for frame in traceback.extract_tb(tb):
-    if real and os.path.realpath(frame.filename) == real:
-      where = f'{frame.filename}:{frame.lineno}'
-  return where
+  real = os.path.realpath(path) if path else None
+  frames = [f for f in traceback.extract_tb(tb) if os.path.realpath(f.filename) == real]
+  return f'{frames[-1].filename}:{frames[-1].lineno}' if frames else ''
 
 
 def _config_paths(argv, names) -> list[str]:
   """The config files named on the command line (`--config=PATH[:ARG]`)."""
-  out = []
-  for a in argv:
-    for n in names:
-      if a.startswith(f'--{n}='):
-        out.append(a.split('=', 1)[1].split(':', 1)[0])
-  return out
+  return [a.split('=', 1)[1].split(':', 1)[0] for a in argv for n in names
+          if a.startswith(f'--{n}=')]
 
 
 def _override_args(argv, key: str) -> list[str]:
@@ -145,12 +138,15 @@ def parse_flags(argv):
 # The job.
 
 
-def guarded(main):
-  """`main` with user errors and Ctrl-C reported on one line (see the module docstring)."""
+def guarded(main, arguments: bool = True):
+  """`main(argv)` with user errors and Ctrl-C reported on one line (see the module docstring);
+  without `arguments`, `main()`, and positional arguments on the command line are refused."""
 
   def wrapped(argv):
     try:
-      return main(argv)
+      if not arguments and len(argv) > 1:
+        raise app.UsageError(f'Unexpected arguments: {" ".join(argv[1:])}')
+      return main(argv) if arguments else main()
     except (KeyboardInterrupt, Exception) as e:  # pylint: disable=broad-except
       if env_flag(TRACEBACK_ENV):
         raise
@@ -165,6 +161,7 @@ def guarded(main):
   return wrapped
 
 
-def run(main) -> None:
-  """`absl.app.run(main)` with one-line errors for bad input (see the module docstring)."""
-  app.run(guarded(main), flags_parser=parse_flags)
+def run(main, arguments: bool = True) -> None:
+  """`absl.app.run(main)` with one-line errors for bad input (see `guarded` and the module
+  docstring)."""
+  app.run(guarded(main, arguments), flags_parser=parse_flags)

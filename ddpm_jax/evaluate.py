@@ -15,7 +15,7 @@ import time
 
 import jax
 
-from ddpm_jax import sharding, workdir_lock
+from ddpm_jax import image_files, sharding, workdir_lock
 from ddpm_jax.checkpointing import Checkpointer, CheckpointError, CheckpointMismatchError
 from ddpm_jax.evaluators import results
 from ddpm_jax.evaluators.suite import Suite
@@ -48,7 +48,7 @@ def eval_job(config, workdir: str, experiment: Experiment | None = None,
 def _evaluate(suite: Suite, params, step: int) -> dict:
   row = suite.evaluate(params, step)
   if jax.process_index() == 0:
-    print(results.record(suite.ctx.workdir, row), flush=True)
+    print(results.record(suite.workdir, row), flush=True)
   return row
 
 
@@ -73,9 +73,8 @@ def _follow_checkpoints(config, workdir, experiment, suite) -> list[dict]:
       rows.append(_evaluate(suite, state.ema_params, step))
       done.add(step)
       if jax.process_index() == 0:  # Written whole, then renamed: a kill leaves no half file.
-        tmp = state_file.with_suffix('.tmp')
-        tmp.write_text(json.dumps({'done': sorted(done)}))
-        tmp.replace(state_file)
+        text = json.dumps({'done': sorted(done)})
+        image_files.write_atomic(str(state_file), lambda tmp: pathlib.Path(tmp).write_text(text))
       last_new = time.monotonic()
     checkpointer.close()
     if config.train.num_steps in done:

@@ -19,7 +19,7 @@ anything is written. The checkpoint is opened read-only, so exporting next to a 
 is safe.
 """
 
-from absl import app, flags
+from absl import flags
 from ml_collections import config_flags
 
 from ddpm_jax import cli, runtime, sharding
@@ -66,9 +66,7 @@ def export(config, workdir: str, out: str, step: int | None = None, params: str 
   return diffusers.write_folder(chosen, config, out, overwrite=overwrite), step
 
 
-def main(argv):
-  if len(argv) > 1:
-    raise app.UsageError(f'Unexpected arguments: {" ".join(argv[1:])}')
+def main():
   runtime.setup('inference')
   paths, step = export(FLAGS.config, FLAGS.workdir, FLAGS.out, FLAGS.step, FLAGS.params,
                        FLAGS.overwrite)
@@ -79,4 +77,4 @@ def main(argv):
 
 if __name__ == '__main__':
   _define_flags()
-  cli.run(main)
+  cli.run(main, arguments=False)

@@ -12,11 +12,10 @@ on every host with `--distributed` (or `DDPM_DISTRIBUTED=1`), or with explicit
 `--coordinator_address=HOST:PORT --num_processes=N --process_id=I`; see `launch/README.md`.
 """
 
-from absl import app, flags
+from absl import flags
 from ml_collections import config_flags
 
-from ddpm_jax import cli, evaluate, runtime, sample_job, sharding, train
-from ddpm_jax.experiment import Experiment
+from ddpm_jax import cli, evaluate, runtime, sample_job, train
 
 flags.DEFINE_string('workdir', None, 'Directory for checkpoints, samples and logs (on storage '
                     'that every host sees when running on several hosts).')
@@ -34,23 +33,16 @@ flags.mark_flags_as_required(['config', 'workdir'])
 FLAGS = flags.FLAGS
 
 
-def main(argv):
-  if len(argv) > 1:
-    raise app.UsageError(f'Unexpected arguments: {" ".join(argv[1:])}')
+def main():
   runtime.setup('train' if FLAGS.mode == 'train' else 'inference')
-  if FLAGS.mode == 'train':
-    train.train_and_evaluate(FLAGS.config, FLAGS.workdir, init_from=FLAGS.init_from)
-    return
-  # Evaluation and sampling replicate the parameters, whatever config.train.mesh_shape
-  # trained them with.
-  experiment = Experiment.from_config(FLAGS.config, mesh=sharding.make_mesh())
-  job = evaluate.eval_job if FLAGS.mode == 'eval' else sample_job.sample_from_workdir
-  job(FLAGS.config, FLAGS.workdir, experiment=experiment, init_from=FLAGS.init_from)
+  jobs = {'train': train.train_and_evaluate, 'sample': sample_job.sample_from_workdir,
+          'eval': evaluate.eval_job}
+  jobs[FLAGS.mode](FLAGS.config, FLAGS.workdir, init_from=FLAGS.init_from)
 
 
 def run():
   """The `ddpm-jax` console script (pyproject.toml): `python -m ddpm_jax.main` by name."""
-  cli.run(main)
+  cli.run(main, arguments=False)
 
 
 if __name__ == '__main__':

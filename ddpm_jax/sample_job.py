@@ -25,7 +25,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from ddpm_jax import data, editing_inputs, editing_job, generation, image_files, reverse_chains
+from ddpm_jax import (data, editing_inputs, editing_job, generation, image_files,
+                      reverse_chains, sharding)
 from ddpm_jax.checkpointing import Checkpointer
 from ddpm_jax.experiment import Experiment, imported_params
 
@@ -71,7 +72,8 @@ def sample_from_workdir(config, workdir: str, experiment=None,
   """Restores the newest checkpoint of `workdir` (without one, the diffusers model
   `init_from`, see `ddpm_jax.interop.diffusers`) and writes the files of
   `config.sample.mode` (module docstring). Returns the paths."""
-  experiment = experiment or Experiment.from_config(config)
+  # A data-parallel mesh: sampling replicates the parameters whatever mesh trained them.
+  experiment = experiment or Experiment.from_config(config, mesh=sharding.make_mesh())
   params, step = _restore_params(config, workdir, experiment, init_from)
   s = config.sample
   num_timesteps = experiment.schedule.num_timesteps

@@ -34,7 +34,7 @@ from ddpm_jax import (checkpointing, data, distributed, generation, image_files,
 from ddpm_jax.checkpointing import Checkpointer
 from ddpm_jax.errors import UserError
 from ddpm_jax.evaluators import results
-from ddpm_jax.evaluators.suite import Suite
+from ddpm_jax.evaluators.suite import Suite, reached
 from ddpm_jax.experiment import Experiment
 from ddpm_jax.interop import diffusers as hf_interop
 from ddpm_jax.metric_writers import MetricWriter
@@ -59,6 +59,16 @@ def handling_signals(handler):
   finally:
     for s, h in previous.items():
       signal.signal(s, signal.SIG_DFL if h is None else h)  # None: a handler set outside Python.
+
+
+@contextlib.contextmanager
+def signals_deferred(signals=(signal.SIGTERM, signal.SIGINT)):
+  """Holds `signals` back while the block runs (a short write that must not be cut)."""
+  old = signal.pthread_sigmask(signal.SIG_BLOCK, signals)
+  try:
+    yield
+  finally:
+    signal.pthread_sigmask(signal.SIG_SETMASK, old)
 
 
 def _diverged(what: str, checkpointer) -> NonFiniteLossError:
@@ -102,8 +112,11 @@ def _evaluate(suite: Suite, state, step: int, n: int, final: bool, writer) -> st
   due = suite.due(step, n, final)
   if not due:
     return None
-  row = suite.evaluate(_replicated_ema_params(suite.ctx.experiment, state), step, due)
-  return results.record(suite.ctx.workdir, row, writer) if jax.process_index() == 0 else None
+  row = suite.evaluate(_replicated_ema_params(suite.experiment, state), step, due)
+  if jax.process_index() != 0:
+    return None
+  with signals_deferred():  # A signal (to the final evaluation) arrives after the row is whole.
+    return results.record(suite.workdir, row, writer)
 
 
 def _sample_grid(experiment, sample_fn, state, step: int, workdir: str, writer) -> str | None:
@@ -115,20 +128,22 @@ def _sample_grid(experiment, sample_fn, state, step: int, workdir: str, writer) 
                           cfg.train.num_sample_grid, progress=False)
   if jax.process_index() != 0:
     return None
-  grid = image_files.make_grid(x)
-  writer.write_image(step, 'samples_ema', grid)
-  return image_files.save_png(os.path.join(workdir, 'samples', f'train_step{step:08d}.png'),
-                              image_files.upscale(grid))
+  writer.write_image(step, 'samples_ema', image_files.make_grid(x))
+  return image_files.save_grid(os.path.join(workdir, 'samples', f'train_step{step:08d}.png'), x)
 
 
 def train_and_evaluate(config, workdir: str, experiment: Experiment | None = None,
-                       progress: bool = True, init_from: str | None = None) -> dict:
+                       progress: bool = True, init_from: str | None = None,
+                       final_eval: bool = False) -> dict:
   """Trains `config` in `workdir` up to `config.train.num_steps`, resuming from its newest
   checkpoint. Returns a summary dict (final step, last loss, images/s, paths).
 
   `init_from`: a diffusers model (folder or Hub id, `ddpm_jax.interop.diffusers`) whose
   weights start a fine-tune as params and EMA params, saved as checkpoint 0; ignored (with a
   message) when the workdir already holds a checkpoint, which is resumed.
+
+  Evaluators with `every` > 0 run on their schedule and at the final step, where `final_eval`
+  (a sweep member's final evaluation) runs all of `config.evals`, at training-time sizes.
 
   Holds the workdir's writer lock while it runs (a caller that holds it already, such as a
   sweep member, keeps it)."""
@@ -147,7 +162,8 @@ def train_and_evaluate(config, workdir: str, experiment: Experiment | None = Non
   if source is not None:
     data.check_labels(source, config.model.num_classes)
   sample_experiment = _sampling_experiment(experiment)
-  suite = Suite(config, sample_experiment, workdir, job=False, scheduled=True, progress=False)
+  suite = Suite(config, sample_experiment, workdir, job=False, scheduled=not final_eval,
+                progress=False)
   suite.check_inputs()
 
   # The workdir: one trainer at a time.
@@ -255,10 +271,6 @@ def _train(config, workdir: str, experiment: Experiment, source, sample_experime
     _check_state(check_fn, state, last, step, checkpointer)
     return save_fn(step, state)
 
-  def crossed(every: int, n: int) -> bool:
-    """Whether the last dispatch (steps step-n+1 .. step) reached a multiple of `every`."""
-    return bool(every) and step // every > (step - n) // every
-
   try:
     # Set by SIGTERM / SIGINT (main thread only): the loop checkpoints and returns between steps
     # instead of dying mid-step.
@@ -286,16 +298,17 @@ def _train(config, workdir: str, experiment: Experiment, source, sample_experime
           bar.set_postfix(loss=f'{last_metrics["loss"]:.4f}', refresh=False)
 
         saved = False
-        if crossed(tcfg.checkpoint_every, n) or step == tcfg.num_steps:
+        if reached(tcfg.checkpoint_every, step, n) or step == tcfg.num_steps:
           saved = checked(checkpointer.save)
-        elif crossed(tcfg.preemption_every, n):
+        elif reached(tcfg.preemption_every, step, n):
           saved = checked(checkpointer.save_preemption)
-        if grid_fn is not None and (crossed(tcfg.sample_every, n) or step == tcfg.num_steps):
+        if grid_fn is not None and (reached(tcfg.sample_every, step, n)
+                                    or step == tcfg.num_steps):
           path = _sample_grid(sample_experiment, grid_fn, state, step, workdir, writer)
           if path:
             summary['samples'].append(path)
             bar.write(f'step {step}: sample grid {path}')
-        line = _evaluate(suite, state, step, n, step == tcfg.num_steps, writer)
+        line = _evaluate(suite, state, step, n, False, writer) if step < tcfg.num_steps else None
         if line:
           bar.write(line)
         # Every process asks every step, so that all of them stop at the same step.
@@ -314,6 +327,13 @@ def _train(config, workdir: str, experiment: Experiment, source, sample_experime
           break
       if pending is not None:
         consume_dispatch(*pending)
+    # The final evaluation, once its checkpoint is durable, with the caller's signal handlers: a
+    # run killed during it evaluates it when rerun.
+    if 0 < step == tcfg.num_steps and step not in results.evaluated_steps(workdir):
+      checkpointer.wait()
+      line = _evaluate(suite, state, step, 1, True, writer)
+      if line:
+        bar.write(line)
   finally:
     bar.close()
     if batches is not None:

@@ -29,7 +29,7 @@ def _suite(config, workdir, images, job=True):
   """A Suite whose samples are `images` (no sampling)."""
   s = suite_lib.Suite(config, Experiment.from_config(config), str(workdir), job=job,
                       progress=False)
-  s.ctx.samples.get = lambda params, num: images[:num]
+  s.samples = lambda params, num: images[:num]
   return s
 
 
@@ -75,11 +75,16 @@ def test_fid_is_kid_wiring_with_random_inception_weights(tmp_path):
   assert row['fid'] == pytest.approx(fid_is_kid.frechet_distance(
       *fid_is_kid.feature_statistics(feats), *fid_is_kid.feature_statistics(ref)), rel=1e-4)
   assert row['is'] == pytest.approx(fid_is_kid.inception_score(logits, splits=6)[0], rel=1e-4)
-  assert suite.protocol().startswith('protocol: EMA params; fd_fmnist: 4 samples (ancestral '
-                                     'sampler, 100 steps, uint8-quantised)')
+  assert suite.protocol().startswith('protocol: EMA params; fd_fmnist: 4 samples (ancestral, '
+                                     '100 steps, uint8-quantised)')
   assert '; inception: 6 samples' in suite.protocol()
   config.evals.inception.weights = str(tmp_path / 'missing.pth')
   with pytest.raises(FileNotFoundError, match='pytorch-fid'):
+    _suite(config, tmp_path, samples).check_inputs()
+  (tmp_path / 'bad.pth').write_bytes(b'not weights')
+  config.evals.inception.weights = str(tmp_path / 'bad.pth')
+  with pytest.raises(ConfigError, match=r"config\.evals\.inception\.weights='.*bad\.pth' is not "
+                                        'the FID Inception weights: ValueError'):
     _suite(config, tmp_path, samples).check_inputs()
 
 

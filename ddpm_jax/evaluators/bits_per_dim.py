@@ -8,7 +8,6 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from ddpm_jax import data, sharding
-from ddpm_jax.evaluators.common import Context
 from ddpm_jax.metrics import bpd as bpd_lib
 
 
@@ -20,9 +19,9 @@ class BitsPerDim:
 
   sizes = ('train_examples', 'num_examples')  # Training-time / eval-job sizes in the spec.
 
-  def __init__(self, name: str, spec, ctx: Context, num: int):
+  def __init__(self, name: str, spec, suite, num: int):
     self.name, self.spec, self.num = name, spec, num
-    self.experiment, self.progress = ctx.experiment, ctx.progress
+    self.experiment, self.progress = suite.experiment, suite.progress
     self._images = self._fn = None  # Loaded and compiled by the first `run`.
 
   @staticmethod

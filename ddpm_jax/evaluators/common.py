@@ -1,6 +1,5 @@
-"""What the evaluators share: the samples of one evaluation, generated once for every sample
-metric, reference statistics computed once and cached in the workdir, and the feature networks'
-sample-quality metrics (also `python -m ddpm_jax.fid`'s)."""
+"""What the evaluators share: reference statistics computed once and cached in the workdir, and
+the feature networks' sample-quality metrics (also `python -m ddpm_jax.fid`'s)."""
 
 from __future__ import annotations
 
@@ -12,35 +11,7 @@ import jax
 import numpy as np
 
 from ddpm_jax import data, generation, image_files
-from ddpm_jax.experiment import Experiment
 from ddpm_jax.metrics import fid_is_kid
-
-
-class Samples:
-  """uint8 EMA samples of `config.sample`'s sampler, seeded by `config.eval.seed + 1`: generated
-  once per set of parameters and shared by the sample evaluators (each takes the first `num`)."""
-
-  def __init__(self, experiment: Experiment, progress: bool = True):
-    self.experiment, self.progress = experiment, progress
-    self._sample_fns = {}
-    self._params = self._images = None
-
-  def get(self, params, num: int) -> np.ndarray:
-    """The first `num` samples of `params`, generated unless a larger set already was."""
-    if self._params is not params or len(self._images) < num:
-      cfg = self.experiment.config
-      bs = min(cfg.sample.batch_size, num)
-      if bs not in self._sample_fns:
-        self._sample_fns[bs] = generation.make_sample_fn(self.experiment, bs)
-      key = jax.random.PRNGKey(cfg.eval.seed + 1)
-      self._images = generation.generate(self._sample_fns[bs], params, key, num, bs,
-                                         progress=self.progress)
-      self._params = params
-    return self._images[:num]
-
-  def clear(self) -> None:
-    """Drops the samples and the reference to their parameters (their memory)."""
-    self._params = self._images = None
 
 
 def cached(path: str, compute: Callable[[], dict]) -> dict:
@@ -53,16 +24,6 @@ def cached(path: str, compute: Callable[[], dict]) -> dict:
   if jax.process_index() == 0:  # Written whole or not at all: a killed job leaves no bad cache.
     image_files.write_atomic(path, lambda tmp: np.savez(tmp, **arrays))
   return arrays
-
-
-@dataclasses.dataclass(frozen=True)
-class Context:
-  """What the evaluators of one run share: the experiment (model, schedule, mesh), the workdir
-  (reference caches), one `Samples` and whether to show progress bars."""
-  experiment: Experiment
-  workdir: str
-  samples: Samples
-  progress: bool = True
 
 
 @dataclasses.dataclass(frozen=True)
@@ -100,9 +61,9 @@ class SampleQuality:
   sizes = ('train_samples', 'num_samples')  # Training-time / eval-job sizes in the spec.
   is_splits = 1  # Inception Score splits (Inception only).
 
-  def __init__(self, name: str, spec, ctx: Context, num: int):
-    self.name, self.spec, self.ctx, self.num = name, spec, ctx, num
-    self.experiment = ctx.experiment
+  def __init__(self, name: str, spec, suite, num: int):
+    self.name, self.spec, self.suite, self.num = name, spec, suite, num
+    self.experiment = suite.experiment
     self.net = None  # Loaded by `check_inputs`.
 
   def load_net(self) -> FeatureNet:
@@ -115,9 +76,9 @@ class SampleQuality:
 
   def run(self, params) -> dict:
     self.net = self.net or self.load_net()
-    features, logits = self.net.extract(self.ctx.samples.get(params, self.num))
-    path = os.path.join(self.ctx.workdir, f'{self.cache_name}_ref_{self.spec.reference_split}.npz')
-    ref = cached(path, self._reference)
+    features, logits = self.net.extract(self.suite.samples(params, self.num))
+    name = f'{self.cache_name}_ref_{self.spec.reference_split}.npz'
+    ref = cached(os.path.join(self.suite.workdir, name), self._reference)
     ref = ref['features'] if 'features' in ref else (ref['mu'], ref['sigma'])
     return quality(self.net, features, logits, ref, self.is_splits)
 
@@ -133,8 +94,6 @@ class SampleQuality:
 
   def describe(self) -> str:
     """This evaluator's part of the protocol line."""
-    s = self.experiment.config.sample
-    steps = s.steps or self.experiment.config.diffusion.num_timesteps
-    return (f'{self.cache_name}: {self.num} samples ({s.sampler} sampler, {steps} steps, '
-            f'uint8-quantised) against reference statistics of the {self.spec.reference_split} '
-            'split')
+    chain = generation.describe(self.experiment.config, self.experiment.schedule.num_timesteps)
+    return (f'{self.cache_name}: {self.num} samples ({chain}, uint8-quantised) against '
+            f'reference statistics of the {self.spec.reference_split} split')

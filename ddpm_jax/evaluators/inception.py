@@ -10,23 +10,18 @@ from ddpm_jax.evaluators.common import FeatureNet, SampleQuality
 from ddpm_jax.metrics import inception, inception_weights
 
 
-def load_weights(path: str, key: str):
-  """The FID Inception variables at `path`; a file that is not those weights is a one-line
-  error naming `key` (the config key or flag that gave the path). A missing file is a
-  `FileNotFoundError` that says where to download it."""
+def feature_net(weights: str, batch_size: int = 100, key: str = 'config.evals.inception.weights',
+                progress: bool = False) -> FeatureNet:
+  """The FID Inception-v3 with the weights at `weights`: (pool3 (N, 2048), logits (N, 1008)).
+  A file that is not those weights is a one-line error naming `key` (the config key or flag
+  that gave the path); a missing file is a `FileNotFoundError` that says where to download it."""
   try:
-    return inception_weights.load_inception_params(path, key)
+    variables = inception_weights.load_inception_params(weights, key)
   except FileNotFoundError:
     raise
   except Exception as e:  # pylint: disable=broad-except  (zip, pickle and layout errors)
-    raise ConfigError(f'{key}={path!r} is not the FID Inception weights: '
+    raise ConfigError(f'{key}={weights!r} is not the FID Inception weights: '
                       f'{type(e).__name__}: {e}') from e
-
-
-def feature_net(weights: str, batch_size: int = 100, key: str = 'config.evals.inception.weights',
-                progress: bool = False) -> FeatureNet:
-  """The FID Inception-v3 with the weights at `weights`: (pool3 (N, 2048), logits (N, 1008))."""
-  variables = load_weights(weights, key)
   return FeatureNet(
       metric='fid', dim=inception.POOL_FEATURES, channels=3, image_size=None,
       extract=lambda x: inception.extract_features(variables, x, batch_size, progress=progress),
@@ -40,8 +35,8 @@ class Inception(SampleQuality):
   against the reference split; only when `spec.weights` is given."""
   cache_name = 'inception'
 
-  def __init__(self, name, spec, ctx, num):
-    super().__init__(name, spec, ctx, num)
+  def __init__(self, name, spec, suite, num):
+    super().__init__(name, spec, suite, num)
     self.is_splits = spec.is_splits
 
   @staticmethod

@@ -16,7 +16,7 @@ evaluation and skip/resume work the same way there.
 import collections
 import sys
 
-from absl import app, flags
+from absl import flags
 from ml_collections import config_flags
 
 from ddpm_jax import cli, runtime
@@ -36,9 +36,7 @@ flags.mark_flags_as_required(['config', 'sweep', 'workdir'])
 FLAGS = flags.FLAGS
 
 
-def main(argv):
-  if len(argv) > 1:
-    raise app.UsageError(f'Unexpected arguments: {" ".join(argv[1:])}')
+def main():
   config_path = FLAGS['config'].config_filename
   if FLAGS.launcher != 'local':
     planned = run.select(run.plan(FLAGS.config, FLAGS.sweep), FLAGS.member)
@@ -55,4 +53,4 @@ def main(argv):
 
 
 if __name__ == '__main__':
-  cli.run(main)
+  cli.run(main, arguments=False)

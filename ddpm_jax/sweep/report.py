@@ -13,8 +13,7 @@ A sweep directory holds `sweep.json` (the config, the sweep file, the members' n
 overrides) and one training workdir per member with `sweep_member.json` (status, seconds,
 error), `metrics.jsonl` and `eval_results.csv`; without `sweep.json`, every subdirectory with a
 `sweep_member.json` is a member. Members never started are `pending`; members without results
-have empty cells. The columns: name, status, the override keys, the loss (`loss_summary`), the
-metrics (`eval_summary`), steps_per_sec, seconds, and error when a member failed.
+have empty cells.
 """
 
 from __future__ import annotations

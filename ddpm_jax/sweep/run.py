@@ -6,15 +6,14 @@ the members and each member's `sweep_member.json` its status: `running`, `done`,
 the error; after a diverged loss, a result in an ablation, the sweep goes on with the next
 member, any other error stops it) or `interrupted` (SIGTERM/Ctrl-C, in training — a checkpoint
 was saved — or in the final evaluation; the sweep stops). Re-running skips `done` members and
-resumes the others from their newest checkpoint. When a member has trained, its final EMA
-parameters are evaluated once by the evaluators of `config.evals` at their training-time sizes
-(`train_examples`, `train_samples`) into its `eval_results.csv`, unless training already
-evaluated that step. Every member's config is built and validated before the first run.
+resumes the others from their newest checkpoint. A member's training ends with its final
+evaluation (`train.train_and_evaluate`'s `final_eval`): every evaluator of `config.evals` at its
+training-time size (`train_examples`, `train_samples`) on the final EMA parameters, into its
+`eval_results.csv`. Every member's config is built and validated before the first run.
 """
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import pathlib
@@ -24,11 +23,7 @@ import time
 
 import jax
 
-from ddpm_jax import config_checks, image_files, sharding, train, workdir_lock
-from ddpm_jax.checkpointing import Checkpointer
-from ddpm_jax.evaluators import results
-from ddpm_jax.evaluators.suite import Suite
-from ddpm_jax.experiment import Experiment
+from ddpm_jax import config_checks, image_files, train, workdir_lock
 from ddpm_jax.sweep import spec
 from ddpm_jax.sweep.report import MEMBER_JSON, SWEEP_JSON, member_state
 
@@ -68,40 +63,9 @@ class Interrupted(Exception):
   """SIGTERM or SIGINT arrived outside the training loop (which handles them itself)."""
 
 
-@contextlib.contextmanager
-def signals_deferred(signals=(signal.SIGTERM, signal.SIGINT)):
-  """Holds `signals` back while the block runs (a short write that must not be cut)."""
-  old = signal.pthread_sigmask(signal.SIG_BLOCK, signals)
-  try:
-    yield
-  finally:
-    signal.pthread_sigmask(signal.SIG_SETMASK, old)
-
-
 def _raise_interrupted(signum, frame):
   del frame
   raise Interrupted(signal.Signals(signum).name)
-
-
-def final_evaluation(suite: Suite, member_dir: str) -> dict | None:
-  """`suite` (training-time sizes) on the newest checkpoint's EMA parameters, appended to
-  `eval_results.csv`; None if that step was evaluated already or no evaluator has a size."""
-  if not suite.evaluators:
-    return None
-  checkpointer = Checkpointer(member_dir, read_only=True)
-  try:
-    step = checkpointer.latest_step()
-    if step is None or step in results.evaluated_steps(member_dir):
-      return None
-    state = checkpointer.restore(suite.ctx.experiment.abstract_state(), step)
-  finally:
-    checkpointer.close()
-  row = suite.evaluate(state.ema_params, step)
-  if jax.process_index() == 0:
-    with signals_deferred():  # A signal now arrives after the row is whole.
-      print(f'[sweep] {os.path.basename(member_dir)}: '
-            + results.record(member_dir, row), flush=True)
-  return row
 
 
 def run_member(name: str, overrides: dict, config, sweep_dir: str, final_eval: bool = True,
@@ -112,48 +76,39 @@ def run_member(name: str, overrides: dict, config, sweep_dir: str, final_eval: b
   if record['status'] == 'done':
     print(f'[sweep] {name}: done, skipped', flush=True)
     return 'skipped'
-  suite = None
-  if final_eval:  # Before the training: the final evaluation's inputs exist.
-    experiment = Experiment.from_config(config, mesh=sharding.make_mesh())
-    suite = Suite(config, experiment, member_dir, job=False, progress=progress)
-    suite.check_inputs()
   with workdir_lock.acquire_for_run(member_dir, what=f'sweep member {name}'):
-    return _run_member(name, overrides, config, member_dir, record, suite, progress)
-
-
-def _run_member(name, overrides, config, member_dir, record, suite, progress) -> str:
-  record = {'name': name, 'overrides': overrides, 'status': 'running',
-            'seconds': float(record.get('seconds', 0.0)), 'attempts': record.get('attempts', 0) + 1}
-  _write_json(os.path.join(member_dir, MEMBER_JSON), record)
-  print(f'[sweep] {name}: training in {member_dir}', flush=True)
-  t0 = time.perf_counter()
-
-  def finish(status: str, **extra) -> str:
-    record.update(status=status, seconds=round(record['seconds'] + time.perf_counter() - t0, 2),
-                  **extra)
+    record = {'name': name, 'overrides': overrides, 'status': 'running',
+              'seconds': float(record.get('seconds', 0.0)),
+              'attempts': record.get('attempts', 0) + 1}
     _write_json(os.path.join(member_dir, MEMBER_JSON), record)
-    print(f'[sweep] {name}: {status}' + (f' ({extra["error"]})' if 'error' in extra else ''),
-          flush=True)
-    return status
+    print(f'[sweep] {name}: training in {member_dir}', flush=True)
+    t0 = time.perf_counter()
 
-  try:
-    # Signals outside the training loop (which saves and returns) interrupt the member, so that
-    # its status is not left at `running`.
-    with train.handling_signals(_raise_interrupted):
-      summary = train.train_and_evaluate(config, member_dir, progress=progress)
-      if summary.get('stopped_by'):
-        return finish('interrupted', error=f'stopped by {summary["stopped_by"]}')
-      if suite is not None:
-        final_evaluation(suite, member_dir)
-  except Interrupted as e:
-    return finish('interrupted', error=f'stopped by {e} before the member finished; rerun to '
-                  'resume it')
-  except train.NonFiniteLossError as e:  # A diverged objective is a result, not a crash.
-    return finish('failed', error=f'diverged: {e}')
-  except Exception as e:  # pylint: disable=broad-except
-    finish('failed', error=f'{type(e).__name__}: {e}')
-    raise
-  return finish('done', final_step=summary.get('final_step'))
+    def finish(status: str, **extra) -> str:
+      record.update(status=status, seconds=round(record['seconds'] + time.perf_counter() - t0, 2),
+                    **extra)
+      _write_json(os.path.join(member_dir, MEMBER_JSON), record)
+      print(f'[sweep] {name}: {status}' + (f' ({extra["error"]})' if 'error' in extra else ''),
+            flush=True)
+      return status
+
+    try:
+      # Signals outside the training loop (which saves and returns) interrupt the member, so that
+      # its status is not left at `running`.
+      with train.handling_signals(_raise_interrupted):
+        summary = train.train_and_evaluate(config, member_dir, progress=progress,
+                                           final_eval=final_eval)
+        if summary.get('stopped_by'):
+          return finish('interrupted', error=f'stopped by {summary["stopped_by"]}')
+    except Interrupted as e:
+      return finish('interrupted', error=f'stopped by {e} before the member finished; rerun to '
+                    'resume it')
+    except train.NonFiniteLossError as e:  # A diverged objective is a result, not a crash.
+      return finish('failed', error=f'diverged: {e}')
+    except Exception as e:  # pylint: disable=broad-except
+      finish('failed', error=f'{type(e).__name__}: {e}')
+      raise
+    return finish('done', final_step=summary.get('final_step'))
 
 
 def run_sweep(config, sweep_path: str, sweep_dir: str, members=(), final_eval: bool = True,

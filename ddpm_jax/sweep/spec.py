@@ -65,17 +65,15 @@ def product(*axes: Axes) -> list[Overrides]:
   keys multiply too) or a list of runs (e.g. from `zip_axes`); later arguments vary fastest."""
   if not axes:
     raise SweepError('product() needs at least one axis.')
-  out = [{}]
-  for part in axes:
-    runs = _runs(part)
-    new = []
-    for a in out:
-      for b in runs:
-        clash = set(a) & set(b)
-        if clash:
-          raise SweepError(f'Key(s) {sorted(clash)} appear on two axes of a product.')
-        new.append({**a, **b})
-    out = new
+  out = []
+  for parts in itertools.product(*map(_runs, axes)):
+    run = {}
+    for part in parts:
+      clash = set(run) & set(part)
+      if clash:
+        raise SweepError(f'Key(s) {sorted(clash)} appear on two axes of a product.')
+      run.update(part)
+    out.append(run)
   return out
 
 
@@ -89,8 +87,7 @@ def zip_axes(axes: Mapping[str, Sequence[Any]]) -> list[Overrides]:
   if len(set(lengths.values())) != 1:
     raise SweepError(f'zip_axes() needs lists of one length, got {lengths}.')
   _runs(axes)  # The per-key checks.
-  n = next(iter(lengths.values()))
-  return [flatten({k: v[i] for k, v in axes.items()}) for i in range(n)]
+  return [flatten(dict(zip(axes, values))) for values in zip(*axes.values())]
 
 
 def concat(*sweeps: Iterable[Mapping[str, Any]]) -> list[Overrides]:
