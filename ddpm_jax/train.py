@@ -128,8 +128,10 @@ def _sample_grid(experiment, sample_fn, state, step: int, workdir: str, writer) 
                           cfg.train.num_sample_grid, progress=False)
   if jax.process_index() != 0:
     return None
-  writer.write_image(step, 'samples_ema', image_files.make_grid(x))
-  return image_files.save_grid(os.path.join(workdir, 'samples', f'train_step{step:08d}.png'), x)
+  grid = image_files.make_grid(x)  # Once, for TensorBoard and the (upscaled) PNG.
+  writer.write_image(step, 'samples_ema', grid)
+  return image_files.save_png(os.path.join(workdir, 'samples', f'train_step{step:08d}.png'),
+                              image_files.upscale(grid))
 
 
 def train_and_evaluate(config, workdir: str, experiment: Experiment | None = None,
